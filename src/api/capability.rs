@@ -1,0 +1,71 @@
+//! `GET /fhir/metadata`: the CapabilityStatement, generated from the route table and the
+//! served types, so it always says what the server really does.
+
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::{Value, json};
+
+use super::{Action, FHIR_JSON, ROUTES};
+use crate::fhir::{ParamKind, TYPES, TypeClass, instant, now_ms};
+
+/// Build the CapabilityStatement for the server at `base`.
+pub fn capability_statement(base: &str) -> Value {
+    let type_level: Vec<&str> = ROUTES.iter().filter(|r| r.2 != Action::Transaction).map(|r| r.3).collect();
+    let resources: Vec<Value> = TYPES
+        .iter()
+        .map(|t| {
+            let mut params: Vec<Value> = vec![
+                json!({ "name": "_id", "type": "token" }),
+                json!({ "name": "_lastUpdated", "type": "date" }),
+            ];
+            params.extend(t.params.iter().map(|p| {
+                json!({ "name": p.name, "type": match p.kind { ParamKind::Token => "token", ParamKind::Reference => "reference" } })
+            }));
+            json!({
+                "type": t.name,
+                "interaction": type_level.iter().map(|c| json!({ "code": c })).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": t.class == TypeClass::Directory,
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": params,
+            })
+        })
+        .collect();
+    let system: Vec<Value> =
+        ROUTES.iter().filter(|r| r.2 == Action::Transaction).map(|r| json!({ "code": r.3 })).collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant(now_ms()),
+        "publisher": "Signpost",
+        "kind": "instance",
+        "software": { "name": "Signpost", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Signpost FHIR R4 referral gateway", "url": base },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{ "text": "API key" }],
+                "description": "Every request except this one sends Authorization: Bearer <API key>."
+            },
+            "resource": resources,
+            "interaction": system,
+            "searchParam": [
+                { "name": "_count", "type": "number" },
+                { "name": "_sort", "type": "string" }
+            ]
+        }]
+    })
+}
+
+pub async fn metadata(req: HttpRequest) -> HttpResponse {
+    if let Err(e) = super::request::check_format(&req) {
+        return super::error_response(&req, e);
+    }
+    let body = capability_statement(&super::request::base_url(&req));
+    HttpResponse::Ok().content_type(FHIR_JSON).body(body.to_string())
+}

@@ -1,0 +1,277 @@
+//! The HTTP edge (actix-web): the route table, request parsing, authentication and the
+//! mapping of every reply and error to FHIR JSON. Handlers are thin: extract, call one
+//! gateway function on the blocking pool, map to a response.
+//!
+//! Everything a client sees is FHIR: unknown paths (404), wrong methods (405), media types
+//! (415), malformed JSON (400), missing credentials (401) all answer with an
+//! OperationOutcome, and every response echoes `X-Correlation-Id`.
+
+mod capability;
+mod request;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use tracing::Instrument;
+
+use crate::auth::{self, Principal, Role};
+use crate::error::ApiError;
+use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
+use crate::gateway::{Change, Ctx, Gateway, Reply};
+use crate::store::clients;
+
+pub use request::CorrelationId;
+
+/// FHIR JSON media type of every response.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// Shared state of the HTTP workers.
+pub struct AppState {
+    pub gateway: Gateway,
+    /// Clients already authenticated, by key hash (a key never changes its client).
+    known_keys: RwLock<HashMap<String, Principal>>,
+}
+
+impl AppState {
+    pub fn new(gateway: Gateway) -> Self {
+        Self { gateway, known_keys: RwLock::new(HashMap::new()) }
+    }
+}
+
+/// What a route does; the CapabilityStatement is generated from [`ROUTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Transaction,
+    Search,
+    Create,
+    Read,
+    Update,
+    Patch,
+    History,
+    Vread,
+}
+
+/// The FHIR API's route table: path, method, action, FHIR interaction code.
+pub const ROUTES: &[(&str, &str, Action, &str)] = &[
+    ("", "POST", Action::Transaction, "transaction"),
+    ("/{type}", "GET", Action::Search, "search-type"),
+    ("/{type}", "POST", Action::Create, "create"),
+    ("/{type}/{id}", "GET", Action::Read, "read"),
+    ("/{type}/{id}", "PUT", Action::Update, "update"),
+    ("/{type}/{id}", "PATCH", Action::Patch, "patch"),
+    ("/{type}/{id}/_history", "GET", Action::History, "history-instance"),
+    ("/{type}/{id}/_history/{vid}", "GET", Action::Vread, "vread"),
+];
+
+/// Register every route under `/fhir`, plus health checks and the FHIR-shaped fallbacks.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(livez)).route("/readyz", web::get().to(readyz));
+    let mut fhir = web::scope("/fhir").service(
+        web::resource("/metadata")
+            .route(web::get().to(capability::metadata))
+            .default_service(web::to(method_not_allowed)),
+    );
+    let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.0).collect();
+    paths.dedup();
+    for path in paths {
+        let mut resource = web::resource(if path.is_empty() { "" } else { path });
+        for (_, method, action, _) in ROUTES.iter().filter(|r| r.0 == path) {
+            let m = Method::from_bytes(method.as_bytes()).expect("route methods are valid");
+            resource = resource.route(web::method(m).to(
+                move |req: HttpRequest, state: web::Data<AppState>, body: web::Payload| {
+                    handle(*action, req, state, body)
+                },
+            ));
+        }
+        fhir = fhir.service(resource.default_service(web::to(method_not_allowed)));
+    }
+    cfg.service(fhir);
+    cfg.default_service(web::to(unknown_path));
+}
+
+/// Adds the correlation id and a request span, and logs each request (method, path
+/// template-free, status, time; never bodies or query strings, which may carry identifiers).
+pub async fn correlate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let cid = request::correlation_id(req.headers());
+    req.extensions_mut().insert(CorrelationId(cid.clone()));
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.path(), correlation_id = %cid);
+    let start = Instant::now();
+    async move {
+        let mut res = next.call(req).await?;
+        if let Ok(v) = HeaderValue::from_str(&cid) {
+            res.headers_mut().insert(HeaderName::from_static("x-correlation-id"), v);
+        }
+        tracing::info!(status = res.status().as_u16(), ms = start.elapsed().as_millis() as u64, "served");
+        Ok(res)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ok"}"#)
+}
+
+async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let pool = state.gateway.pool.clone();
+    match web::block(move || crate::store::ping(&pool)).await {
+        Ok(Ok(())) => HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ready"}"#),
+        _ => error_response(&req, ApiError::Unavailable("ping failed".into())),
+    }
+}
+
+async fn unknown_path(req: HttpRequest) -> HttpResponse {
+    error_response(&req, ApiError::new(404, Issue::error(IssueCode::UnknownPath, "no such endpoint")))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    error_response(
+        &req,
+        ApiError::new(405, Issue::error(IssueCode::MethodNotAllowed, "this endpoint does not support the HTTP method")),
+    )
+}
+
+/// Authenticate the caller from `Authorization: Bearer <key>`.
+async fn authenticate(req: &HttpRequest, state: &web::Data<AppState>) -> Result<Principal, ApiError> {
+    let unauthenticated =
+        || ApiError::new(401, Issue::error(IssueCode::Unauthenticated, "send Authorization: Bearer <API key>"));
+    let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(unauthenticated)?;
+    let key = auth::bearer(header).ok_or_else(unauthenticated)?;
+    let hash = auth::hash_key(key);
+    if let Some(p) = state.known_keys.read().ok().and_then(|m| m.get(&hash).cloned()) {
+        return Ok(p);
+    }
+    let pool = state.gateway.pool.clone();
+    let lookup = hash.clone();
+    let row = web::block(move || -> Result<_, ApiError> {
+        let mut conn = pool.get().map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(clients::find_by_key_hash(&mut conn, &lookup)?)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let row = row.ok_or_else(unauthenticated)?;
+    let role = Role::parse(&row.role).ok_or_else(unauthenticated)?;
+    let principal = Principal { client_id: row.id, name: row.name, role, org_id: row.organization_id };
+    if let Ok(mut m) = state.known_keys.write() {
+        m.insert(hash, principal.clone());
+    }
+    Ok(principal)
+}
+
+async fn handle(action: Action, req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
+    match handle_inner(action, &req, state, payload).await {
+        Ok(reply) => reply_response(&req, reply),
+        Err(e) => error_response(&req, e),
+    }
+}
+
+async fn handle_inner(
+    action: Action,
+    req: &HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<Reply, ApiError> {
+    request::check_format(req)?;
+    let principal = authenticate(req, &state).await?;
+    let ctx = Ctx {
+        principal,
+        base: request::base_url(req),
+        prefer_return: request::prefer_return(req),
+        strict: request::prefer_strict(req),
+        correlation_id: request::correlation_of(req),
+    };
+    let ty = req.match_info().get("type").unwrap_or_default().to_string();
+    let id = req.match_info().get("id").unwrap_or_default().to_string();
+    let vid = req.match_info().get("vid").unwrap_or_default().to_string();
+    let limits = state.gateway.limits;
+    let gw = state.gateway.clone();
+    let writes = matches!(action, Action::Transaction | Action::Create | Action::Update | Action::Patch);
+    let (body, opts) = if writes {
+        let patch = action == Action::Patch;
+        request::check_content_type(req, patch)?;
+        let bytes = request::read_body(req, payload, limits.max_body_bytes).await?;
+        let opts = request::write_opts(req, &bytes)?;
+        let value = crate::fhir::json::parse(
+            &bytes,
+            crate::fhir::json::Limits { max_depth: limits.max_depth, max_string_bytes: limits.max_string_bytes },
+        )
+        .map_err(|i| ApiError::new(400, i))?;
+        (Some(value), opts)
+    } else {
+        (None, Default::default())
+    };
+    let query = request::query_pairs(req)?;
+    web::block(move || match action {
+        Action::Transaction => gw.transaction(&ctx, body.unwrap_or_default(), &opts),
+        Action::Create => gw.create(&ctx, &ty, body.unwrap_or_default(), &opts),
+        Action::Update => gw.update(&ctx, &ty, &id, Change::Replace(body.unwrap_or_default()), &opts),
+        Action::Patch => {
+            let patch: json_patch::Patch = serde_json::from_value(body.unwrap_or_default()).map_err(|_| {
+                ApiError::new(
+                    400,
+                    Issue::error(IssueCode::BadPatch, "the body is not a JSON Patch (an array of operations)"),
+                )
+            })?;
+            gw.update(&ctx, &ty, &id, Change::Patch(patch), &opts)
+        }
+        Action::Search => gw.search(&ctx, &ty, &query),
+        Action::Read => gw.read(&ctx, &ty, &id),
+        Action::History => gw.history(&ctx, &ty, &id),
+        Action::Vread => gw.vread(&ctx, &ty, &id, &vid),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+fn reply_response(req: &HttpRequest, reply: Reply) -> HttpResponse {
+    let mut res = HttpResponse::build(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
+    for (k, v) in &reply.headers {
+        res.insert_header((k.as_str(), v.as_str()));
+    }
+    echo_request_id(req, &mut res);
+    match reply.body {
+        Some(body) => res.content_type(FHIR_JSON).body(body),
+        None => res.finish(),
+    }
+}
+
+fn echo_request_id(req: &HttpRequest, res: &mut actix_web::HttpResponseBuilder) {
+    if let Some(v) = req.headers().get("x-request-id") {
+        res.insert_header(("X-Request-Id", v.clone()));
+    }
+}
+
+/// The OperationOutcome response for an error (internal causes are logged here, not sent).
+pub fn error_response(req: &HttpRequest, err: ApiError) -> HttpResponse {
+    let cid = request::correlation_of(req);
+    match &err {
+        ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+        ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
+        _ => {}
+    }
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = HttpResponse::build(status);
+    echo_request_id(req, &mut res);
+    if status == StatusCode::UNAUTHORIZED {
+        res.insert_header(("WWW-Authenticate", "Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE || status.as_u16() == 425 {
+        res.insert_header(("Retry-After", "5"));
+    }
+    res.content_type(FHIR_JSON).body(operation_outcome(&err.to_issues(&cid)).to_string())
+}
+
+/// Build the state shared by all workers.
+pub fn state(gateway: Gateway) -> web::Data<AppState> {
+    web::Data::from(Arc::new(AppState::new(gateway)))
+}

@@ -1,0 +1,143 @@
+//! Start-up and the HTTP server: `Application::build(settings)` connects to the database,
+//! runs migrations, loads the directory and the configured clients, binds the port (0 = any
+//! free port, for tests) and returns; `run_until_stopped` serves until the process is told to
+//! stop.
+
+use std::net::TcpListener;
+use std::time::Instant;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer};
+
+use crate::api;
+use crate::config::Settings;
+use crate::fhir::TYPES;
+use crate::fhir::schema::StructureValidator;
+use crate::gateway::{Gateway, directory};
+use crate::store::{self, Pool, clients};
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: Pool,
+}
+
+/// Open the database named by the settings and bring its schema up to date.
+pub fn open_database(settings: &Settings) -> anyhow::Result<Pool> {
+    let pool = store::connect(&settings.database.url, settings.database.pool_size)?;
+    let applied = store::migrate(&pool)?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "migrations applied");
+    }
+    Ok(pool)
+}
+
+/// Create or replace the API clients declared in the settings.
+pub fn register_config_clients(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
+    let mut conn = pool.get()?;
+    for c in &settings.clients {
+        clients::upsert_by_name(
+            &mut conn,
+            &clients::ClientRow {
+                id: format!("config-{}", c.name),
+                name: c.name.clone(),
+                role: c.role.as_str().to_string(),
+                organization_id: c.organization.clone(),
+                key_hash: c.key_sha256.clone(),
+                created_at: crate::fhir::now_ms(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let started = Instant::now();
+        let validator = StructureValidator::shared();
+        let types: Vec<&str> = TYPES.iter().map(|t| t.name).chain(["Bundle"]).collect();
+        validator.warm(&types).map_err(anyhow::Error::msg)?;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "structure validators compiled");
+
+        let pool = {
+            let settings = settings.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Pool> {
+                let pool = open_database(&settings)?;
+                register_config_clients(&pool, &settings)?;
+                let dir = &settings.directory.path;
+                if !dir.as_os_str().is_empty() {
+                    let changed = directory::load(&pool, dir)?;
+                    tracing::info!(path = %dir.display(), changed, "directory loaded");
+                }
+                Ok(pool)
+            })
+            .await??
+        };
+
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let state = api::state(Gateway::new(pool.clone(), settings.limits));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(api::correlate))
+                .configure(api::configure)
+        })
+        .workers(settings.server.workers)
+        .disable_signals()
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+        tracing::info!(port, ms = started.elapsed().as_millis() as u64, "Signpost listening");
+        Ok(Application { port, server, pool })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Serve until SIGINT/SIGTERM, then finish in-flight requests (graceful shutdown).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            handle.stop(true).await;
+        });
+        self.server.await
+    }
+
+    /// Serve in the background (tests); the server stops when the runtime ends.
+    pub fn spawn(self) -> u16 {
+        let port = self.port;
+        tokio::spawn(self.server);
+        port
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,142 @@
+//! The `signpost` command line: `serve`, `migrate`, `client add`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, Application};
+use crate::auth::{self, Role};
+use crate::config::{LogFormat, Settings};
+use crate::store::clients;
+
+/// The example configuration used when no `--config` is given and the file exists (it holds
+/// the sandbox API keys shown in the README).
+pub const EXAMPLE_CONFIG: &str = "examples/signpost.toml";
+
+#[derive(Parser, Debug)]
+#[command(name = "signpost", version, about = "FHIR R4 referral gateway between care and charities")]
+pub struct Cli {
+    /// TOML configuration file (default: examples/signpost.toml when present).
+    #[arg(long, global = true, env = "SIGNPOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL (sqlite://PATH or postgres://...), overriding the configuration.
+    #[arg(long, global = true)]
+    database: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Port to listen on (overrides server.port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Log format: text or json (overrides log.format).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Run the database migrations and exit.
+    Migrate,
+    /// Manage API clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Print the catalogue of Signpost issue codes (Markdown).
+    IssueCodes,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Register a client and print its new API key (shown once, never again).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// referrer, charity or operator.
+        #[arg(long)]
+        role: String,
+        /// The Organization id the client acts for.
+        #[arg(long)]
+        organization: String,
+    },
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let file = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None if Path::new(EXAMPLE_CONFIG).is_file() => Some(PathBuf::from(EXAMPLE_CONFIG)),
+        None => None,
+    };
+    let mut settings = Settings::load(file.as_deref())?;
+    if let Some(url) = &cli.database {
+        settings.database.url = url.clone();
+    }
+    Ok(settings)
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut settings = load_settings(&cli)?;
+    match cli.command {
+        Command::Serve { port, log_format } => {
+            if let Some(p) = port {
+                settings.server.port = p;
+            }
+            if let Some(f) = log_format {
+                settings.log.format = match f.as_str() {
+                    "json" => LogFormat::Json,
+                    "text" => LogFormat::Text,
+                    _ => anyhow::bail!("--log-format must be text or json"),
+                };
+            }
+            crate::telemetry::init(&settings.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let app = Application::build(settings).await?;
+                app.run_until_stopped().await?;
+                Ok(())
+            })
+        }
+        Command::Migrate => {
+            crate::telemetry::init(&settings.log);
+            app::open_database(&settings)?;
+            println!("migrations up to date");
+            Ok(())
+        }
+        Command::Client { command: ClientCommand::Add { name, role, organization } } => {
+            let role =
+                Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be referrer, charity or operator"))?;
+            if !crate::fhir::is_valid_id(&organization) {
+                anyhow::bail!("--organization must be an Organization id");
+            }
+            let pool = app::open_database(&settings)?;
+            let key = auth::new_key();
+            let mut conn = pool.get()?;
+            clients::insert(
+                &mut conn,
+                &clients::ClientRow {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    name: name.clone(),
+                    role: role.as_str().to_string(),
+                    organization_id: organization,
+                    key_hash: auth::hash_key(&key),
+                    created_at: crate::fhir::now_ms(),
+                },
+            )
+            .map_err(|e| match e {
+                crate::store::StoreError::Unique => anyhow::anyhow!("a client named {name} already exists"),
+                other => other.into(),
+            })?;
+            println!("{key}");
+            eprintln!("client {name} registered; store this key now, it will not be shown again");
+            Ok(())
+        }
+        Command::IssueCodes => {
+            print!("{}", crate::fhir::outcome::catalogue_markdown());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! OperationOutcome building and the catalogue of Signpost issue codes.
+//!
+//! Every issue a client sees carries a FHIR `code` (the IssueType value set), an `expression`
+//! where it concerns an element, a human `diagnostics` that never repeats submitted values,
+//! and a stable Signpost code in `details.coding` (system [`ISSUE_SYSTEM`]). The catalogue
+//! below is the single list of those codes; the README prints it.
+
+use serde_json::{Value, json};
+
+/// CodeSystem of Signpost's issue codes.
+pub const ISSUE_SYSTEM: &str = "https://signpost.example/fhir/CodeSystem/issue";
+
+/// Issue severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Fatal,
+    Error,
+    Warning,
+    Information,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Fatal => "fatal",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Information => "information",
+        }
+    }
+}
+
+macro_rules! catalogue {
+    ($( $variant:ident => ($code:literal, $fhir:literal, $meaning:literal, $fix:literal), )*) => {
+        /// A stable Signpost issue code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum IssueCode { $( $variant, )* }
+
+        impl IssueCode {
+            /// Every code, in catalogue order.
+            pub const ALL: &'static [IssueCode] = &[ $( IssueCode::$variant, )* ];
+
+            /// The code as it appears in `details.coding.code`.
+            pub fn code(self) -> &'static str { match self { $( IssueCode::$variant => $code, )* } }
+            /// The FHIR IssueType code used with it.
+            pub fn fhir_code(self) -> &'static str { match self { $( IssueCode::$variant => $fhir, )* } }
+            /// What it means.
+            pub fn meaning(self) -> &'static str { match self { $( IssueCode::$variant => $meaning, )* } }
+            /// How a sender fixes it.
+            pub fn fix(self) -> &'static str { match self { $( IssueCode::$variant => $fix, )* } }
+        }
+    };
+}
+
+catalogue! {
+    JsonMalformed => ("json-malformed", "structure", "The body is not well-formed JSON (or not UTF-8).", "Send one JSON object encoded as UTF-8."),
+    JsonDuplicateKey => ("json-duplicate-key", "structure", "An object repeats a property name.", "Give each property once."),
+    JsonTooDeep => ("json-too-deep", "too-costly", "The JSON nests deeper than the limit (32).", "Flatten the resource; real referrals nest far less."),
+    StringTooLong => ("string-too-long", "too-costly", "A string is longer than the limit (64 KiB).", "Shorten the text or attach it elsewhere."),
+    BodyTooLarge => ("body-too-large", "too-costly", "The body is larger than the limit (1 MiB).", "Send smaller messages; split large Bundles."),
+    TooManyEntries => ("too-many-entries", "too-costly", "The Bundle has more entries than the limit (100).", "Split the Bundle."),
+    NotAResource => ("not-a-resource", "structure", "The body is not a FHIR resource (no resourceType, or the wrong one for this URL).", "Send a JSON object whose resourceType matches the URL."),
+    Structure => ("structure", "structure", "The resource breaks the FHIR R4 structure (JSON Schema): unknown element, wrong type, bad format or a missing required element.", "Correct the element named in expression."),
+    UnsupportedType => ("unsupported-type", "not-supported", "Signpost does not store this resource type.", "See /fhir/metadata for the supported types."),
+    IdMismatch => ("id-mismatch", "invariant", "The resource id is missing or differs from the id in the URL.", "Put the URL's id in the body's id."),
+    UnknownPerformer => ("unknown-performer", "business-rule", "The performer or owner is not a service or organisation in the directory.", "Refer to a HealthcareService or Organization listed in the directory."),
+    InactivePerformer => ("inactive-performer", "business-rule", "The performer or owner is in the directory but not active.", "Choose another service; this one is not taking referrals."),
+    FocusRequired => ("focus-required", "business-rule", "A Task sent to Signpost must have focus = a ServiceRequest and an owner.", "Set Task.focus to the ServiceRequest and Task.owner to the charity Organization."),
+    UnknownReference => ("unknown-reference", "not-found", "A reference points to a resource that does not exist or that you cannot see.", "Create the target first, or send both in one transaction Bundle."),
+    IllegalTransition => ("illegal-transition", "business-rule", "The Task cannot move to that status from its current status, for your role.", "Use one of the moves named in diagnostics."),
+    ReasonRequired => ("reason-required", "required", "This status change needs a Task.statusReason.", "Add a coded statusReason."),
+    OutputRequired => ("output-required", "required", "Completing a Task needs an output recording the outcome.", "Add Task.output with the outcome."),
+    FieldNotChangeable => ("field-not-changeable", "business-rule", "You changed an element your role may not change.", "Change only the elements your role may edit (a charity: status, businessStatus, statusReason, output, note, executionPeriod, lastModified)."),
+    VersionConflict => ("version-conflict", "conflict", "The resource changed since the version named in If-Match.", "Read the resource again and retry with its current ETag."),
+    DuplicateRequest => ("duplicate-request", "duplicate", "The request id was used before with a different body.", "Use a new X-Request-Id for a new request."),
+    RequestInFlight => ("request-in-flight", "transient", "A request with this id is still being processed.", "Retry later with the same X-Request-Id."),
+    ConditionalMultiple => ("conditional-multiple-matches", "multiple-matches", "If-None-Exist matched more than one resource.", "Make the identifier criteria specific."),
+    BadConditional => ("bad-conditional", "invalid", "If-None-Exist must be a search on identifier (system|value).", "Send If-None-Exist: identifier=system|value."),
+    UnknownSearchParam => ("unknown-search-parameter", "not-supported", "The search uses a parameter Signpost does not support for this type.", "See /fhir/metadata for the supported parameters."),
+    BadSearchValue => ("bad-search-value", "invalid", "A search parameter's value cannot be understood.", "Correct the value (dates as FHIR instants, _count as a number)."),
+    BadPatch => ("bad-patch", "invalid", "The JSON Patch could not be applied.", "Send a valid JSON Patch (RFC 6902) against the current version."),
+    BadTransaction => ("bad-transaction", "invalid", "The Bundle is not a transaction Signpost can process.", "Send Bundle.type = transaction with POST or PUT entries, each with fullUrl and request."),
+    Unauthenticated => ("unauthenticated", "login", "No valid API key was presented.", "Send Authorization: Bearer <your key>."),
+    Forbidden => ("forbidden", "forbidden", "Your role may not do this.", "Use a client registered with the role this needs."),
+    NotFound => ("not-found", "not-found", "No such resource, or not one you may see.", "Check the id and that it belongs to your organisation."),
+    UnknownPath => ("unknown-path", "not-found", "No such endpoint.", "See /fhir/metadata."),
+    MethodNotAllowed => ("method-not-allowed", "not-supported", "This endpoint does not support the HTTP method.", "See /fhir/metadata for the interactions."),
+    UnsupportedMediaType => ("unsupported-media-type", "not-supported", "The Content-Type is not one Signpost accepts here.", "Send application/fhir+json (application/json-patch+json for PATCH)."),
+    NotAcceptable => ("not-acceptable", "not-supported", "The requested format is not supported.", "Ask for application/fhir+json (JSON only)."),
+    Unavailable => ("unavailable", "transient", "Signpost cannot reach its database right now.", "Retry later with the same X-Request-Id."),
+    Internal => ("internal", "exception", "Signpost failed unexpectedly; nothing was changed.", "Retry later; report the correlation id if it persists."),
+    Accepted => ("accepted", "informational", "The request succeeded.", "Nothing to fix."),
+}
+
+/// One issue of an OperationOutcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub severity: Severity,
+    pub code: IssueCode,
+    /// FHIRPath of the element, e.g. `ServiceRequest.subject` or `Bundle.entry[2].resource.status`.
+    pub expression: Option<String>,
+    /// Human explanation. Must never contain submitted values.
+    pub diagnostics: String,
+}
+
+impl Issue {
+    pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Self { severity: Severity::Error, code, expression: None, diagnostics: diagnostics.into() }
+    }
+
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Self { severity: Severity::Warning, code, expression: None, diagnostics: diagnostics.into() }
+    }
+
+    pub fn at(mut self, expression: impl Into<String>) -> Self {
+        self.expression = Some(expression.into());
+        self
+    }
+
+    /// Prefix the expression (for resources inside a Bundle).
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.expression = Some(match self.expression.take() {
+            Some(e) => match e.split_once('.') {
+                Some((_, rest)) => format!("{prefix}.{rest}"),
+                None => prefix.to_string(),
+            },
+            None => prefix.to_string(),
+        });
+        self
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut issue = json!({
+            "severity": self.severity.as_str(),
+            "code": self.code.fhir_code(),
+            "details": {
+                "coding": [{ "system": ISSUE_SYSTEM, "code": self.code.code() }],
+                "text": self.code.meaning(),
+            },
+            "diagnostics": self.diagnostics,
+        });
+        if let Some(e) = &self.expression {
+            issue["expression"] = json!([e]);
+        }
+        issue
+    }
+}
+
+/// An OperationOutcome holding `issues`.
+pub fn operation_outcome(issues: &[Issue]) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.iter().map(Issue::to_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Whether any issue is an error or fatal.
+pub fn has_errors(issues: &[Issue]) -> bool {
+    issues.iter().any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+}
+
+/// The catalogue as a Markdown table (used by the README and `signpost issue-codes`).
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from("| code | FHIR issue type | meaning | fix |\n|---|---|---|---|\n");
+    for c in IssueCode::ALL {
+        out.push_str(&format!("| `{}` | `{}` | {} | {} |\n", c.code(), c.fhir_code(), c.meaning(), c.fix()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_codes_are_unique_and_kebab_case() {
+        let mut seen = std::collections::HashSet::new();
+        for c in IssueCode::ALL {
+            assert!(seen.insert(c.code()), "duplicate {}", c.code());
+            assert!(c.code().chars().all(|ch| ch.is_ascii_lowercase() || ch == '-'));
+        }
+    }
+
+    #[test]
+    fn issue_under_bundle_entry_rewrites_the_root() {
+        let i = Issue::error(IssueCode::Structure, "x").at("ServiceRequest.subject").under("Bundle.entry[2].resource");
+        assert_eq!(i.expression.as_deref(), Some("Bundle.entry[2].resource.subject"));
+        let j = operation_outcome(&[i]);
+        assert_eq!(j["issue"][0]["details"]["coding"][0]["system"], ISSUE_SYSTEM);
+        assert_eq!(j["issue"][0]["expression"][0], "Bundle.entry[2].resource.subject");
+    }
+}

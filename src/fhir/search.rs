@@ -1,0 +1,303 @@
+//! Search: the values indexed at write time and the parsing of search requests.
+//!
+//! Token and reference parameters are indexed when a resource is written (see
+//! [`index_values`]); a search is parsed into [`Criteria`], which the store turns into bound
+//! SQL. Unknown parameters are errors under `Prefer: handling=strict` and are otherwise
+//! ignored and reported back in the Bundle.
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde_json::Value;
+
+use super::outcome::{Issue, IssueCode};
+use super::{ParamKind, ParamSpec, TypeSpec, parse_reference};
+
+/// Largest page a client may ask for.
+pub const MAX_COUNT: i64 = 100;
+/// Page size when the client names none.
+pub const DEFAULT_COUNT: i64 = 20;
+
+/// Comparison for `_lastUpdated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+/// A parsed search, ready for the store.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    pub resource_type: String,
+    /// `_id` values (OR).
+    pub ids: Option<Vec<String>>,
+    /// Indexed parameters: each entry is ANDed, its values ORed.
+    pub params: Vec<(String, Vec<String>)>,
+    /// `_lastUpdated` bounds in epoch milliseconds.
+    pub last_updated: Vec<(Cmp, i64)>,
+    /// Only resources this Organization holds a grant on (`None` = no restriction).
+    pub visible_to: Option<String>,
+    /// `Some(true)` newest first, `Some(false)` oldest first, `None` by id.
+    pub sort_desc: Option<bool>,
+    pub count: i64,
+    pub offset: i64,
+}
+
+/// A search request after parsing.
+#[derive(Debug, Clone)]
+pub struct ParsedSearch {
+    pub criteria: Criteria,
+    /// The parameters that were applied, for the Bundle's `self` and paging links.
+    pub applied: Vec<(String, String)>,
+    /// Parameters that were ignored (lenient handling).
+    pub ignored: Vec<String>,
+}
+
+/// The values of every supported search parameter of `resource`, for the search index.
+pub fn index_values(spec: &TypeSpec, resource: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in spec.params {
+        for element in p.elements {
+            let Some(v) = resource.get(*element) else { continue };
+            let items: Vec<&Value> = match v {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                match p.kind {
+                    ParamKind::Token => token_values(item, &mut |s| out.push((p.name.to_string(), s))),
+                    ParamKind::Reference => reference_values(p, item, &mut |s| out.push((p.name.to_string(), s))),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn token_values(v: &Value, push: &mut dyn FnMut(String)) {
+    match v {
+        Value::String(code) => push(code.clone()),
+        Value::Bool(b) => push(b.to_string()),
+        Value::Object(o) => {
+            if let Some(codings) = o.get("coding").and_then(Value::as_array) {
+                for c in codings {
+                    token_values(c, push);
+                }
+                return;
+            }
+            let system = o.get("system").and_then(Value::as_str);
+            let code = o.get("code").or_else(|| o.get("value")).and_then(Value::as_str);
+            if let Some(code) = code {
+                if let Some(system) = system {
+                    push(format!("{system}|{code}"));
+                }
+                push(code.to_string());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reference_values(p: &ParamSpec, v: &Value, push: &mut dyn FnMut(String)) {
+    let Some((ty, id)) = v.get("reference").and_then(Value::as_str).and_then(parse_reference) else {
+        return;
+    };
+    if p.target.is_some_and(|t| t != ty) {
+        return;
+    }
+    push(format!("{ty}/{id}"));
+    push(id.to_string());
+}
+
+fn bad(diag: impl Into<String>) -> Issue {
+    Issue::error(IssueCode::BadSearchValue, diag)
+}
+
+/// Parse the query pairs of a search on `spec`.
+pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Result<ParsedSearch, Issue> {
+    let mut c = Criteria { resource_type: spec.name.to_string(), count: DEFAULT_COUNT, ..Default::default() };
+    let mut applied = Vec::new();
+    let mut ignored = Vec::new();
+    for (name, value) in pairs {
+        let values = || value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect::<Vec<_>>();
+        match name.as_str() {
+            "_id" => {
+                let ids = values();
+                if ids.is_empty() {
+                    return Err(bad("_id needs a value"));
+                }
+                c.ids = Some(match c.ids.take() {
+                    Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
+                    None => ids,
+                });
+            }
+            "_lastUpdated" => c.last_updated.extend(parse_date_bound(value)?),
+            "_count" => {
+                let n: i64 = value.parse().map_err(|_| bad("_count must be a whole number"))?;
+                if n < 0 {
+                    return Err(bad("_count must not be negative"));
+                }
+                c.count = n.min(MAX_COUNT);
+            }
+            "_offset" => {
+                c.offset = value
+                    .parse()
+                    .ok()
+                    .filter(|n: &i64| *n >= 0)
+                    .ok_or_else(|| bad("_offset must be a whole number"))?;
+                continue;
+            }
+            "_sort" => {
+                c.sort_desc = match value.as_str() {
+                    "_lastUpdated" => Some(false),
+                    "-_lastUpdated" => Some(true),
+                    _ => return Err(bad("_sort supports _lastUpdated and -_lastUpdated")),
+                };
+            }
+            "_summary" if value == "count" => c.count = 0,
+            "_format" => {
+                continue;
+            }
+            other => match spec.params.iter().find(|p| p.name == other) {
+                Some(p) => {
+                    let vals: Vec<String> = values().into_iter().map(|v| normalise(p, &v)).collect();
+                    if vals.is_empty() {
+                        return Err(bad(format!("search parameter '{other}' needs a value")));
+                    }
+                    c.params.push((p.name.to_string(), vals));
+                }
+                None => {
+                    if strict {
+                        let safe: String = other.chars().take(64).filter(|ch| ch.is_ascii_graphic()).collect();
+                        return Err(Issue::error(
+                            IssueCode::UnknownSearchParam,
+                            format!("search parameter '{safe}' is not supported on {}", spec.name),
+                        ));
+                    }
+                    ignored.push(other.chars().take(64).collect());
+                    continue;
+                }
+            },
+        }
+        applied.push((name.clone(), value.clone()));
+    }
+    Ok(ParsedSearch { criteria: c, applied, ignored })
+}
+
+fn normalise(p: &ParamSpec, value: &str) -> String {
+    match p.kind {
+        ParamKind::Token => value.strip_prefix('|').unwrap_or(value).to_string(),
+        ParamKind::Reference => match parse_reference(value) {
+            Some((ty, id)) => format!("{ty}/{id}"),
+            None => match p.target {
+                Some(t) => format!("{t}/{value}"),
+                None => value.to_string(),
+            },
+        },
+    }
+}
+
+/// `_lastUpdated=[prefix]date`: a date of any FHIR precision stands for its whole range.
+fn parse_date_bound(value: &str) -> Result<Vec<(Cmp, i64)>, Issue> {
+    let (prefix, rest) = match value.get(..2) {
+        Some(p @ ("eq" | "gt" | "ge" | "lt" | "le")) => (p, &value[2..]),
+        _ => ("eq", value),
+    };
+    let (lo, hi) = date_range(rest).ok_or_else(|| bad("_lastUpdated must be a FHIR date or instant"))?;
+    Ok(match prefix {
+        "gt" => vec![(Cmp::Ge, hi)],
+        "ge" => vec![(Cmp::Ge, lo)],
+        "lt" => vec![(Cmp::Lt, lo)],
+        "le" => vec![(Cmp::Lt, hi)],
+        _ => vec![(Cmp::Ge, lo), (Cmp::Lt, hi)],
+    })
+}
+
+/// The half-open millisecond range `[lo, hi)` a FHIR date/dateTime denotes.
+fn date_range(s: &str) -> Option<(i64, i64)> {
+    let day =
+        |d: NaiveDate| -> Option<i64> { Some(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?).timestamp_millis()) };
+    match s.len() {
+        4 => {
+            let y: i32 = s.parse().ok()?;
+            Some((day(NaiveDate::from_ymd_opt(y, 1, 1)?)?, day(NaiveDate::from_ymd_opt(y + 1, 1, 1)?)?))
+        }
+        7 => {
+            let d = NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").ok()?;
+            let next = if d.month() == 12 {
+                NaiveDate::from_ymd_opt(d.year() + 1, 1, 1)?
+            } else {
+                NaiveDate::from_ymd_opt(d.year(), d.month() + 1, 1)?
+            };
+            Some((day(d)?, day(next)?))
+        }
+        10 => {
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+            Some((day(d)?, day(d.succ_opt()?)?))
+        }
+        _ => {
+            // Minutes without seconds are allowed in searches.
+            let t =
+                DateTime::parse_from_rfc3339(s).or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M%:z")).ok()?;
+            let ms = t.timestamp_millis();
+            let clock = s.split('T').nth(1)?.split(['Z', '+', '-']).next()?;
+            let width = if clock.contains('.') {
+                1
+            } else if clock.matches(':').count() == 2 {
+                1000
+            } else {
+                60_000
+            };
+            Some((ms, ms + width))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::type_spec;
+    use serde_json::json;
+
+    #[test]
+    fn indexes_tokens_identifiers_and_references() {
+        let task = json!({
+            "resourceType": "Task",
+            "status": "requested",
+            "identifier": [{ "system": "https://x", "value": "T1" }],
+            "owner": { "reference": "Organization/charity-a" },
+            "for": { "reference": "Patient/p1" },
+            "basedOn": [{ "reference": "ServiceRequest/sr1" }]
+        });
+        let idx = index_values(type_spec("Task").unwrap(), &task);
+        for want in [
+            ("status", "requested"),
+            ("identifier", "https://x|T1"),
+            ("identifier", "T1"),
+            ("owner", "Organization/charity-a"),
+            ("patient", "Patient/p1"),
+            ("based-on", "ServiceRequest/sr1"),
+        ] {
+            assert!(idx.contains(&(want.0.to_string(), want.1.to_string())), "missing {want:?} in {idx:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_parameters_are_errors_only_when_strict() {
+        let spec = type_spec("Task").unwrap();
+        let pairs = vec![("colour".to_string(), "blue".to_string())];
+        assert_eq!(parse(spec, &pairs, true).unwrap_err().code, IssueCode::UnknownSearchParam);
+        assert_eq!(parse(spec, &pairs, false).unwrap().ignored, vec!["colour".to_string()]);
+    }
+
+    #[test]
+    fn last_updated_prefixes_cover_the_whole_precision() {
+        let (lo, hi) = date_range("2024-03-14").unwrap();
+        assert_eq!(hi - lo, 86_400_000);
+        assert_eq!(parse_date_bound("gt2024-03-14").unwrap(), vec![(Cmp::Ge, hi)]);
+        assert_eq!(parse_date_bound("le2024").unwrap().len(), 1);
+        assert!(parse_date_bound("2024-03-14T10:15:00.123Z").is_ok());
+        assert!(parse_date_bound("yesterday").is_err());
+    }
+}

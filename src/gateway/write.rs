@@ -1,0 +1,522 @@
+//! Writes: create (with routing), update and patch (with the Task lifecycle), and the pieces
+//! the transaction Bundle shares.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::{Ctx, Gateway, Reply, WriteOpts, can_see, resource_reply, served_type};
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::fhir::outcome::{Issue, IssueCode, has_errors};
+use crate::fhir::schema::StructureValidator;
+use crate::fhir::search::index_values;
+use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, reference_of, stamp_meta, type_spec};
+use crate::lifecycle::{self, Actor, Needs};
+use crate::routing::{self, DirectoryEntry, DirectoryFacts};
+use crate::store::resources::{self, Grant, StoredResource};
+use crate::store::{DbConn, StoreError};
+
+/// How an update changes the stored resource.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// `PUT`: the new resource.
+    Replace(Value),
+    /// `PATCH`: a JSON Patch against the current version.
+    Patch(json_patch::Patch),
+}
+
+/// May this principal create resources of this type?
+pub(super) fn check_create(p: &Principal, spec: &TypeSpec) -> Result<(), ApiError> {
+    match (p.role, spec.class) {
+        (Role::Operator, _) => Ok(()),
+        (Role::Referrer, TypeClass::Referral) => Ok(()),
+        (Role::Referrer, TypeClass::Directory) => Err(ApiError::forbidden("only operators change the directory")),
+        (Role::Charity, _) => {
+            Err(ApiError::forbidden("charities update the Tasks they own; they do not create resources"))
+        }
+    }
+}
+
+/// Structural validation; `path` is the resource's FHIRPath root.
+pub(super) fn validate_structure(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
+    StructureValidator::shared().validate(resource, path, issues);
+}
+
+/// The resource must be an object of the URL's type.
+pub(super) fn expect_type(resource: &Value, ty: &str) -> Result<(), ApiError> {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == ty => Ok(()),
+        _ => Err(ApiError::new(
+            400,
+            Issue::error(IssueCode::NotAResource, format!("the body must be a {ty} resource")).at(ty),
+        )),
+    }
+}
+
+/// What the directory says about `ty/id` (a HealthcareService or an Organization).
+pub(super) fn directory_entry(conn: &mut DbConn, ty: &str, id: &str) -> Result<Option<DirectoryEntry>, StoreError> {
+    let Some(r) = resources::get(conn, ty, id)? else { return Ok(None) };
+    let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    let active = body.get("active").and_then(Value::as_bool).unwrap_or(true);
+    let entry = match ty {
+        "Organization" => DirectoryEntry { active, org_id: Some(id.to_string()), org_active: active },
+        _ => {
+            let org = body.get("providedBy").and_then(reference_of).filter(|(t, _)| *t == "Organization");
+            match org {
+                Some((_, org_id)) => {
+                    let org_active = match resources::get(conn, "Organization", org_id)? {
+                        Some(o) => serde_json::from_str::<Value>(&o.body)
+                            .ok()
+                            .and_then(|o| o.get("active").and_then(Value::as_bool))
+                            .unwrap_or(true),
+                        None => false,
+                    };
+                    DirectoryEntry { active, org_id: Some(org_id.to_string()), org_active }
+                }
+                None => DirectoryEntry { active, org_id: None, org_active: false },
+            }
+        }
+    };
+    Ok(Some(entry))
+}
+
+/// Load the directory facts a ServiceRequest's performers name.
+pub(super) fn performer_facts(conn: &mut DbConn, sr: &Value) -> Result<DirectoryFacts, StoreError> {
+    let mut facts = DirectoryFacts::new();
+    for (_, ty, id) in routing::performer_targets(sr) {
+        if let Some(entry) = directory_entry(conn, &ty, &id)? {
+            facts.insert((ty, id), entry);
+        }
+    }
+    Ok(facts)
+}
+
+/// The charity Organization that owns a Task (from `Task.owner`).
+pub(super) fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
+    let Some((ty, id)) = task.get("owner").and_then(reference_of) else { return Ok(None) };
+    if !routing::DIRECTORY_TARGETS.contains(&ty) {
+        return Ok(None);
+    }
+    Ok(directory_entry(conn, ty, id)?.and_then(|e| e.org_id))
+}
+
+/// A Task sent by a referrer is its own route: `focus` must be a ServiceRequest the sender can
+/// see (or one in the same Bundle, listed in `bundle_srs`), `owner` an active directory
+/// charity. `path` is the Task's FHIRPath root.
+pub(super) fn check_sender_task(
+    conn: &mut DbConn,
+    p: &Principal,
+    task: &Value,
+    bundle_srs: &HashSet<String>,
+    path: &str,
+) -> Result<Vec<Issue>, ApiError> {
+    let mut issues = Vec::new();
+    match task.get("focus").and_then(reference_of) {
+        Some(("ServiceRequest", id)) => {
+            let known = bundle_srs.contains(id)
+                || (resources::get(conn, "ServiceRequest", id)?.is_some()
+                    && can_see(conn, p, type_spec("ServiceRequest").expect("served"), id)?);
+            if !known {
+                issues.push(
+                    Issue::error(
+                        IssueCode::UnknownReference,
+                        "Task.focus names a ServiceRequest that does not exist or that you cannot see",
+                    )
+                    .at(format!("{path}.focus")),
+                );
+            }
+        }
+        _ => issues.push(
+            Issue::error(IssueCode::FocusRequired, "Task.focus must reference the ServiceRequest")
+                .at(format!("{path}.focus")),
+        ),
+    }
+    match task.get("owner").and_then(reference_of) {
+        Some((ty, id)) if routing::DIRECTORY_TARGETS.contains(&ty) => {
+            let mut facts = DirectoryFacts::new();
+            if let Some(e) = directory_entry(conn, ty, id)? {
+                facts.insert((ty.to_string(), id.to_string()), e);
+            }
+            if let Err(issue) = routing::resolve(&facts, ty, id, &format!("{path}.owner")) {
+                issues.push(issue);
+            }
+        }
+        _ => issues.push(
+            Issue::error(IssueCode::FocusRequired, "Task.owner must reference a charity Organization in the directory")
+                .at(format!("{path}.owner")),
+        ),
+    }
+    Ok(issues)
+}
+
+/// Who may see a Task's parts: its owner sees the Task, its ServiceRequest(s) and patient.
+fn task_grants(task_id: &str, task: &Value, owner: Option<&str>) -> Vec<Grant> {
+    let Some(org) = owner else { return Vec::new() };
+    let grant = |ty: &str, id: &str| Grant { resource_type: ty.into(), resource_id: id.into(), org_id: org.into() };
+    let mut out = vec![grant("Task", task_id)];
+    let mut refs: Vec<&Value> = Vec::new();
+    refs.extend(task.get("focus"));
+    refs.extend(task.get("for"));
+    if let Some(based_on) = task.get("basedOn").and_then(Value::as_array) {
+        refs.extend(based_on.iter());
+    }
+    for r in refs {
+        if let Some((ty, id)) = reference_of(r)
+            && matches!(ty, "ServiceRequest" | "Patient")
+        {
+            out.push(grant(ty, id));
+        }
+    }
+    out
+}
+
+/// Store a new resource (version 1) with its index and grants. Sets `id` and `meta`.
+pub(super) fn insert_resource(
+    conn: &mut DbConn,
+    p: &Principal,
+    spec: &TypeSpec,
+    id: &str,
+    body: &mut Value,
+    sender_org: &str,
+    now: i64,
+) -> Result<StoredResource, ApiError> {
+    body["id"] = Value::String(id.to_string());
+    stamp_meta(body, 1, now);
+    let stored = StoredResource {
+        resource_type: spec.name.to_string(),
+        id: id.to_string(),
+        version_id: 1,
+        last_updated: now,
+        body: body.to_string(),
+    };
+    resources::insert_new(conn, &stored, &index_values(spec, body))?;
+    if spec.class == TypeClass::Referral {
+        let sender = Grant { resource_type: spec.name.into(), resource_id: id.into(), org_id: sender_org.into() };
+        resources::replace_grants(conn, &format!("sender:{}/{id}", spec.name), &[sender])?;
+    }
+    if spec.name == "Task" {
+        let owner = owner_org(conn, body)?;
+        resources::replace_grants(conn, &format!("task:{id}"), &task_grants(id, body, owner.as_deref()))?;
+    }
+    tracing::info!(resource_type = spec.name, id, version = 1, client = %p.name, "created");
+    Ok(stored)
+}
+
+/// Create the Tasks routing decided for a stored ServiceRequest.
+pub(super) fn create_routed_tasks(
+    conn: &mut DbConn,
+    p: &Principal,
+    sr_id: &str,
+    sr: &Value,
+    routes: &[routing::Route],
+    now: i64,
+) -> Result<Vec<StoredResource>, ApiError> {
+    let task_spec = type_spec("Task").expect("Task is served");
+    let mut out = Vec::new();
+    for route in routes {
+        let mut task = routing::task_for(sr_id, sr, route, &p.org_id, &instant(now));
+        let id = uuid::Uuid::new_v4().to_string();
+        out.push(insert_resource(conn, p, task_spec, &id, &mut task, &p.org_id, now)?);
+        tracing::info!(task = %id, via = %route.via, "routed");
+    }
+    Ok(out)
+}
+
+impl Gateway {
+    /// `POST /fhir/{type}`.
+    pub fn create(&self, ctx: &Ctx, ty: &str, mut resource: Value, opts: &WriteOpts) -> Result<Reply, ApiError> {
+        let spec = served_type(ty)?;
+        check_create(&ctx.principal, spec)?;
+        expect_type(&resource, spec.name)?;
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("id");
+        }
+        let mut issues = Vec::new();
+        validate_structure(&resource, spec.name, &mut issues);
+        if has_errors(&issues) {
+            return Err(ApiError::issues(400, issues));
+        }
+        let conditional = match &opts.if_none_exist {
+            Some(q) => Some(conditional_identifier(q)?),
+            None => None,
+        };
+        let p = &ctx.principal;
+        self.run_write(ctx, opts, |conn| {
+            if let Some(ident) = &conditional {
+                let mut criteria = crate::fhir::search::Criteria {
+                    resource_type: spec.name.to_string(),
+                    params: vec![("identifier".into(), vec![ident.clone()])],
+                    count: 2,
+                    ..Default::default()
+                };
+                if spec.class == TypeClass::Referral && p.role != Role::Operator {
+                    criteria.visible_to = Some(p.org_id.clone());
+                }
+                let (total, found) = resources::search(conn, &criteria)?;
+                if total > 1 {
+                    return Err(ApiError::new(
+                        412,
+                        Issue::error(IssueCode::ConditionalMultiple, "If-None-Exist matched more than one resource"),
+                    ));
+                }
+                if let Some(existing) = found.first() {
+                    return Ok(resource_reply(ctx, 200, existing, true));
+                }
+            }
+            let now = now_ms();
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Some(ident) = &conditional {
+                match resources::claim_conditional(conn, spec.name, &format!("{}:identifier={ident}", p.org_id), &id) {
+                    Err(StoreError::Unique) => return Err(ApiError::ConditionalRace),
+                    other => other?,
+                }
+            }
+            let mut body = resource.clone();
+            let mut routes = Vec::new();
+            match spec.name {
+                "ServiceRequest" => {
+                    let facts = performer_facts(conn, &body)?;
+                    routes = routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?;
+                }
+                "Task" if p.role != Role::Operator => {
+                    let issues = check_sender_task(conn, p, &body, &HashSet::new(), "Task")?;
+                    if !issues.is_empty() {
+                        return Err(ApiError::issues(422, issues));
+                    }
+                }
+                _ => {}
+            }
+            let stored = insert_resource(conn, p, spec, &id, &mut body, &p.org_id, now)?;
+            if spec.name == "ServiceRequest" {
+                create_routed_tasks(conn, p, &id, &body, &routes, now)?;
+            }
+            Ok(resource_reply(ctx, 201, &stored, true))
+        })
+    }
+
+    /// `PUT` or `PATCH /fhir/{type}/{id}`.
+    pub fn update(&self, ctx: &Ctx, ty: &str, id: &str, change: Change, opts: &WriteOpts) -> Result<Reply, ApiError> {
+        let spec = served_type(ty)?;
+        let p = &ctx.principal;
+        if let Change::Replace(resource) = &change {
+            expect_type(resource, spec.name)?;
+            if resource.get("id").and_then(Value::as_str) != Some(id) {
+                return Err(ApiError::new(
+                    400,
+                    Issue::error(IssueCode::IdMismatch, "the resource id must equal the id in the URL")
+                        .at(format!("{}.id", spec.name)),
+                ));
+            }
+        }
+        if spec.class == TypeClass::Directory && p.role != Role::Operator {
+            return Err(ApiError::forbidden("only operators change the directory"));
+        }
+        self.run_write(ctx, opts, |conn| {
+            let current = resources::get(conn, spec.name, id)?;
+            let Some(current) = current else {
+                return match (&change, spec.class) {
+                    (Change::Replace(resource), TypeClass::Directory) => {
+                        let mut issues = Vec::new();
+                        validate_structure(resource, spec.name, &mut issues);
+                        if has_errors(&issues) {
+                            return Err(ApiError::issues(400, issues));
+                        }
+                        let mut body = resource.clone();
+                        let stored = insert_resource(conn, p, spec, id, &mut body, &p.org_id, now_ms())?;
+                        Ok(resource_reply(ctx, 201, &stored, true))
+                    }
+                    _ => Err(ApiError::not_found()),
+                };
+            };
+            if !can_see(conn, p, spec, id)? {
+                return Err(ApiError::not_found());
+            }
+            if p.role == Role::Charity && spec.name != "Task" {
+                return Err(ApiError::forbidden("charities may change only the Tasks they own"));
+            }
+            if let Some(expected) = opts.if_match
+                && expected != current.version_id
+            {
+                return Err(version_conflict());
+            }
+            let old: Value = serde_json::from_str(&current.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut new = match &change {
+                Change::Replace(v) => v.clone(),
+                Change::Patch(patch) => {
+                    let mut doc = old.clone();
+                    json_patch::patch(&mut doc, patch).map_err(|e| {
+                        ApiError::new(
+                            422,
+                            Issue::error(
+                                IssueCode::BadPatch,
+                                format!("the patch cannot be applied: {}", patch_error(&e)),
+                            ),
+                        )
+                    })?;
+                    if doc.get("resourceType") != old.get("resourceType") || doc.get("id") != old.get("id") {
+                        return Err(ApiError::new(
+                            422,
+                            Issue::error(IssueCode::BadPatch, "a patch may not change resourceType or id"),
+                        ));
+                    }
+                    doc
+                }
+            };
+            if let Some(meta) = new.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+            }
+            let mut issues = Vec::new();
+            validate_structure(&new, spec.name, &mut issues);
+            if has_errors(&issues) {
+                return Err(ApiError::issues(400, issues));
+            }
+            if spec.name == "Task" {
+                check_task_change(p, &old, &new)?;
+            }
+            let now = now_ms();
+            let version = current.version_id + 1;
+            stamp_meta(&mut new, version, now);
+            let stored = StoredResource {
+                resource_type: spec.name.to_string(),
+                id: id.to_string(),
+                version_id: version,
+                last_updated: now,
+                body: new.to_string(),
+            };
+            if !resources::update_if_version(conn, &stored, current.version_id, &index_values(spec, &new))? {
+                return Err(version_conflict());
+            }
+            if spec.name == "Task" {
+                let owner = owner_org(conn, &new)?;
+                resources::replace_grants(conn, &format!("task:{id}"), &task_grants(id, &new, owner.as_deref()))?;
+            }
+            tracing::info!(resource_type = spec.name, id, version, client = %p.name, "updated");
+            Ok(resource_reply(ctx, 200, &stored, false))
+        })
+    }
+}
+
+fn version_conflict() -> ApiError {
+    ApiError::new(
+        412,
+        Issue::error(IssueCode::VersionConflict, "the resource has changed since the version in If-Match"),
+    )
+}
+
+fn patch_error(e: &json_patch::PatchError) -> String {
+    // The operation index and kind only: never the values.
+    format!("operation {} ({})", e.operation, e.kind)
+}
+
+/// The Task rules of PRODUCT.md §6 for one change by `p`.
+fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let actor = match p.role {
+        Role::Charity => Actor::Owner,
+        Role::Referrer => Actor::Referrer,
+        Role::Operator => Actor::Operator,
+    };
+    if let Some(editable) = lifecycle::editable(actor) {
+        let mut keys: Vec<&String> = old.as_object().into_iter().flat_map(|o| o.keys()).collect();
+        keys.extend(new.as_object().into_iter().flat_map(|o| o.keys()));
+        keys.sort();
+        keys.dedup();
+        let issues: Vec<Issue> = keys
+            .into_iter()
+            .filter(|k| !matches!(k.as_str(), "meta" | "id" | "resourceType"))
+            .filter(|k| old.get(k.as_str()) != new.get(k.as_str()) && !editable.contains(&k.as_str()))
+            .map(|k| {
+                Issue::error(IssueCode::FieldNotChangeable, format!("a {} may not change Task.{k}", p.role.as_str()))
+                    .at(format!("Task.{k}"))
+            })
+            .collect();
+        if !issues.is_empty() {
+            return Err(ApiError::issues(422, issues));
+        }
+    }
+    let from = old.get("status").and_then(Value::as_str).unwrap_or("");
+    let to = new.get("status").and_then(Value::as_str).unwrap_or("");
+    if let Err(allowed) = lifecycle::check(from, to, actor) {
+        let moves = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+        return Err(ApiError::new(
+            409,
+            Issue::error(
+                IssueCode::IllegalTransition,
+                format!("a {} cannot move a Task from '{from}' to '{to}'; allowed moves: {moves}", p.role.as_str()),
+            )
+            .at("Task.status"),
+        ));
+    }
+    if from != to {
+        match lifecycle::needs(to) {
+            Some(Needs::StatusReason) if new.get("statusReason").is_none() => {
+                return Err(ApiError::new(
+                    422,
+                    Issue::error(IssueCode::ReasonRequired, format!("moving a Task to '{to}' needs a statusReason"))
+                        .at("Task.statusReason"),
+                ));
+            }
+            Some(Needs::Output) if new.get("output").is_none() => {
+                return Err(ApiError::new(
+                    422,
+                    Issue::error(IssueCode::OutputRequired, "completing a Task needs an output with the outcome")
+                        .at("Task.output"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `If-None-Exist: identifier=system|value` → the token to match.
+fn conditional_identifier(query: &str) -> Result<String, ApiError> {
+    let bad =
+        || ApiError::new(400, Issue::error(IssueCode::BadConditional, "If-None-Exist must be identifier=system|value"));
+    let query = query.trim().trim_start_matches('?');
+    let value = query.strip_prefix("identifier=").ok_or_else(bad)?;
+    let value = percent_decode(value);
+    if value.is_empty() || value.contains('&') {
+        return Err(bad());
+    }
+    Ok(value.strip_prefix('|').unwrap_or(&value).to_string())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Used by the transaction Bundle: every reference to a key of `map` is rewritten.
+pub(super) fn rewrite_references(value: &mut Value, map: &std::collections::HashMap<String, String>) {
+    match value {
+        Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                if k == "reference" {
+                    if let Some(target) = v.as_str().and_then(|s| map.get(s)) {
+                        *v = Value::String(target.clone());
+                    }
+                } else {
+                    rewrite_references(v, map);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| rewrite_references(v, map)),
+        _ => {}
+    }
+}

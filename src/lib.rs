@@ -1,0 +1,26 @@
+//! Signpost: a FHIR R4 referral gateway between GP and hospital systems and the charities that
+//! support people with long-term conditions.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`api`] | HTTP edge (actix-web): routes, headers, OperationOutcome responses |
+//! | [`gateway`] | operations: validate, route, write in one transaction, reply |
+//! | [`fhir`] | FHIR knowledge: types, search, JSON limits, structure validation, outcomes |
+//! | [`routing`] | pure routing decisions from directory facts |
+//! | [`lifecycle`] | the Task state machine |
+//! | [`store`] | diesel over SQLite and PostgreSQL |
+//! | [`auth`] | API keys, roles |
+//! | [`config`], [`telemetry`], [`app`], [`cli`] | start-up and operations |
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod gateway;
+pub mod lifecycle;
+pub mod routing;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,258 @@
+//! Resources, their versions, search index rows and access grants.
+
+use diesel::prelude::*;
+
+use super::schema::{access_grants, conditional_creates, resource_versions, resources, search_index};
+use super::{Backend, DbConn, StoreError};
+
+/// One version of a stored resource. `body` is the JSON served to clients, with `meta` set.
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = resources)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: i64,
+    pub body: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = resource_versions)]
+struct VersionRow<'a> {
+    resource_type: &'a str,
+    id: &'a str,
+    version_id: i64,
+    last_updated: i64,
+    body: &'a str,
+}
+
+/// A search value extracted from a resource: `(parameter name, value)`.
+pub type IndexEntry = (String, String);
+
+/// Who may see a resource: an Organization id, and why (`sender` or `task:{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub resource_type: String,
+    pub resource_id: String,
+    pub org_id: String,
+}
+
+/// The current version, if the resource exists.
+pub fn get(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<StoredResource>, StoreError> {
+    Ok(resources::table
+        .filter(resources::resource_type.eq(ty))
+        .filter(resources::id.eq(rid))
+        .first::<StoredResource>(conn)
+        .optional()?)
+}
+
+/// One historical version.
+pub fn get_version(conn: &mut DbConn, ty: &str, rid: &str, version: i64) -> Result<Option<StoredResource>, StoreError> {
+    Ok(resource_versions::table
+        .filter(resource_versions::resource_type.eq(ty))
+        .filter(resource_versions::id.eq(rid))
+        .filter(resource_versions::version_id.eq(version))
+        .select((
+            resource_versions::resource_type,
+            resource_versions::id,
+            resource_versions::version_id,
+            resource_versions::last_updated,
+            resource_versions::body,
+        ))
+        .first::<StoredResource>(conn)
+        .optional()?)
+}
+
+/// Every version, newest first.
+pub fn history(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Vec<StoredResource>, StoreError> {
+    Ok(resource_versions::table
+        .filter(resource_versions::resource_type.eq(ty))
+        .filter(resource_versions::id.eq(rid))
+        .order(resource_versions::version_id.desc())
+        .select((
+            resource_versions::resource_type,
+            resource_versions::id,
+            resource_versions::version_id,
+            resource_versions::last_updated,
+            resource_versions::body,
+        ))
+        .load::<StoredResource>(conn)?)
+}
+
+fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
+    diesel::insert_into(resource_versions::table)
+        .values(VersionRow {
+            resource_type: &r.resource_type,
+            id: &r.id,
+            version_id: r.version_id,
+            last_updated: r.last_updated,
+            body: &r.body,
+        })
+        .execute(conn)?;
+    Ok(())
+}
+
+fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -> Result<(), StoreError> {
+    diesel::delete(
+        search_index::table.filter(search_index::resource_type.eq(ty)).filter(search_index::resource_id.eq(rid)),
+    )
+    .execute(conn)?;
+    let mut unique: Vec<&IndexEntry> = index.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let rows: Vec<_> = unique
+        .into_iter()
+        .map(|(p, v)| {
+            (
+                search_index::resource_type.eq(ty),
+                search_index::resource_id.eq(rid),
+                search_index::param.eq(p.as_str()),
+                search_index::value.eq(v.as_str()),
+            )
+        })
+        .collect();
+    // One statement per row: batch inserts are not available through MultiConnection.
+    for row in rows {
+        diesel::insert_into(search_index::table).values(row).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Store a new resource (version 1 or a create-on-update) with its search values.
+/// Fails with [`StoreError::Unique`] if the id is taken.
+pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -> Result<(), StoreError> {
+    diesel::insert_into(resources::table).values(r).execute(conn)?;
+    insert_version(conn, r)?;
+    replace_index(conn, &r.resource_type, &r.id, index)
+}
+
+/// Replace the current version if it is still `expected_version` (compare-and-swap).
+/// Returns `false`, writing nothing, when another writer got there first.
+pub fn update_if_version(
+    conn: &mut DbConn,
+    r: &StoredResource,
+    expected_version: i64,
+    index: &[IndexEntry],
+) -> Result<bool, StoreError> {
+    let changed = diesel::update(
+        resources::table
+            .filter(resources::resource_type.eq(&r.resource_type))
+            .filter(resources::id.eq(&r.id))
+            .filter(resources::version_id.eq(expected_version)),
+    )
+    .set((
+        resources::version_id.eq(r.version_id),
+        resources::last_updated.eq(r.last_updated),
+        resources::body.eq(&r.body),
+    ))
+    .execute(conn)?;
+    if changed != 1 {
+        return Ok(false);
+    }
+    insert_version(conn, r)?;
+    replace_index(conn, &r.resource_type, &r.id, index)?;
+    Ok(true)
+}
+
+/// Replace every grant that comes from `source` with `grants`.
+pub fn replace_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(), StoreError> {
+    diesel::delete(access_grants::table.filter(access_grants::source.eq(source))).execute(conn)?;
+    let mut unique: Vec<&Grant> = grants.iter().collect();
+    unique.sort_by(|a, b| {
+        (&a.resource_type, &a.resource_id, &a.org_id).cmp(&(&b.resource_type, &b.resource_id, &b.org_id))
+    });
+    unique.dedup();
+    let rows: Vec<_> = unique
+        .into_iter()
+        .map(|g| {
+            (
+                access_grants::resource_type.eq(g.resource_type.as_str()),
+                access_grants::resource_id.eq(g.resource_id.as_str()),
+                access_grants::org_id.eq(g.org_id.as_str()),
+                access_grants::source.eq(source),
+            )
+        })
+        .collect();
+    for row in rows {
+        diesel::insert_into(access_grants::table).values(row).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Whether `org_id` holds any grant on the resource.
+pub fn is_visible(conn: &mut DbConn, ty: &str, rid: &str, org_id: &str) -> Result<bool, StoreError> {
+    let n: i64 = access_grants::table
+        .filter(access_grants::resource_type.eq(ty))
+        .filter(access_grants::resource_id.eq(rid))
+        .filter(access_grants::org_id.eq(org_id))
+        .count()
+        .get_result(conn)?;
+    Ok(n > 0)
+}
+
+/// Record the resource created by a conditional create (`If-None-Exist`); the primary key
+/// makes two concurrent creates for the same query collide.
+pub fn claim_conditional(conn: &mut DbConn, ty: &str, query: &str, rid: &str) -> Result<(), StoreError> {
+    diesel::insert_into(conditional_creates::table)
+        .values((
+            conditional_creates::resource_type.eq(ty),
+            conditional_creates::query.eq(query),
+            conditional_creates::resource_id.eq(rid),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub use crate::fhir::search::{Cmp, Criteria as SearchQuery};
+
+fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
+    let mut query = resources::table.filter(resources::resource_type.eq(&q.resource_type)).into_boxed::<Backend>();
+    if let Some(ids) = &q.ids {
+        query = query.filter(resources::id.eq_any(ids));
+    }
+    for (param, values) in &q.params {
+        query = query.filter(
+            resources::id.eq_any(
+                search_index::table
+                    .filter(search_index::resource_type.eq(&q.resource_type))
+                    .filter(search_index::param.eq(param))
+                    .filter(search_index::value.eq_any(values))
+                    .select(search_index::resource_id),
+            ),
+        );
+    }
+    for (cmp, ms) in &q.last_updated {
+        let col = resources::last_updated;
+        query = match cmp {
+            Cmp::Eq => query.filter(col.eq(*ms)),
+            Cmp::Gt => query.filter(col.gt(*ms)),
+            Cmp::Ge => query.filter(col.ge(*ms)),
+            Cmp::Lt => query.filter(col.lt(*ms)),
+            Cmp::Le => query.filter(col.le(*ms)),
+        };
+    }
+    if let Some(org) = &q.visible_to {
+        query = query.filter(
+            resources::id.eq_any(
+                access_grants::table
+                    .filter(access_grants::resource_type.eq(&q.resource_type))
+                    .filter(access_grants::org_id.eq(org))
+                    .select(access_grants::resource_id),
+            ),
+        );
+    }
+    query
+}
+
+/// Run a search: the total number of matches and one page of them.
+pub fn search(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {
+    let total: i64 = filtered(q).count().get_result(conn)?;
+    let mut page = filtered(q);
+    page = match q.sort_desc {
+        Some(true) => page.order((resources::last_updated.desc(), resources::id.desc())),
+        Some(false) => page.order((resources::last_updated.asc(), resources::id.asc())),
+        None => page.order(resources::id.asc()),
+    };
+    let rows = page.limit(q.count).offset(q.offset).load::<StoredResource>(conn)?;
+    Ok((total, rows))
+}

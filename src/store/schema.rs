@@ -1,0 +1,73 @@
+//! Diesel table definitions, shared by both backends (see `migrations/sqlite` and
+//! `migrations/postgres`, which keep the same version names).
+
+diesel::table! {
+    resources (resource_type, id) {
+        resource_type -> Text,
+        id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    resource_versions (resource_type, id, version_id) {
+        resource_type -> Text,
+        id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    search_index (resource_type, param, value, resource_id) {
+        resource_type -> Text,
+        resource_id -> Text,
+        param -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    access_grants (resource_type, org_id, resource_id, source) {
+        resource_type -> Text,
+        resource_id -> Text,
+        org_id -> Text,
+        source -> Text,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (client_id, request_key) {
+        client_id -> Text,
+        request_key -> Text,
+        request_hash -> Text,
+        response_status -> Integer,
+        response_headers -> Text,
+        response_body -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    conditional_creates (resource_type, query) {
+        resource_type -> Text,
+        query -> Text,
+        resource_id -> Text,
+    }
+}
+
+diesel::table! {
+    api_clients (id) {
+        id -> Text,
+        name -> Text,
+        role -> Text,
+        organization_id -> Text,
+        key_hash -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(resources, search_index, access_grants);
