@@ -44,8 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
-    /// Print the catalogue of Signpost issue codes (Markdown).
-    IssueCodes,
+    /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
+    IssueCodes {
+        #[arg(long)]
+        fhir: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,8 +137,12 @@ pub fn run() -> anyhow::Result<()> {
             eprintln!("client {name} registered; store this key now, it will not be shown again");
             Ok(())
         }
-        Command::IssueCodes => {
-            print!("{}", crate::fhir::outcome::catalogue_markdown());
+        Command::IssueCodes { fhir } => {
+            if fhir {
+                println!("{}", serde_json::to_string_pretty(&crate::fhir::outcome::catalogue_codesystem())?);
+            } else {
+                print!("{}", crate::fhir::outcome::catalogue_markdown());
+            }
             Ok(())
         }
     }

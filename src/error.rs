@@ -82,6 +82,12 @@ impl From<StoreError> for ApiError {
                 | diesel::result::DatabaseErrorKind::UnableToSendCommand,
                 info,
             )) => ApiError::Unavailable(info.message().to_string()),
+            // SQLite's busy timeout ran out: the database is overloaded, not broken.
+            StoreError::Db(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("database is locked") =>
+            {
+                ApiError::Unavailable(info.message().to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -168,6 +168,28 @@ pub fn catalogue_markdown() -> String {
     out
 }
 
+/// The catalogue as a FHIR CodeSystem (kept in `fhir-profiles/CodeSystem-signpost-issue.json`).
+pub fn catalogue_codesystem() -> Value {
+    json!({
+        "resourceType": "CodeSystem",
+        "id": "signpost-issue",
+        "url": ISSUE_SYSTEM,
+        "name": "SignpostIssue",
+        "title": "Signpost issue codes",
+        "status": "active",
+        "publisher": "Signpost",
+        "description": "Stable codes for every issue Signpost reports in an OperationOutcome, with how to fix each.",
+        "caseSensitive": true,
+        "content": "complete",
+        "count": IssueCode::ALL.len(),
+        "concept": IssueCode::ALL.iter().map(|c| json!({
+            "code": c.code(),
+            "display": c.meaning(),
+            "definition": format!("{} Fix: {}", c.meaning(), c.fix()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +210,21 @@ mod tests {
         let j = operation_outcome(&[i]);
         assert_eq!(j["issue"][0]["details"]["coding"][0]["system"], ISSUE_SYSTEM);
         assert_eq!(j["issue"][0]["expression"][0], "Bundle.entry[2].resource.subject");
+    }
+
+    #[test]
+    fn readme_lists_every_issue_code() {
+        let readme = include_str!("../../README.md");
+        assert!(readme.contains(&catalogue_markdown()), "regenerate the README table with `signpost issue-codes`");
+    }
+
+    #[test]
+    fn bundled_codesystem_matches_the_catalogue() {
+        let text = include_str!("../../fhir-profiles/CodeSystem-signpost-issue.json");
+        let file: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(file, catalogue_codesystem(), "regenerate with `signpost issue-codes --fhir`");
+        let mut issues = Vec::new();
+        crate::fhir::schema::StructureValidator::shared().validate(&file, "CodeSystem", &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
     }
 }

@@ -165,6 +165,8 @@ fn push_issue(kind: &ValidationErrorKind, expr: String, issues: &mut Vec<Issue>)
     let issue = match kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for name in unexpected {
+                // Element names only: a key that is not one could carry anything.
+                let name = if is_element_name(name) { name.as_str() } else { "(invalid name)" };
                 let at = format!("{expr}.{name}");
                 push_unique(issues, Issue::error(IssueCode::Structure, format!("unknown element '{name}'")).at(at));
             }
@@ -198,6 +200,12 @@ fn push_issue(kind: &ValidationErrorKind, expr: String, issues: &mut Vec<Issue>)
         .at(expr),
     };
     push_unique(issues, issue);
+}
+
+fn is_element_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn push_unique(issues: &mut Vec<Issue>, issue: Issue) {

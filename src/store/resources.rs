@@ -26,6 +26,21 @@ struct VersionRow<'a> {
     body: &'a str,
 }
 
+/// The columns of `resource_versions` in [`StoredResource`] order.
+const VERSION_COLUMNS: (
+    resource_versions::resource_type,
+    resource_versions::id,
+    resource_versions::version_id,
+    resource_versions::last_updated,
+    resource_versions::body,
+) = (
+    resource_versions::resource_type,
+    resource_versions::id,
+    resource_versions::version_id,
+    resource_versions::last_updated,
+    resource_versions::body,
+);
+
 /// A search value extracted from a resource: `(parameter name, value)`.
 pub type IndexEntry = (String, String);
 
@@ -52,13 +67,7 @@ pub fn get_version(conn: &mut DbConn, ty: &str, rid: &str, version: i64) -> Resu
         .filter(resource_versions::resource_type.eq(ty))
         .filter(resource_versions::id.eq(rid))
         .filter(resource_versions::version_id.eq(version))
-        .select((
-            resource_versions::resource_type,
-            resource_versions::id,
-            resource_versions::version_id,
-            resource_versions::last_updated,
-            resource_versions::body,
-        ))
+        .select(VERSION_COLUMNS)
         .first::<StoredResource>(conn)
         .optional()?)
 }
@@ -69,13 +78,7 @@ pub fn history(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Vec<StoredResou
         .filter(resource_versions::resource_type.eq(ty))
         .filter(resource_versions::id.eq(rid))
         .order(resource_versions::version_id.desc())
-        .select((
-            resource_versions::resource_type,
-            resource_versions::id,
-            resource_versions::version_id,
-            resource_versions::last_updated,
-            resource_versions::body,
-        ))
+        .select(VERSION_COLUMNS)
         .load::<StoredResource>(conn)?)
 }
 

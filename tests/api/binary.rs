@@ -1,0 +1,156 @@
+//! The `signpost` binary itself: `client add`, configuration errors, and logs free of
+//! patient data while serving real traffic.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+fn signpost() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_signpost"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("SIGNPOST_CONFIG");
+    c
+}
+
+#[tokio::test]
+async fn client_add_prints_a_key_once_that_then_authenticates() {
+    let app = spawn().await;
+    let out = signpost()
+        .args([
+            "client",
+            "add",
+            "--name",
+            "new-gp",
+            "--role",
+            "referrer",
+            "--organization",
+            "riverside-medical-practice",
+        ])
+        .args(["--database", &app.db_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("sp_"), "{key}");
+    let r = app.get(&key, "/fhir/Patient").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let again = signpost()
+        .args(["client", "add", "--name", "new-gp", "--role", "referrer", "--organization", "x"])
+        .args(["--database", &app.db_url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let bad_role = signpost()
+        .args(["client", "add", "--name", "z", "--role", "admin", "--organization", "x", "--database", &app.db_url])
+        .output()
+        .unwrap();
+    assert!(!bad_role.status.success());
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_its_key() {
+    let out = signpost().args(["migrate"]).env("SIGNPOST__SERVER__PORT", "eighty").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.port"), "{err}");
+
+    let out = signpost().args(["migrate"]).env("SIGNPOST__DATABASE__URL", "mysql://x").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
+}
+
+#[test]
+fn migrate_runs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(dir.path());
+    let out = signpost().args(["migrate", "--database", &url]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = signpost().args(["migrate", "--database", &url]).output().unwrap();
+    assert!(again.status.success());
+}
+
+#[tokio::test]
+async fn served_traffic_leaves_no_patient_data_in_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(dir.path());
+    let config = dir.path().join("signpost.toml");
+    let settings = test_settings(&url);
+    let mut toml = format!("[database]\nurl = \"{url}\"\n[server]\nport = 0\n[log]\nlevel = \"debug\"\n");
+    for c in &settings.clients {
+        toml.push_str(&format!(
+            "[[clients]]\nname = \"{}\"\nrole = \"{}\"\norganization = \"{}\"\nkey_sha256 = \"{}\"\n",
+            c.name,
+            c.role.as_str(),
+            c.organization,
+            c.key_sha256
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let mut child = signpost()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    let port = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("server starts");
+        lines.push(line.clone());
+        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
+        if v["message"] == "Signpost listening" {
+            break v["port"].as_u64().unwrap();
+        }
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let bundle = corpus("referrals/referral-bundle.json");
+    let r = http
+        .post(format!("{base}/fhir"))
+        .bearer_auth(REFERRER)
+        .header("Content-Type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut bad = patient();
+    bad["birthDate"] = serde_json::json!("1948-02-31x");
+    let r = http
+        .post(format!("{base}/fhir/Patient"))
+        .bearer_auth(REFERRER)
+        .header("Content-Type", "application/fhir+json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = http
+        .get(format!("{base}/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9000000009"))
+        .bearer_auth(REFERRER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    child.kill().unwrap();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        lines.push(line);
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("\"correlation_id\""), "request spans carry ids");
+    assert!(all.contains("\"resource_type\":\"ServiceRequest\""), "writes are logged by type and id");
+    for secret in ["9000000009", "Jane", "DOE", "LS1 1AA", "Example Street", "0113 496 0000", "1948-0"] {
+        assert!(!all.contains(secret), "log contains patient data {secret:?}");
+    }
+}

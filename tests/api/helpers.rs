@@ -1,0 +1,235 @@
+//! Test harness: a real Signpost on a random port, with its own database (a fresh SQLite
+//! file, or a fresh PostgreSQL schema when `SIGNPOST_TEST_DATABASE_URL` is set), the example
+//! directory, and API clients for two referrers, two charities and an operator.
+
+use std::sync::Once;
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use signpost::app::Application;
+use signpost::auth::{Role, hash_key};
+use signpost::config::{ClientSettings, Settings};
+
+pub const REFERRER: &str = "test-referrer-riverside";
+pub const REFERRER_2: &str = "test-referrer-lgi";
+pub const STROKE: &str = "test-charity-stroke";
+pub const BEFRIENDING: &str = "test-charity-befriending";
+pub const OPERATOR: &str = "test-operator";
+
+pub struct TestApp {
+    pub base: String,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The Signpost issue codes of an OperationOutcome body.
+    pub fn issue_codes(&self) -> Vec<String> {
+        issues(&self.body)
+            .iter()
+            .map(|i| i["details"]["coding"][0]["code"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn expressions(&self) -> Vec<String> {
+        issues(&self.body).iter().filter_map(|i| i["expression"][0].as_str().map(String::from)).collect()
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().expect("body has an id").to_string()
+    }
+
+    /// Resources of a Bundle's entries (match entries only, for searchsets).
+    pub fn resources(&self) -> Vec<Value> {
+        self.body["entry"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter(|e| e["search"]["mode"] != "outcome")
+                    .filter_map(|e| e.get("resource").cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn total(&self) -> i64 {
+        self.body["total"].as_i64().expect("bundle has total")
+    }
+
+    pub fn assert_outcome(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.body["resourceType"], "OperationOutcome", "body: {}", self.body);
+        assert!(self.issue_codes().iter().any(|c| c == code), "expected issue {code}, got {}", self.body);
+    }
+}
+
+fn issues(body: &Value) -> Vec<Value> {
+    body["issue"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn corpus(path: &str) -> Value {
+    let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))).unwrap()
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            signpost::telemetry::init(&Default::default());
+        }
+    });
+}
+
+/// A database URL of its own for one test.
+pub fn fresh_database(dir: &std::path::Path) -> String {
+    match std::env::var("SIGNPOST_TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = diesel::PgConnection::establish(&base).expect("PostgreSQL reachable for the test suite");
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}options=-csearch_path%3D{schema}")
+        }
+        _ => format!("sqlite://{}", dir.join("signpost.db").display()),
+    }
+}
+
+pub fn test_settings(db_url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.server.port = 0;
+    s.database.url = db_url.to_string();
+    s.database.pool_size = 8;
+    s.directory.path = format!("{}/examples/directory", env!("CARGO_MANIFEST_DIR")).into();
+    let client = |key: &str, role: Role, org: &str| ClientSettings {
+        name: key.to_string(),
+        role,
+        organization: org.to_string(),
+        key_sha256: hash_key(key),
+    };
+    s.clients = vec![
+        client(REFERRER, Role::Referrer, "riverside-medical-practice"),
+        client(REFERRER_2, Role::Referrer, "leeds-general-infirmary"),
+        client(STROKE, Role::Charity, "stroke-association"),
+        client(BEFRIENDING, Role::Charity, "befriending-network-leeds"),
+        client(OPERATOR, Role::Operator, "signpost-operator"),
+    ];
+    s
+}
+
+pub async fn spawn() -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let app = Application::build(test_settings(&db_url)).await.expect("app builds");
+    let port = app.spawn();
+    TestApp { base: format!("http://127.0.0.1:{port}"), db_url, http: reqwest::Client::new(), _dir: dir }
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            let ct = if method == "PATCH" { "application/json-patch+json" } else { "application/fhir+json" };
+            req = req.header("Content-Type", ct).body(b.to_string());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> Resp {
+        self.send("GET", Some(key), path, None, &[]).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> Resp {
+        self.send("POST", Some(key), path, Some(body), &[]).await
+    }
+
+    pub async fn put(&self, key: &str, path: &str, body: &Value, if_match: Option<&str>) -> Resp {
+        let h: Vec<(&str, &str)> = if_match.map(|m| vec![("If-Match", m)]).unwrap_or_default();
+        self.send("PUT", Some(key), path, Some(body), &h).await
+    }
+
+    pub async fn patch(&self, key: &str, path: &str, ops: &Value, if_match: Option<&str>) -> Resp {
+        let h: Vec<(&str, &str)> = if_match.map(|m| vec![("If-Match", m)]).unwrap_or_default();
+        self.send("PATCH", Some(key), path, Some(ops), &h).await
+    }
+
+    /// Create a Patient as `key`; returns its id.
+    pub async fn patient(&self, key: &str) -> String {
+        let r = self.post(key, "/fhir/Patient", &patient()).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.id()
+    }
+
+    /// Send a referral routed to `performer` for a new patient; returns (ServiceRequest id, patient id).
+    pub async fn referral(&self, key: &str, performer: &str) -> (String, String) {
+        let pid = self.patient(key).await;
+        let r = self.post(key, "/fhir/ServiceRequest", &service_request(&pid, performer)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        (r.id(), pid)
+    }
+
+    /// The Tasks of a ServiceRequest as seen by `key`.
+    pub async fn tasks_of(&self, key: &str, sr: &str) -> Vec<Value> {
+        let r = self.get(key, &format!("/fhir/Task?based-on=ServiceRequest/{sr}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.resources()
+    }
+}
+
+pub fn patient() -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009" }],
+        "name": [{ "family": "DOE", "given": ["Jane"] }],
+        "birthDate": "1948-07-02",
+        "address": [{ "postalCode": "LS1 1AA" }]
+    })
+}
+
+pub fn service_request(patient_id: &str, performer: &str) -> Value {
+    json!({
+        "resourceType": "ServiceRequest",
+        "identifier": [{ "system": "https://referrals.example.org.uk/Id/referral", "value": uuid::Uuid::new_v4().to_string() }],
+        "status": "active",
+        "intent": "order",
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral" }] },
+        "subject": { "reference": format!("Patient/{patient_id}") },
+        "requester": { "reference": "PractitionerRole/gp-apatel" },
+        "performer": [{ "reference": performer }],
+        "reasonCode": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "230690007", "display": "Cerebrovascular accident" }] }]
+    })
+}

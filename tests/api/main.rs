@@ -1,0 +1,13 @@
+//! Signpost's integration suite: every test talks real HTTP to a real server on a random port
+//! with a real database (SQLite; PostgreSQL when `SIGNPOST_TEST_DATABASE_URL` is set).
+
+mod access;
+mod binary;
+mod edge;
+mod helpers;
+mod idempotency;
+mod lifecycle;
+mod rest;
+mod routing;
+mod transactions;
+mod validation;

@@ -1,0 +1,122 @@
+//! Validation, first layer: limits, JSON well-formedness, R4 structure; nothing stored.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn stored_service_requests(app: &TestApp) -> i64 {
+    app.get(OPERATOR, "/fhir/ServiceRequest?_summary=count").await.total()
+}
+
+async fn raw_post(app: &TestApp, path: &str, body: Vec<u8>) -> Resp {
+    let res = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(REFERRER)
+        .header("Content-Type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body: Value = res.json().await.unwrap();
+    Resp { status, headers, body }
+}
+
+#[tokio::test]
+async fn corpus_faults_are_reported_at_their_paths_and_nothing_is_stored() {
+    let app = spawn().await;
+    let pid = app.patient(REFERRER).await;
+    for (file, expr) in [
+        ("referrals/invalid/broken-authoredon-type.json", "ServiceRequest.authoredOn"),
+        ("referrals/invalid/broken-unknown-element.json", "ServiceRequest.referralUrgency"),
+    ] {
+        let mut sr = corpus(file);
+        sr["subject"] = json!({ "reference": format!("Patient/{pid}") });
+        let r = app.post(REFERRER, "/fhir/ServiceRequest", &sr).await;
+        r.assert_outcome(400, "structure");
+        if !expr.is_empty() {
+            assert!(r.expressions().contains(&expr.to_string()), "{file}: {}", r.body);
+        }
+        assert!(r.expressions().iter().all(|e| e.starts_with("ServiceRequest")), "{}", r.body);
+    }
+    let all = app
+        .post(REFERRER, "/fhir/ServiceRequest", &corpus("referrals/invalid/referral-servicerequest-broken.json"))
+        .await;
+    assert_eq!(all.status, 400);
+    assert!(all.expressions().len() >= 2, "every structural fault in one outcome: {}", all.body);
+    assert_eq!(stored_service_requests(&app).await, 0);
+}
+
+#[tokio::test]
+async fn all_structural_issues_come_back_together_without_patient_data() {
+    let app = spawn().await;
+    let r = app
+        .post(
+            REFERRER,
+            "/fhir/Patient",
+            &json!({
+                "resourceType": "Patient",
+                "birthDate": "02/07/1948",
+                "gender": 1,
+                "nickname": "Janie",
+                "name": [{ "family": "Unforgettable-Surname" }]
+            }),
+        )
+        .await;
+    r.assert_outcome(400, "structure");
+    let exprs = r.expressions();
+    for want in ["Patient.birthDate", "Patient.gender", "Patient.nickname"] {
+        assert!(exprs.contains(&want.to_string()), "{want} missing: {}", r.body);
+    }
+    let text = r.body.to_string();
+    assert!(!text.contains("02/07/1948") && !text.contains("Janie") && !text.contains("Unforgettable"), "{text}");
+    assert_eq!(app.get(OPERATOR, "/fhir/Patient?_summary=count").await.total(), 0);
+}
+
+#[tokio::test]
+async fn size_depth_entry_and_json_limits() {
+    let app = spawn().await;
+    let huge = format!(r#"{{"resourceType":"Patient","text":"{}"}}"#, "x".repeat(1024 * 1024 + 10));
+    raw_post(&app, "/fhir/Patient", huge.into_bytes()).await.assert_outcome(413, "body-too-large");
+
+    let mut deep = json!({ "url": "http://x", "valueString": "leaf" });
+    for _ in 0..40 {
+        deep = json!({ "url": "http://x", "extension": [deep] });
+    }
+    let deep_patient = json!({ "resourceType": "Patient", "extension": [deep] });
+    app.post(REFERRER, "/fhir/Patient", &deep_patient).await.assert_outcome(400, "json-too-deep");
+    raw_post(&app, "/fhir/Patient", "[".repeat(100_000).into_bytes()).await.assert_outcome(400, "json-too-deep");
+
+    let long = json!({ "resourceType": "Patient", "name": [{ "text": "y".repeat(70 * 1024) }] });
+    app.post(REFERRER, "/fhir/Patient", &long).await.assert_outcome(400, "string-too-long");
+
+    raw_post(&app, "/fhir/Patient", br#"{"resourceType":"Patient","gender":"female","gender":"male"}"#.to_vec())
+        .await
+        .assert_outcome(400, "json-duplicate-key");
+    raw_post(&app, "/fhir/Patient", b"{\"resourceType\":\"Patient\",\"gender\":\"\xff\"}".to_vec())
+        .await
+        .assert_outcome(400, "json-malformed");
+
+    let mut bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [] });
+    for _ in 0..101 {
+        bundle["entry"].as_array_mut().unwrap().push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": patient(),
+            "request": { "method": "POST", "url": "Patient" }
+        }));
+    }
+    app.post(REFERRER, "/fhir", &bundle).await.assert_outcome(422, "too-many-entries");
+    assert_eq!(app.get(OPERATOR, "/fhir/Patient?_summary=count").await.total(), 0);
+}
+
+#[tokio::test]
+async fn body_type_must_match_the_url() {
+    let app = spawn().await;
+    app.post(REFERRER, "/fhir/ServiceRequest", &patient()).await.assert_outcome(400, "not-a-resource");
+    app.post(REFERRER, "/fhir/Patient", &json!([1, 2])).await.assert_outcome(400, "not-a-resource");
+    app.post(REFERRER, "/fhir/Observation", &json!({ "resourceType": "Observation" }))
+        .await
+        .assert_outcome(404, "unsupported-type");
+}
