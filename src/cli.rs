@@ -44,6 +44,15 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Validate FHIR JSON files offline (a file, a folder of *.json, or - for standard input);
+    /// exits non-zero when any has errors.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print one JSON OperationOutcome per file instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
     IssueCodes {
         #[arg(long)]
@@ -82,6 +91,13 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Run the command line; returns the process exit code.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Validate { paths, json } = &cli.command {
+        let invalid = crate::validate_cli::run(paths, *json)?;
+        if invalid > 0 {
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
     let mut settings = load_settings(&cli)?;
     match cli.command {
         Command::Serve { port, log_format } => {
@@ -137,6 +153,7 @@ pub fn run() -> anyhow::Result<()> {
             eprintln!("client {name} registered; store this key now, it will not be shown again");
             Ok(())
         }
+        Command::Validate { .. } => unreachable!("handled before the settings are loaded"),
         Command::IssueCodes { fhir } => {
             if fhir {
                 println!("{}", serde_json::to_string_pretty(&crate::fhir::outcome::catalogue_codesystem())?);

@@ -24,3 +24,4 @@ pub mod lifecycle;
 pub mod routing;
 pub mod store;
 pub mod telemetry;
+pub mod validate_cli;

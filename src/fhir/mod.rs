@@ -2,10 +2,12 @@
 //! references, instants, the JSON limits, structural validation and OperationOutcomes.
 //! Resources travel as `serde_json::Value`; typed views exist only for what Signpost acts on.
 
+pub mod definitions;
 pub mod json;
 pub mod outcome;
 pub mod schema;
 pub mod search;
+pub mod validator;
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::Value;

@@ -1,0 +1,496 @@
+//! The FHIR R4 validator: one walk of the instance against the base definitions
+//! ([`Definitions`]), reporting every issue with the element's FHIRPath in the syntax of the
+//! HL7 Java reference validator (`Bundle.entry[2].resource.subject`).
+//!
+//! Checked now: JSON representation (arrays exactly where max > 1, no empty arrays, objects or
+//! strings, nulls only in primitive arrays with a `_element` twin, choice types, `resourceType`),
+//! unknown elements, cardinality, JSON types of primitives and their lexical forms (FHIR's
+//! regexes and real calendar dates), required bindings (error) and extensible bindings
+//! (warning) against the bundled expansions (external code systems are not checked), reference
+//! target types, fixed and pattern values, nested and contained resources, and `ext-1`.
+//! Not yet: FHIRPath invariants, slicing, profiles beyond the base definitions.
+//!
+//! As in the Java reference, a missing or surplus element is reported at its parent
+//! (`Patient`, "Patient.name: minimum required = 1, but only found 0"), everything else at the
+//! element itself.
+
+use serde_json::{Map, Value};
+
+use super::definitions::{Definitions, ElementDef, TypeDef, TypeRef};
+use super::outcome::{Issue, IssueCode};
+use super::parse_reference;
+
+/// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
+pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
+    Walker { defs: Definitions::shared(), issues }.resource(resource, path);
+}
+
+/// Validate a top-level resource, returning its issues.
+pub fn validate(resource: &Value) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
+    validate_resource(resource, &root, &mut issues);
+    issues
+}
+
+struct Walker<'a> {
+    defs: &'a Definitions,
+    issues: &'a mut Vec<Issue>,
+}
+
+fn safe_name(name: &str) -> String {
+    if name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        name.to_string()
+    } else {
+        "(invalid name)".to_string()
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+impl Walker<'_> {
+    fn error(&mut self, code: IssueCode, at: String, diag: impl Into<String>) {
+        self.issues.push(Issue::error(code, diag).at(at));
+    }
+
+    fn resource(&mut self, value: &Value, path: &str) {
+        let Some(obj) = value.as_object() else {
+            self.error(IssueCode::NotAResource, path.to_string(), "a resource must be a JSON object");
+            return;
+        };
+        let Some(ty) = obj.get("resourceType").and_then(Value::as_str) else {
+            self.error(IssueCode::NotAResource, path.to_string(), "the resource has no resourceType");
+            return;
+        };
+        if !self.defs.is_resource(ty) {
+            self.error(IssueCode::NotAResource, path.to_string(), "resourceType is not an R4 resource type");
+            return;
+        }
+        let defs = self.defs;
+        let td = defs.type_def(ty).expect("checked above");
+        self.object(obj, td, ty, path, true);
+    }
+
+    /// Check the properties of `obj` against the children of `elem_path` in `td`.
+    fn object(&mut self, obj: &Map<String, Value>, td: &TypeDef, elem_path: &str, expr: &str, is_resource: bool) {
+        if obj.is_empty() {
+            self.error(IssueCode::EmptyElement, expr.to_string(), "an element must have a value or children");
+        }
+        let kids = td.children_of(elem_path);
+        let mut counts = vec![0usize; kids.len()];
+        for (key, value) in obj {
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            if key == "fhir_comments" {
+                continue;
+            }
+            let (name, twin) = match key.strip_prefix('_') {
+                Some(n) => (n, true),
+                None => (key.as_str(), false),
+            };
+            let Some((k, ty)) = self.find_child(td, kids, name) else {
+                self.error(
+                    IssueCode::UnknownElement,
+                    expr.to_string(),
+                    format!("Unrecognized property '{}'", safe_name(key)),
+                );
+                continue;
+            };
+            let el = &td.elements[kids[k]];
+            let primitive = self.defs.is_primitive(&ty.code);
+            if twin && !primitive {
+                self.error(
+                    IssueCode::UnknownElement,
+                    expr.to_string(),
+                    format!("Unrecognized property '{}'", safe_name(key)),
+                );
+                continue;
+            }
+            // A primitive and its `_twin` are one element: count it once.
+            if !(twin && obj.contains_key(name)) {
+                counts[k] += match value {
+                    Value::Array(a) => a.len(),
+                    Value::Null => 0,
+                    _ => 1,
+                };
+            }
+            let at = format!("{expr}.{name}");
+            match (value, el.repeats()) {
+                (Value::Array(items), true) => {
+                    if items.is_empty() {
+                        self.error(
+                            IssueCode::EmptyElement,
+                            at.clone(),
+                            "Array cannot be empty - the property should not be present if it has no values",
+                        );
+                    }
+                    let other = obj.get(&if twin { name.to_string() } else { format!("_{name}") });
+                    for (i, item) in items.iter().enumerate() {
+                        let item_at = format!("{at}[{i}]");
+                        if item.is_null() {
+                            let partner = other.and_then(|o| o.get(i)).is_some_and(|p| !p.is_null());
+                            if !primitive || !partner {
+                                self.error(IssueCode::EmptyElement, item_at, "null is not allowed here");
+                            }
+                            continue;
+                        }
+                        self.value(item, td, el, ty, &item_at, twin);
+                    }
+                }
+                (Value::Array(_), false) => {
+                    self.error(IssueCode::WrongType, at, "this element does not repeat: it must not be an array");
+                }
+                (_, true) => {
+                    self.error(IssueCode::WrongType, at, "this element repeats: it must be an array");
+                }
+                (Value::Null, false) => self.error(IssueCode::EmptyElement, at, "null is not allowed here"),
+                (v, false) => self.value(v, td, el, ty, &at, twin),
+            }
+        }
+        for (k, &i) in kids.iter().enumerate() {
+            let el = &td.elements[i];
+            let display = if el.choice { format!("{}[x]", el.path) } else { el.path.clone() };
+            if (counts[k] as u32) < el.min {
+                self.error(
+                    IssueCode::Cardinality,
+                    expr.to_string(),
+                    format!("{display}: minimum required = {}, but only found {}", el.min, counts[k]),
+                );
+            }
+            if let Some(max) = el.max
+                && counts[k] as u32 > max
+            {
+                self.error(
+                    IssueCode::Cardinality,
+                    expr.to_string(),
+                    format!("{display}: max allowed = {max}, but found {}", counts[k]),
+                );
+            }
+        }
+    }
+
+    /// The child definition a JSON property names, and the type it takes.
+    fn find_child<'t>(&self, td: &'t TypeDef, kids: &[usize], name: &str) -> Option<(usize, &'t TypeRef)> {
+        for (k, &i) in kids.iter().enumerate() {
+            let el = &td.elements[i];
+            if !el.choice && el.name == name {
+                return match el.types.first() {
+                    Some(t) => Some((k, t)),
+                    None => Some((k, &BACKBONE)),
+                };
+            }
+            if el.choice
+                && let Some(suffix) = name.strip_prefix(el.name.as_str())
+                && let Some(t) = el.types.iter().find(|t| upper_first(&t.code) == suffix)
+            {
+                return Some((k, t));
+            }
+        }
+        None
+    }
+
+    fn value(&mut self, v: &Value, td: &TypeDef, el: &ElementDef, ty: &TypeRef, at: &str, twin: bool) {
+        if twin {
+            // `_element`: only id and extensions.
+            match v.as_object() {
+                Some(o) => {
+                    let defs = self.defs;
+                    let element = defs.type_def("Element").expect("Element is defined");
+                    self.object(o, element, "Element", at, false);
+                }
+                None => {
+                    self.error(IssueCode::WrongType, at.to_string(), "a primitive's extension part must be an object")
+                }
+            }
+            return;
+        }
+        let defs = self.defs;
+        if defs.is_primitive(&ty.code) {
+            self.primitive(v, &ty.code, at);
+        } else if ty.code == "Resource" || defs.is_resource(&ty.code) {
+            self.resource(v, at);
+        } else if let Some(cr) = &el.content_reference {
+            match v.as_object() {
+                Some(o) => {
+                    let target = cr.clone();
+                    self.object(o, td, &target, at, false);
+                }
+                None => self.error(IssueCode::WrongType, at.to_string(), "expected a JSON object"),
+            }
+        } else if !td.children_of(&el.path).is_empty() {
+            match v.as_object() {
+                Some(o) => self.object(o, td, &el.path, at, false),
+                None => self.error(IssueCode::WrongType, at.to_string(), "expected a JSON object"),
+            }
+        } else if let Some(dt) = defs.type_def(&ty.code) {
+            match v.as_object() {
+                Some(o) => {
+                    self.object(o, dt, &dt.name, at, false);
+                    if dt.name == "Extension" {
+                        self.extension(o, at);
+                    }
+                    if dt.name == "Reference" {
+                        self.reference(o, ty, at);
+                    }
+                }
+                None => self.error(IssueCode::WrongType, at.to_string(), format!("expected a {} object", ty.code)),
+            }
+        }
+        if let Some(fixed) = &el.fixed
+            && v != fixed
+        {
+            self.error(IssueCode::FixedValue, at.to_string(), "the value differs from the fixed value required here");
+        }
+        if let Some(pattern) = &el.pattern
+            && !matches_pattern(v, pattern)
+        {
+            self.error(IssueCode::FixedValue, at.to_string(), "the value does not match the pattern required here");
+        }
+        self.binding(v, el, ty, at);
+    }
+
+    fn primitive(&mut self, v: &Value, ty: &str, at: &str) {
+        let ok_json = match ty {
+            "boolean" => v.is_boolean(),
+            "integer" | "positiveInt" | "unsignedInt" => v.as_i64().is_some() || v.as_u64().is_some(),
+            "decimal" => v.is_number(),
+            _ => v.is_string(),
+        };
+        if !ok_json {
+            let want = match ty {
+                "boolean" => "a JSON boolean",
+                "integer" | "positiveInt" | "unsignedInt" | "decimal" => "a JSON number",
+                _ => "a JSON string",
+            };
+            self.error(IssueCode::WrongType, at.to_string(), format!("a {ty} must be {want}"));
+            return;
+        }
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return,
+        };
+        if let Value::String(s) = v {
+            if s.is_empty() {
+                self.error(IssueCode::EmptyElement, at.to_string(), "@value cannot be empty");
+                return;
+            }
+            if s.trim() != s && !matches!(ty, "string" | "markdown" | "xhtml") {
+                self.error(
+                    IssueCode::InvalidValue,
+                    at.to_string(),
+                    format!("a {ty} must not have leading or trailing whitespace"),
+                );
+                return;
+            }
+        }
+        match ty {
+            "integer" => {
+                if v.as_i64().is_none_or(|n| n < i32::MIN as i64 || n > i32::MAX as i64) {
+                    self.error(IssueCode::InvalidValue, at.to_string(), "an integer must be a 32-bit whole number");
+                }
+                return;
+            }
+            "positiveInt" => {
+                if v.as_i64().is_none_or(|n| n < 1 || n > i32::MAX as i64) {
+                    self.error(IssueCode::InvalidValue, at.to_string(), "a positiveInt must be at least 1");
+                }
+                return;
+            }
+            "unsignedInt" => {
+                if v.as_i64().is_none_or(|n| n < 0 || n > i32::MAX as i64) {
+                    self.error(IssueCode::InvalidValue, at.to_string(), "an unsignedInt must not be negative");
+                }
+                return;
+            }
+            "xhtml" => {
+                if !text.trim_start().starts_with("<div") {
+                    self.error(IssueCode::InvalidValue, at.to_string(), "narrative must be an XHTML <div>");
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(rx) = self.defs.regexes.get(ty)
+            && !rx.is_match(&text)
+        {
+            self.error(IssueCode::InvalidValue, at.to_string(), format!("the value is not a valid {ty}"));
+            return;
+        }
+        if matches!(ty, "date" | "dateTime" | "instant") && text.get(..10).is_some_and(|d| !real_date(d)) {
+            self.error(IssueCode::InvalidValue, at.to_string(), format!("the value is not a valid {ty}: no such day"));
+        }
+    }
+
+    fn extension(&mut self, o: &Map<String, Value>, at: &str) {
+        let has_value = o.keys().any(|k| k.starts_with("value"));
+        let has_ext = o.get("extension").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        if has_value == has_ext {
+            self.issues.push(
+                Issue::error(
+                    IssueCode::Invariant,
+                    "Constraint failed: ext-1: 'Must have either extensions or value[x], not both'",
+                )
+                .at(at.to_string()),
+            );
+        }
+    }
+
+    fn reference(&mut self, o: &Map<String, Value>, ty: &TypeRef, at: &str) {
+        if ty.targets.is_empty() || ty.targets.iter().any(|t| t == "Resource") {
+            return;
+        }
+        let Some((target, _)) = o.get("reference").and_then(Value::as_str).and_then(parse_reference) else {
+            return;
+        };
+        // A warning, not an error: the official R4 examples themselves contain such references
+        // (e.g. Observation.performer naming an Encounter), and they must stay valid.
+        if self.defs.is_resource(target) && !ty.targets.iter().any(|t| t == target) {
+            self.issues.push(
+                Issue::warning(
+                    IssueCode::ReferenceType,
+                    format!("a reference to {target} is not allowed here (allowed: {})", ty.targets.join(", ")),
+                )
+                .at(format!("{at}.reference")),
+            );
+        }
+    }
+
+    fn binding(&mut self, v: &Value, el: &ElementDef, ty: &TypeRef, at: &str) {
+        let Some(b) = &el.binding else { return };
+        let required = match b.strength.as_str() {
+            "required" => true,
+            "extensible" => false,
+            _ => return,
+        };
+        let defs = self.defs;
+        let (Some(members), Some(codes)) = (defs.valuesets.get(&b.value_set), defs.valueset_codes.get(&b.value_set))
+        else {
+            return;
+        };
+        let vs_name = b.value_set.rsplit('/').next().unwrap_or("");
+        let ok = match ty.code.as_str() {
+            "code" => match v.as_str() {
+                Some(c) => codes.contains(c),
+                None => return,
+            },
+            "Coding" => match coding_key(v) {
+                Some(k) => members.contains(&k),
+                None => return,
+            },
+            "CodeableConcept" => {
+                let keys: Vec<String> =
+                    v.get("coding").and_then(Value::as_array).into_iter().flatten().filter_map(coding_key).collect();
+                if keys.is_empty() {
+                    return;
+                }
+                keys.iter().any(|k| members.contains(k))
+            }
+            _ => return,
+        };
+        if !ok {
+            let issue = if required {
+                Issue::error(
+                    IssueCode::CodeNotInValueSet,
+                    format!("the code is not in the required value set {vs_name}"),
+                )
+            } else {
+                Issue::warning(
+                    IssueCode::CodeNotInValueSet,
+                    format!("no code is from the extensible value set {vs_name}"),
+                )
+            };
+            self.issues.push(issue.at(at.to_string()));
+        }
+    }
+}
+
+static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new() };
+
+fn coding_key(v: &Value) -> Option<String> {
+    let code = v.get("code").and_then(Value::as_str)?;
+    let system = v.get("system").and_then(Value::as_str).unwrap_or("");
+    Some(format!("{system}|{code}"))
+}
+
+/// Whether `v` contains everything in `pattern` (FHIR pattern[x] semantics).
+fn matches_pattern(v: &Value, pattern: &Value) -> bool {
+    match (v, pattern) {
+        (Value::Object(o), Value::Object(p)) => {
+            p.iter().all(|(k, pv)| o.get(k).is_some_and(|ov| matches_pattern(ov, pv)))
+        }
+        (Value::Array(a), Value::Array(p)) => p.iter().all(|pv| a.iter().any(|av| matches_pattern(av, pv))),
+        _ => v == pattern,
+    }
+}
+
+/// Only a full date (`YYYY-MM-DD`) can name a day that does not exist.
+fn real_date(ymd: &str) -> bool {
+    ymd.as_bytes().get(4) != Some(&b'-') || chrono::NaiveDate::parse_from_str(ymd, "%Y-%m-%d").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn codes(v: Value) -> Vec<(IssueCode, String)> {
+        validate(&v).into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect()
+    }
+
+    fn corpus(f: &str) -> Value {
+        let path = format!("{}/../shared/corpus/referrals/{f}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn corpus_referrals_are_valid() {
+        for f in ["referral-servicerequest.json", "referral-task.json", "referral-bundle.json"] {
+            let issues = validate(&corpus(f));
+            assert!(issues.iter().all(|i| i.severity != super::super::outcome::Severity::Error), "{f}: {issues:?}");
+        }
+        // R4's Annotation.authorReference does not allow PractitionerRole (R5 does): a warning.
+        let sr = codes(corpus("referral-servicerequest.json"));
+        assert_eq!(sr, vec![(IssueCode::ReferenceType, "ServiceRequest.note[0].authorReference.reference".into())]);
+    }
+
+    #[test]
+    fn reports_each_family_at_java_paths() {
+        let found = codes(json!({
+            "resourceType": "ServiceRequest",
+            "status": "finished",
+            "authoredOn": 20240314,
+            "subject": { "reference": "Practitioner/x" },
+            "identifier": { "value": "x" },
+            "colour": "blue"
+        }));
+        for want in [
+            (IssueCode::CodeNotInValueSet, "ServiceRequest.status"),
+            (IssueCode::WrongType, "ServiceRequest.authoredOn"),
+            (IssueCode::ReferenceType, "ServiceRequest.subject.reference"),
+            (IssueCode::WrongType, "ServiceRequest.identifier"),
+            (IssueCode::UnknownElement, "ServiceRequest"),
+            (IssueCode::Cardinality, "ServiceRequest"),
+        ] {
+            assert!(found.contains(&(want.0, want.1.to_string())), "missing {want:?} in {found:?}");
+        }
+    }
+
+    #[test]
+    fn primitives_twins_and_dates() {
+        let ok = json!({ "resourceType": "Patient", "birthDate": "1948-07-02", "_birthDate": { "extension": [{ "url": "http://x", "valueString": "y" }] }, "name": [{ "given": ["A", null], "_given": [null, { "id": "g2" }] }] });
+        assert!(validate(&ok).is_empty(), "{:?}", validate(&ok));
+        let bad = codes(json!({ "resourceType": "Patient", "birthDate": "1948-02-31", "active": "yes", "gender": "" }));
+        assert!(bad.contains(&(IssueCode::InvalidValue, "Patient.birthDate".into())), "{bad:?}");
+        assert!(bad.contains(&(IssueCode::WrongType, "Patient.active".into())), "{bad:?}");
+        assert!(bad.contains(&(IssueCode::EmptyElement, "Patient.gender".into())), "{bad:?}");
+    }
+}

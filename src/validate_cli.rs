@@ -1,0 +1,74 @@
+//! `signpost validate FILE|DIR|-`: the validator offline, with the same engine and the same
+//! OperationOutcome a submission would get.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::fhir::json::{Limits, parse};
+use crate::fhir::outcome::{Issue, Severity, has_errors, operation_outcome};
+use crate::fhir::validator;
+
+/// Validate every named input; prints a report and returns how many inputs had errors.
+pub fn run(paths: &[PathBuf], json: bool) -> anyhow::Result<usize> {
+    let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            inputs.push(("-".into(), buf));
+        } else if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                .collect();
+            files.sort();
+            for f in files {
+                inputs.push((f.display().to_string(), std::fs::read(&f)?));
+            }
+        } else {
+            inputs.push((
+                p.display().to_string(),
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            ));
+        }
+    }
+    let mut invalid = 0;
+    for (name, bytes) in &inputs {
+        let issues = validate_bytes(bytes);
+        if has_errors(&issues) {
+            invalid += 1;
+        }
+        if json {
+            println!("{}", serde_json::json!({ "file": name, "outcome": operation_outcome(&issues) }));
+        } else {
+            print_human(name, &issues);
+        }
+    }
+    if !json {
+        println!("{} of {} valid", inputs.len() - invalid, inputs.len());
+    }
+    Ok(invalid)
+}
+
+/// The issues of one JSON text.
+pub fn validate_bytes(bytes: &[u8]) -> Vec<Issue> {
+    match parse(bytes, Limits { max_depth: 64, max_string_bytes: 16 << 20 }) {
+        Ok(v) => validator::validate(&v),
+        Err(issue) => vec![issue],
+    }
+}
+
+fn print_human(name: &str, issues: &[Issue]) {
+    let verdict = if has_errors(issues) { "INVALID" } else { "valid" };
+    println!("{name}: {verdict}");
+    for i in issues {
+        let sev = match i.severity {
+            Severity::Fatal => "fatal",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Information => "info",
+        };
+        println!("  {sev:7} {:40} {} [{}]", i.expression.as_deref().unwrap_or("-"), i.diagnostics, i.code.code());
+    }
+}

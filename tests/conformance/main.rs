@@ -1,0 +1,113 @@
+//! Validation conformance: Signpost's validator against the HL7 Java reference validator's
+//! outcomes (`../shared/corpus/fhir-test-cases/`) and the official R4 examples.
+//!
+//! Every case not listed in `known-disagreements.txt` must reach the Java verdict (valid or
+//! invalid), so no case regresses once passing; the listed ones say why they differ.
+//! `cargo test --test conformance -- --nocapture` prints the scores.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use signpost::fhir::outcome::{Issue, Severity};
+use signpost::fhir::validator;
+
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+}
+
+fn is_error(i: &Issue) -> bool {
+    matches!(i.severity, Severity::Error | Severity::Fatal)
+}
+
+fn validate_text(text: &str) -> Vec<Issue> {
+    match signpost::fhir::json::parse(
+        text.as_bytes(),
+        signpost::fhir::json::Limits { max_depth: 128, max_string_bytes: 1 << 30 },
+    ) {
+        Ok(v) => validator::validate(&v),
+        Err(issue) => vec![issue],
+    }
+}
+
+fn known_disagreements() -> HashMap<String, String> {
+    include_str!("known-disagreements.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(char::is_whitespace).map(|(n, why)| (n.to_string(), why.trim().to_string())))
+        .collect()
+}
+
+#[test]
+fn agrees_with_the_java_reference_on_every_case_not_listed() {
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(corpus().join("fhir-test-cases/index.json")).unwrap()).unwrap();
+    let known = known_disagreements();
+    let (mut agree, mut total, mut java_errors, mut matched_errors) = (0, 0, 0, 0);
+    let mut regressions = Vec::new();
+    let mut fixed = Vec::new();
+    for case in index["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let file = corpus().join("fhir-test-cases").join(case["file"].as_str().unwrap());
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        total += 1;
+        let issues = validate_text(&text);
+        let ours_invalid = issues.iter().any(is_error);
+        let java_invalid = case["expected_errors"].as_u64().unwrap_or(0) > 0;
+        let agrees = ours_invalid == java_invalid;
+        if agrees {
+            agree += 1;
+        }
+        for expected in case["expected_issues"].as_array().into_iter().flatten() {
+            if !matches!(expected["severity"].as_str(), Some("error" | "fatal")) {
+                continue;
+            }
+            java_errors += 1;
+            let path = expected["expression"].as_str().unwrap_or("");
+            if issues.iter().any(|i| is_error(i) && i.expression.as_deref() == Some(path)) {
+                matched_errors += 1;
+            }
+        }
+        match (agrees, known.get(name)) {
+            (false, None) => regressions.push(format!(
+                "{name}: Java {} / Signpost {} ({:?})",
+                if java_invalid { "invalid" } else { "valid" },
+                if ours_invalid { "invalid" } else { "valid" },
+                issues.iter().filter(|i| is_error(i)).map(|i| (&i.expression, &i.diagnostics)).collect::<Vec<_>>()
+            )),
+            (true, Some(_)) => fixed.push(name.to_string()),
+            _ => {}
+        }
+    }
+    println!(
+        "fhir-test-cases: verdict agreement {agree}/{total} ({:.1} %); Java errors matched on severity and path: {matched_errors}/{java_errors}",
+        100.0 * agree as f64 / total as f64
+    );
+    if !fixed.is_empty() {
+        println!("now agreeing, remove from known-disagreements.txt: {fixed:?}");
+    }
+    assert!(regressions.is_empty(), "cases that disagree with the Java reference:\n{}", regressions.join("\n"));
+}
+
+#[test]
+fn official_r4_examples_have_no_errors() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for entry in std::fs::read_dir(corpus().join("r4-examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".json") || name == "package.json" {
+            continue;
+        }
+        count += 1;
+        let issues = validate_text(&std::fs::read_to_string(&path).unwrap());
+        let errors: Vec<_> =
+            issues.iter().filter(|i| is_error(i)).map(|i| (i.expression.clone(), i.diagnostics.clone())).collect();
+        if !errors.is_empty() {
+            failures.push(format!("{name}: {errors:?}"));
+        }
+    }
+    println!("r4-examples: {} of {count} without errors", count - failures.len());
+    assert!(failures.is_empty(), "{} examples with errors:\n{}", failures.len(), failures.join("\n"));
+}
