@@ -54,6 +54,12 @@ pub fn capability_statement(base: &str) -> Value {
             },
             "resource": resources,
             "interaction": system,
+            "operation": ROUTES
+                .iter()
+                .filter(|r| r.2 == Action::Validate)
+                .take(1)
+                .map(|_| json!({ "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" }))
+                .collect::<Vec<_>>(),
             "searchParam": [
                 { "name": "_count", "type": "number" },
                 { "name": "_sort", "type": "string" }

@@ -48,6 +48,7 @@ impl AppState {
 /// What a route does; the CapabilityStatement is generated from [`ROUTES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    Validate,
     Transaction,
     Search,
     Create,
@@ -60,6 +61,9 @@ pub enum Action {
 
 /// The FHIR API's route table: path, method, action, FHIR interaction code.
 pub const ROUTES: &[(&str, &str, Action, &str)] = &[
+    // Operations first: `/{type}/{id}` would otherwise claim `/{type}/$validate`.
+    ("/$validate", "POST", Action::Validate, "$validate"),
+    ("/{type}/$validate", "POST", Action::Validate, "$validate"),
     ("", "POST", Action::Transaction, "transaction"),
     ("/{type}", "GET", Action::Search, "search-type"),
     ("/{type}", "POST", Action::Create, "create"),
@@ -78,8 +82,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(capability::metadata))
             .default_service(web::to(method_not_allowed)),
     );
-    let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.0).collect();
-    paths.dedup();
+    let mut paths: Vec<&str> = Vec::new();
+    for r in ROUTES {
+        if !paths.contains(&r.0) {
+            paths.push(r.0);
+        }
+    }
     for path in paths {
         let mut resource = web::resource(if path.is_empty() { "" } else { path });
         for (_, method, action, _) in ROUTES.iter().filter(|r| r.0 == path) {
@@ -195,7 +203,8 @@ async fn handle_inner(
     let vid = req.match_info().get("vid").unwrap_or_default().to_string();
     let limits = state.gateway.limits;
     let gw = state.gateway.clone();
-    let writes = matches!(action, Action::Transaction | Action::Create | Action::Update | Action::Patch);
+    let writes =
+        matches!(action, Action::Validate | Action::Transaction | Action::Create | Action::Update | Action::Patch);
     let (body, opts) = if writes {
         let patch = action == Action::Patch;
         request::check_content_type(req, patch)?;
@@ -212,6 +221,7 @@ async fn handle_inner(
     };
     let query = request::query_pairs(req)?;
     web::block(move || match action {
+        Action::Validate => gw.validate(&ctx, (!ty.is_empty()).then_some(ty.as_str()), body.unwrap_or_default()),
         Action::Transaction => gw.transaction(&ctx, body.unwrap_or_default(), &opts),
         Action::Create => gw.create(&ctx, &ty, body.unwrap_or_default(), &opts),
         Action::Update => gw.update(&ctx, &ty, &id, Change::Replace(body.unwrap_or_default()), &opts),

@@ -12,6 +12,17 @@ pub mod validator;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::Value;
 
+/// Validate a resource as every write is validated (PRODUCT.md §3, layers 2–3): the R4
+/// validator over the bundled definitions, which names every fault in one pass; then, when it
+/// found no error, the official R4 JSON Schema as an independent cross-check. `path` is the
+/// resource's FHIRPath root.
+pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<outcome::Issue>) {
+    validator::validate_resource(resource, path, issues);
+    if !outcome::has_errors(issues) {
+        schema::StructureValidator::shared().validate(resource, path, issues);
+    }
+}
+
 /// How a search parameter's values are read from a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {

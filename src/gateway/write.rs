@@ -9,7 +9,6 @@ use super::{Ctx, Gateway, Reply, WriteOpts, can_see, resource_reply, served_type
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, has_errors};
-use crate::fhir::schema::StructureValidator;
 use crate::fhir::search::index_values;
 use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, reference_of, stamp_meta, type_spec};
 use crate::lifecycle::{self, Actor, Needs};
@@ -38,9 +37,9 @@ pub(super) fn check_create(p: &Principal, spec: &TypeSpec) -> Result<(), ApiErro
     }
 }
 
-/// Structural validation; `path` is the resource's FHIRPath root.
+/// Validation of a resource to be stored; `path` is the resource's FHIRPath root.
 pub(super) fn validate_structure(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
-    StructureValidator::shared().validate(resource, path, issues);
+    crate::fhir::validate_resource(resource, path, issues);
 }
 
 /// The resource must be an object of the URL's type.
@@ -224,13 +223,45 @@ pub(super) fn create_routed_tasks(
 }
 
 impl Gateway {
+    /// `POST /fhir/$validate` and `POST /fhir/{type}/$validate`: the OperationOutcome a
+    /// submission of the resource would get from validation, without storing anything. The
+    /// body is the resource, or a Parameters with a `resource` parameter.
+    pub fn validate(&self, _ctx: &Ctx, ty: Option<&str>, body: Value) -> Result<Reply, ApiError> {
+        let resource =
+            if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && ty != Some("Parameters") {
+                body.get("parameter")
+                    .and_then(Value::as_array)
+                    .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
+                    .and_then(|p| p.get("resource"))
+                    .cloned()
+                    .unwrap_or(body)
+            } else {
+                body
+            };
+        if let Some(ty) = ty {
+            expect_type(&resource, ty)?;
+        }
+        let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
+        let mut issues = Vec::new();
+        validate_structure(&resource, &root, &mut issues);
+        if issues.is_empty() {
+            issues.push(Issue {
+                severity: crate::fhir::outcome::Severity::Information,
+                code: IssueCode::Accepted,
+                expression: None,
+                diagnostics: "no issues found".into(),
+            });
+        }
+        Ok(Reply::json(200, &crate::fhir::outcome::operation_outcome(&issues)))
+    }
+
     /// `POST /fhir/{type}`.
     pub fn create(&self, ctx: &Ctx, ty: &str, mut resource: Value, opts: &WriteOpts) -> Result<Reply, ApiError> {
         let spec = served_type(ty)?;
         check_create(&ctx.principal, spec)?;
         expect_type(&resource, spec.name)?;
         if let Some(obj) = resource.as_object_mut() {
-            obj.remove("id");
+            obj.shift_remove("id");
         }
         let mut issues = Vec::new();
         validate_structure(&resource, spec.name, &mut issues);
@@ -364,8 +395,13 @@ impl Gateway {
                 }
             };
             if let Some(meta) = new.get_mut("meta").and_then(Value::as_object_mut) {
-                meta.remove("versionId");
-                meta.remove("lastUpdated");
+                meta.shift_remove("versionId");
+                meta.shift_remove("lastUpdated");
+                if meta.is_empty()
+                    && let Some(o) = new.as_object_mut()
+                {
+                    o.shift_remove("meta");
+                }
             }
             let mut issues = Vec::new();
             validate_structure(&new, spec.name, &mut issues);

@@ -154,3 +154,29 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
         assert!(!all.contains(secret), "log contains patient data {secret:?}");
     }
 }
+
+#[test]
+fn validate_command_reports_faults_offline_with_an_exit_code() {
+    let corpus = format!("{}/../shared/corpus/referrals", env!("CARGO_MANIFEST_DIR"));
+    let bad = signpost().args(["validate", &format!("{corpus}/invalid/broken-status-code.json")]).output().unwrap();
+    assert!(!bad.status.success());
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(text.contains("INVALID") && text.contains("ServiceRequest.status"), "{text}");
+
+    let json = signpost().args(["validate", "--json", &format!("{corpus}/invalid")]).output().unwrap();
+    assert!(!json.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&json.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines.iter().all(|l| l["outcome"]["resourceType"] == "OperationOutcome"));
+
+    let good = signpost().args(["validate", &format!("{corpus}/referral-bundle.json")]).output().unwrap();
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
+
+    let mut child = signpost().args(["validate", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(br#"{"resourceType":"Patient","gender":"robot"}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Patient.gender"));
+}

@@ -21,6 +21,7 @@ async fn capability_statement_lists_the_served_types_and_interactions() {
             assert!(codes.contains(&code), "{ty} lacks {code}");
         }
     }
+    assert_eq!(rest["operation"][0]["name"], "validate");
     let task = resources.iter().find(|x| x["type"] == "Task").unwrap();
     let params: Vec<&str> =
         task["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();

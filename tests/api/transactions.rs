@@ -67,7 +67,7 @@ async fn one_failing_entry_fails_the_whole_bundle_and_stores_nothing() {
     let mut bad_structure = corpus("referrals/referral-bundle.json");
     bad_structure["entry"][0]["resource"]["gender"] = json!(12);
     let r = app.post(REFERRER, "/fhir", &bad_structure).await;
-    r.assert_outcome(400, "structure");
+    r.assert_outcome(400, "wrong-type");
     assert!(r.expressions().contains(&"Bundle.entry[0].resource.gender".to_string()), "{}", r.body);
     assert_eq!(app.get(OPERATOR, "/fhir/Patient?_summary=count").await.total(), before);
 }

@@ -28,24 +28,37 @@ async fn raw_post(app: &TestApp, path: &str, body: Vec<u8>) -> Resp {
 async fn corpus_faults_are_reported_at_their_paths_and_nothing_is_stored() {
     let app = spawn().await;
     let pid = app.patient(REFERRER).await;
-    for (file, expr) in [
-        ("referrals/invalid/broken-authoredon-type.json", "ServiceRequest.authoredOn"),
-        ("referrals/invalid/broken-unknown-element.json", "ServiceRequest.referralUrgency"),
-    ] {
+    // Each broken referral: the Signpost code, the path, and a word of the diagnostics.
+    let cases = [
+        ("referrals/invalid/broken-authoredon-type.json", "wrong-type", "ServiceRequest.authoredOn", "string"),
+        ("referrals/invalid/broken-unknown-element.json", "unknown-element", "ServiceRequest", "referralUrgency"),
+        (
+            "referrals/invalid/broken-status-code.json",
+            "code-not-in-value-set",
+            "ServiceRequest.status",
+            "request-status",
+        ),
+        ("referrals/invalid/broken-missing-intent.json", "cardinality", "ServiceRequest", "ServiceRequest.intent"),
+    ];
+    let mut all_expected = Vec::new();
+    for (file, code, expr, word) in cases {
         let mut sr = corpus(file);
         sr["subject"] = json!({ "reference": format!("Patient/{pid}") });
         let r = app.post(REFERRER, "/fhir/ServiceRequest", &sr).await;
-        r.assert_outcome(400, "structure");
-        if !expr.is_empty() {
-            assert!(r.expressions().contains(&expr.to_string()), "{file}: {}", r.body);
-        }
-        assert!(r.expressions().iter().all(|e| e.starts_with("ServiceRequest")), "{}", r.body);
+        r.assert_outcome(400, code);
+        let issue = r.body["issue"].as_array().unwrap().iter().find(|i| i["expression"][0] == expr).cloned();
+        let issue = issue.unwrap_or_else(|| panic!("{file}: nothing at {expr}: {}", r.body));
+        assert!(issue["diagnostics"].as_str().unwrap().contains(word), "{file}: {issue}");
+        all_expected.push((code, expr));
     }
-    let all = app
-        .post(REFERRER, "/fhir/ServiceRequest", &corpus("referrals/invalid/referral-servicerequest-broken.json"))
-        .await;
-    assert_eq!(all.status, 400);
-    assert!(all.expressions().len() >= 2, "every structural fault in one outcome: {}", all.body);
+    let mut all = corpus("referrals/invalid/referral-servicerequest-broken.json");
+    all["subject"] = json!({ "reference": format!("Patient/{pid}") });
+    let r = app.post(REFERRER, "/fhir/ServiceRequest", &all).await;
+    assert_eq!(r.status, 400);
+    let found: Vec<(String, String)> = r.issue_codes().into_iter().zip(r.expressions()).collect();
+    for (code, expr) in all_expected {
+        assert!(found.contains(&(code.to_string(), expr.to_string())), "{code} at {expr} missing: {found:?}");
+    }
     assert_eq!(stored_service_requests(&app).await, 0);
 }
 
@@ -65,10 +78,12 @@ async fn all_structural_issues_come_back_together_without_patient_data() {
             }),
         )
         .await;
-    r.assert_outcome(400, "structure");
-    let exprs = r.expressions();
-    for want in ["Patient.birthDate", "Patient.gender", "Patient.nickname"] {
-        assert!(exprs.contains(&want.to_string()), "{want} missing: {}", r.body);
+    assert_eq!(r.status, 400);
+    let found: Vec<(String, String)> = r.issue_codes().into_iter().zip(r.expressions()).collect();
+    for want in
+        [("invalid-value", "Patient.birthDate"), ("wrong-type", "Patient.gender"), ("unknown-element", "Patient")]
+    {
+        assert!(found.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} missing: {}", r.body);
     }
     let text = r.body.to_string();
     assert!(!text.contains("02/07/1948") && !text.contains("Janie") && !text.contains("Unforgettable"), "{text}");
@@ -119,4 +134,29 @@ async fn body_type_must_match_the_url() {
     app.post(REFERRER, "/fhir/Observation", &json!({ "resourceType": "Observation" }))
         .await
         .assert_outcome(404, "unsupported-type");
+}
+
+#[tokio::test]
+async fn validate_operation_returns_what_a_submission_would_get_and_stores_nothing() {
+    let app = spawn().await;
+    let pid = app.patient(REFERRER).await;
+    let mut broken = corpus("referrals/invalid/referral-servicerequest-broken.json");
+    broken["subject"] = json!({ "reference": format!("Patient/{pid}") });
+    let submitted = app.post(REFERRER, "/fhir/ServiceRequest", &broken).await;
+    assert_eq!(submitted.status, 400);
+
+    let checked = app.post(REFERRER, "/fhir/ServiceRequest/$validate", &broken).await;
+    assert_eq!(checked.status, 200, "{}", checked.body);
+    assert_eq!(checked.body["issue"], submitted.body["issue"], "same outcome as a real submission");
+
+    let wrapped = json!({ "resourceType": "Parameters", "parameter": [{ "name": "resource", "resource": broken }] });
+    let via_parameters = app.post(REFERRER, "/fhir/$validate", &wrapped).await;
+    assert_eq!(via_parameters.body["issue"], submitted.body["issue"]);
+
+    let good = app.post(STROKE, "/fhir/Patient/$validate", &patient()).await;
+    assert_eq!(good.status, 200);
+    assert_eq!(good.body["issue"][0]["severity"], "information");
+    app.post(REFERRER, "/fhir/Patient/$validate", &broken).await.assert_outcome(400, "not-a-resource");
+
+    assert_eq!(stored_service_requests(&app).await, 0);
 }
