@@ -1,0 +1,55 @@
+//! Validation speed: parse + full validation of the corpus referral ServiceRequest and the
+//! 5-entry referral Bundle, one core, against the Rust JSON Schema check of the same files
+//! measured in the same run (the structure-only ceiling; BENCHMARKS.md).
+//!
+//! `cargo bench --bench validation`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use signpost::fhir::json::{Limits, parse};
+use signpost::fhir::schema::StructureValidator;
+use signpost::fhir::validator;
+use std::hint::black_box;
+
+fn corpus(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../shared/corpus/referrals/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let start = std::time::Instant::now();
+    let _ = validator::validate(&serde_json::json!({ "resourceType": "Patient" }));
+    println!("validation index built in {} ms", start.elapsed().as_millis());
+    StructureValidator::shared()
+        .warm(&["ServiceRequest", "Bundle", "Patient", "PractitionerRole", "Organization", "Task"])
+        .unwrap();
+
+    for (label, file) in [("servicerequest", "referral-servicerequest.json"), ("bundle", "referral-bundle.json")] {
+        let bytes = corpus(file);
+        let mut group = c.benchmark_group(label);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("parse + signpost validator", |b| {
+            b.iter(|| {
+                let v = parse(black_box(&bytes), Limits::default()).unwrap();
+                black_box(validator::validate(&v))
+            })
+        });
+        group.bench_function("parse + json schema (structure only)", |b| {
+            b.iter(|| {
+                let v = parse(black_box(&bytes), Limits::default()).unwrap();
+                let mut issues = Vec::new();
+                let root = v["resourceType"].as_str().unwrap().to_string();
+                StructureValidator::shared().validate(&v, &root, &mut issues);
+                black_box(issues)
+            })
+        });
+        group.bench_function("parse only", |b| {
+            b.iter(|| black_box(parse(black_box(&bytes), Limits::default()).unwrap()))
+        });
+        group.bench_function("serde_json::from_slice only", |b| {
+            b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&bytes)).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
