@@ -4,7 +4,9 @@
 //! R4 4.0.1 package), embedded in the binary: every datatype and resource snapshot, the
 //! primitive regexes (compiled once, ASCII classes) and the expansions of bound value sets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -92,7 +94,7 @@ pub struct TypeDef {
     pub is_abstract: bool,
     pub elements: Vec<ElementDef>,
     /// Child element indexes by parent path.
-    pub children: HashMap<String, Vec<usize>>,
+    pub children: FxHashMap<String, Vec<usize>>,
 }
 
 impl TypeDef {
@@ -121,12 +123,12 @@ struct RawDefinitions {
 
 /// The compiled index.
 pub struct Definitions {
-    pub types: HashMap<String, TypeDef>,
-    pub regexes: HashMap<String, Regex>,
+    pub types: FxHashMap<String, TypeDef>,
+    pub regexes: FxHashMap<String, Regex>,
     /// Value set URL → `system|code` members.
-    pub valuesets: HashMap<String, HashSet<String>>,
+    pub valuesets: FxHashMap<String, FxHashSet<String>>,
     /// Value set URL → bare codes (for `code` elements, which carry no system).
-    pub valueset_codes: HashMap<String, HashSet<String>>,
+    pub valueset_codes: FxHashMap<String, FxHashSet<String>>,
 }
 
 /// Rewrite a FHIR regex for Rust: anchored, with ASCII whitespace classes.
@@ -149,7 +151,7 @@ impl Definitions {
 
     fn load() -> Result<Self, String> {
         let raw: RawDefinitions = serde_json::from_str(DEFINITIONS).map_err(|e| e.to_string())?;
-        let mut types = HashMap::new();
+        let mut types = FxHashMap::default();
         for (name, t) in raw.types {
             let mut elements = Vec::new();
             for e in t.elements.into_iter().filter(|e| e.slice_name.is_none()) {
@@ -171,7 +173,7 @@ impl Definitions {
                     path: e.path,
                 });
             }
-            let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+            let mut children: FxHashMap<String, Vec<usize>> = FxHashMap::default();
             for (i, e) in elements.iter().enumerate() {
                 if let Some((parent, _)) = e.path.rsplit_once('.') {
                     children.entry(parent.to_string()).or_default().push(i);
@@ -179,7 +181,7 @@ impl Definitions {
             }
             types.insert(name.clone(), TypeDef { name, kind: t.kind, is_abstract: t.is_abstract, elements, children });
         }
-        let mut regexes = HashMap::new();
+        let mut regexes = FxHashMap::default();
         for (name, rx) in raw.regex {
             regexes.insert(name, Regex::new(&rust_regex(&rx)).map_err(|e| e.to_string())?);
         }

@@ -14,6 +14,8 @@
 //! (`Patient`, "Patient.name: minimum required = 1, but only found 0"), everything else at the
 //! element itself.
 
+use std::fmt::Write;
+
 use serde_json::{Map, Value};
 
 use super::definitions::{Definitions, ElementDef, TypeDef, TypeRef};
@@ -22,7 +24,8 @@ use super::parse_reference;
 
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
-    Walker { defs: Definitions::shared(), issues }.resource(resource, path);
+    let mut path = path.to_string();
+    Walker { defs: Definitions::shared(), issues }.resource(resource, &mut path);
 }
 
 /// Validate a top-level resource, returning its issues.
@@ -46,12 +49,10 @@ fn safe_name(name: &str) -> String {
     }
 }
 
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-        None => String::new(),
-    }
+/// Whether a choice element's suffix names `code` (`valueString` → `string`).
+fn is_type_suffix(suffix: &str, code: &str) -> bool {
+    let (s, c) = (suffix.as_bytes(), code.as_bytes());
+    s.len() == c.len() && !s.is_empty() && s[0] == c[0].to_ascii_uppercase() && s[1..] == c[1..]
 }
 
 impl Walker<'_> {
@@ -59,7 +60,7 @@ impl Walker<'_> {
         self.issues.push(Issue::error(code, diag).at(at));
     }
 
-    fn resource(&mut self, value: &Value, path: &str) {
+    fn resource(&mut self, value: &Value, path: &mut String) {
         let Some(obj) = value.as_object() else {
             self.error(IssueCode::NotAResource, path.to_string(), "a resource must be a JSON object");
             return;
@@ -78,7 +79,16 @@ impl Walker<'_> {
     }
 
     /// Check the properties of `obj` against the children of `elem_path` in `td`.
-    fn object(&mut self, obj: &Map<String, Value>, td: &TypeDef, elem_path: &str, expr: &str, is_resource: bool) {
+    /// `expr` is the FHIRPath of `obj`; children extend it in place and restore it (one buffer
+    /// for the whole walk, so a valid resource costs no path allocations).
+    fn object(
+        &mut self,
+        obj: &Map<String, Value>,
+        td: &TypeDef,
+        elem_path: &str,
+        expr: &mut String,
+        is_resource: bool,
+    ) {
         if obj.is_empty() {
             self.error(IssueCode::EmptyElement, expr.to_string(), "an element must have a value or children");
         }
@@ -121,47 +131,56 @@ impl Walker<'_> {
                     _ => 1,
                 };
             }
-            let at = format!("{expr}.{name}");
+            let base_len = expr.len();
+            expr.push('.');
+            expr.push_str(name);
             match (value, el.repeats()) {
                 (Value::Array(items), true) => {
                     if items.is_empty() {
                         self.error(
                             IssueCode::EmptyElement,
-                            at.clone(),
+                            expr.clone(),
                             "Array cannot be empty - the property should not be present if it has no values",
                         );
                     }
                     let other = obj.get(&if twin { name.to_string() } else { format!("_{name}") });
+                    let at_len = expr.len();
                     for (i, item) in items.iter().enumerate() {
-                        let item_at = format!("{at}[{i}]");
+                        let _ = write!(expr, "[{i}]");
                         if item.is_null() {
                             let partner = other.and_then(|o| o.get(i)).is_some_and(|p| !p.is_null());
                             if !primitive || !partner {
-                                self.error(IssueCode::EmptyElement, item_at, "null is not allowed here");
+                                self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here");
                             }
-                            continue;
+                        } else {
+                            self.value(item, td, el, ty, expr, twin);
                         }
-                        self.value(item, td, el, ty, &item_at, twin);
+                        expr.truncate(at_len);
                     }
                 }
                 (Value::Array(_), false) => {
-                    self.error(IssueCode::WrongType, at, "this element does not repeat: it must not be an array");
+                    self.error(
+                        IssueCode::WrongType,
+                        expr.clone(),
+                        "this element does not repeat: it must not be an array",
+                    );
                 }
                 (_, true) => {
-                    self.error(IssueCode::WrongType, at, "this element repeats: it must be an array");
+                    self.error(IssueCode::WrongType, expr.clone(), "this element repeats: it must be an array");
                 }
-                (Value::Null, false) => self.error(IssueCode::EmptyElement, at, "null is not allowed here"),
-                (v, false) => self.value(v, td, el, ty, &at, twin),
+                (Value::Null, false) => self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here"),
+                (v, false) => self.value(v, td, el, ty, expr, twin),
             }
+            expr.truncate(base_len);
         }
         for (k, &i) in kids.iter().enumerate() {
             let el = &td.elements[i];
-            let display = if el.choice { format!("{}[x]", el.path) } else { el.path.clone() };
+            let display = || if el.choice { format!("{}[x]", el.path) } else { el.path.clone() };
             if (counts[k] as u32) < el.min {
                 self.error(
                     IssueCode::Cardinality,
                     expr.to_string(),
-                    format!("{display}: minimum required = {}, but only found {}", el.min, counts[k]),
+                    format!("{}: minimum required = {}, but only found {}", display(), el.min, counts[k]),
                 );
             }
             if let Some(max) = el.max
@@ -170,7 +189,7 @@ impl Walker<'_> {
                 self.error(
                     IssueCode::Cardinality,
                     expr.to_string(),
-                    format!("{display}: max allowed = {max}, but found {}", counts[k]),
+                    format!("{}: max allowed = {max}, but found {}", display(), counts[k]),
                 );
             }
         }
@@ -188,7 +207,7 @@ impl Walker<'_> {
             }
             if el.choice
                 && let Some(suffix) = name.strip_prefix(el.name.as_str())
-                && let Some(t) = el.types.iter().find(|t| upper_first(&t.code) == suffix)
+                && let Some(t) = el.types.iter().find(|t| is_type_suffix(suffix, &t.code))
             {
                 return Some((k, t));
             }
@@ -196,7 +215,7 @@ impl Walker<'_> {
         None
     }
 
-    fn value(&mut self, v: &Value, td: &TypeDef, el: &ElementDef, ty: &TypeRef, at: &str, twin: bool) {
+    fn value(&mut self, v: &Value, td: &TypeDef, el: &ElementDef, ty: &TypeRef, at: &mut String, twin: bool) {
         if twin {
             // `_element`: only id and extensions.
             match v.as_object() {
@@ -213,7 +232,7 @@ impl Walker<'_> {
         }
         let defs = self.defs;
         if defs.is_primitive(&ty.code) {
-            self.primitive(v, &ty.code, at);
+            self.primitive(v, &ty.code, at.as_str());
         } else if ty.code == "Resource" || defs.is_resource(&ty.code) {
             self.resource(v, at);
         } else if let Some(cr) = &el.content_reference {
@@ -234,10 +253,10 @@ impl Walker<'_> {
                 Some(o) => {
                     self.object(o, dt, &dt.name, at, false);
                     if dt.name == "Extension" {
-                        self.extension(o, at);
+                        self.extension(o, at.as_str());
                     }
                     if dt.name == "Reference" {
-                        self.reference(o, ty, at);
+                        self.reference(o, ty, at.as_str());
                     }
                 }
                 None => self.error(IssueCode::WrongType, at.to_string(), format!("expected a {} object", ty.code)),
@@ -253,7 +272,7 @@ impl Walker<'_> {
         {
             self.error(IssueCode::FixedValue, at.to_string(), "the value does not match the pattern required here");
         }
-        self.binding(v, el, ty, at);
+        self.binding(v, el, ty, at.as_str());
     }
 
     fn primitive(&mut self, v: &Value, ty: &str, at: &str) {
@@ -331,7 +350,8 @@ impl Walker<'_> {
     }
 
     fn extension(&mut self, o: &Map<String, Value>, at: &str) {
-        let has_value = o.keys().any(|k| k.starts_with("value"));
+        // A value carried only by its `_value[x]` twin (extensions on the primitive) still counts.
+        let has_value = o.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
         let has_ext = o.get("extension").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
         if has_value == has_ext {
             self.issues.push(
@@ -485,6 +505,16 @@ mod tests {
     }
 
     #[test]
+    fn ext_1_holds_for_values_carried_by_their_twin_and_fails_for_both_or_neither() {
+        let twin_only = json!({ "resourceType": "Patient", "extension": [{ "url": "http://x", "_valueString": { "extension": [{ "url": "http://y", "valueCode": "nl" }] } }] });
+        assert!(validate(&twin_only).is_empty(), "{:?}", validate(&twin_only));
+        let both = json!({ "resourceType": "Patient", "extension": [{ "url": "http://x", "valueString": "a", "extension": [{ "url": "http://y", "valueCode": "nl" }] }] });
+        assert_eq!(codes(both), vec![(IssueCode::Invariant, "Patient.extension[0]".to_string())]);
+        let neither = json!({ "resourceType": "Patient", "extension": [{ "url": "http://x" }] });
+        assert_eq!(codes(neither), vec![(IssueCode::Invariant, "Patient.extension[0]".to_string())]);
+    }
+
+    #[test]
     fn primitives_twins_and_dates() {
         let ok = json!({ "resourceType": "Patient", "birthDate": "1948-07-02", "_birthDate": { "extension": [{ "url": "http://x", "valueString": "y" }] }, "name": [{ "given": ["A", null], "_given": [null, { "id": "g2" }] }] });
         assert!(validate(&ok).is_empty(), "{:?}", validate(&ok));
@@ -492,5 +522,62 @@ mod tests {
         assert!(bad.contains(&(IssueCode::InvalidValue, "Patient.birthDate".into())), "{bad:?}");
         assert!(bad.contains(&(IssueCode::WrongType, "Patient.active".into())), "{bad:?}");
         assert!(bad.contains(&(IssueCode::EmptyElement, "Patient.gender".into())), "{bad:?}");
+    }
+
+    mod never_panics {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                "[a-zA-Z0-9 _:/.|-]{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("id".to_string()),
+                                Just("extension".to_string()),
+                                Just("valueString".to_string()),
+                                Just("_status".to_string()),
+                                Just("status".to_string()),
+                                Just("subject".to_string()),
+                                Just("reference".to_string()),
+                                Just("coding".to_string()),
+                                Just("contained".to_string()),
+                                Just("entry".to_string()),
+                                Just("resource".to_string()),
+                                Just("resourceType".to_string()),
+                                "[a-z_]{1,8}"
+                            ],
+                            inner
+                        ),
+                        0..6
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            #[test]
+            fn validation_never_panics_on_arbitrary_json(
+                ty in prop_oneof![Just("ServiceRequest"), Just("Task"), Just("Bundle"), Just("Patient"), Just("Questionnaire"), Just("Nope")],
+                body in json()
+            ) {
+                let mut v = body;
+                if let Value::Object(o) = &mut v {
+                    o.insert("resourceType".into(), json!(ty));
+                }
+                let _ = validate(&v);
+            }
+        }
     }
 }
