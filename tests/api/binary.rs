@@ -62,6 +62,19 @@ fn a_bad_setting_stops_start_up_naming_its_key() {
 }
 
 #[test]
+fn the_database_url_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("from-env.db");
+    let out = signpost()
+        .args(["migrate"])
+        .env("SIGNPOST__DATABASE__URL", format!("sqlite://{}", file.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(file.is_file(), "migrate used the database named by SIGNPOST__DATABASE__URL");
+}
+
+#[test]
 fn migrate_runs_alone() {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(dir.path());
