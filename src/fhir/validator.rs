@@ -76,6 +76,30 @@ impl Walker<'_> {
         let defs = self.defs;
         let td = defs.type_def(ty).expect("checked above");
         self.object(obj, td, ty, path, true);
+        if ty == "Bundle" {
+            self.bundle_links(obj, path);
+        }
+    }
+
+    /// Each paging relation (self, first, previous, next, last) may occur once.
+    fn bundle_links(&mut self, bundle: &Map<String, Value>, path: &str) {
+        let Some(links) = bundle.get("link").and_then(Value::as_array) else { return };
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, link) in links.iter().enumerate() {
+            let Some(rel) = link.get("relation").and_then(Value::as_str) else { continue };
+            if !matches!(rel, "self" | "first" | "previous" | "prev" | "next" | "last") {
+                continue;
+            }
+            if seen.contains(&rel) {
+                self.error(
+                    IssueCode::Invariant,
+                    format!("{path}.link[{i}]"),
+                    format!("The link relationship type '{rel}' can only occur once"),
+                );
+            } else {
+                seen.push(rel);
+            }
+        }
     }
 
     /// Check the properties of `obj` against the children of `elem_path` in `td`.
@@ -258,6 +282,9 @@ impl Walker<'_> {
                     if dt.name == "Reference" {
                         self.reference(o, ty, at.as_str());
                     }
+                    if dt.name == "Attachment" {
+                        self.attachment(o, at.as_str());
+                    }
                 }
                 None => self.error(IssueCode::WrongType, at.to_string(), format!("expected a {} object", ty.code)),
             }
@@ -360,6 +387,27 @@ impl Walker<'_> {
                     "Constraint failed: ext-1: 'Must have either extensions or value[x], not both'",
                 )
                 .at(at.to_string()),
+            );
+        }
+    }
+
+    /// `Attachment.size` must be the size of the decoded `data`, when both are given.
+    fn attachment(&mut self, o: &Map<String, Value>, at: &str) {
+        let (Some(size), Some(data)) = (o.get("size").and_then(Value::as_u64), o.get("data").and_then(Value::as_str))
+        else {
+            return;
+        };
+        let b64: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if !b64.len().is_multiple_of(4) {
+            return; // reported as an invalid base64Binary already
+        }
+        let padding = b64.iter().rev().take_while(|b| **b == b'=').count() as u64;
+        let actual = (b64.len() as u64 / 4) * 3 - padding.min(2);
+        if actual != size {
+            self.error(
+                IssueCode::InvalidValue,
+                at.to_string(),
+                format!("Stated Attachment Size {size} does not match actual attachment size {actual}"),
             );
         }
     }
@@ -512,6 +560,17 @@ mod tests {
         assert_eq!(codes(both), vec![(IssueCode::Invariant, "Patient.extension[0]".to_string())]);
         let neither = json!({ "resourceType": "Patient", "extension": [{ "url": "http://x" }] });
         assert_eq!(codes(neither), vec![(IssueCode::Invariant, "Patient.extension[0]".to_string())]);
+    }
+
+    #[test]
+    fn attachment_size_and_bundle_link_relations() {
+        let media = |size: u64| json!({ "resourceType": "Media", "status": "completed", "content": { "data": "aGVscCBpJ20gYSBidWc=", "size": size } });
+        assert!(validate(&media(14)).is_empty());
+        assert_eq!(codes(media(100)), vec![(IssueCode::InvalidValue, "Media.content".to_string())]);
+        let bundle = json!({ "resourceType": "Bundle", "type": "searchset", "link": [
+            { "relation": "self", "url": "http://x/a" }, { "relation": "next", "url": "http://x/b" }, { "relation": "self", "url": "http://x/c" }
+        ]});
+        assert_eq!(codes(bundle), vec![(IssueCode::Invariant, "Bundle.link[2]".to_string())]);
     }
 
     #[test]
