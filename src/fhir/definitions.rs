@@ -16,6 +16,17 @@ use serde_json::Value;
 static DEFINITIONS: &str = include_str!("../../fhir-profiles/r4/definitions.json");
 static VALUESETS: &str = include_str!("../../fhir-profiles/r4/valuesets.json");
 
+/// What kind of type a [`TypeRef`] names, resolved once when the index is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TypeClass {
+    Primitive,
+    /// A complex datatype (or an element with inline children).
+    #[default]
+    Complex,
+    /// `Resource` or a concrete resource type.
+    Resource,
+}
+
 /// One allowed type of an element.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TypeRef {
@@ -23,6 +34,8 @@ pub struct TypeRef {
     /// Reference target types (`Patient`, `Resource`, ...).
     #[serde(default)]
     pub targets: Vec<String>,
+    #[serde(skip)]
+    pub class: TypeClass,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +193,25 @@ impl Definitions {
                 }
             }
             types.insert(name.clone(), TypeDef { name, kind: t.kind, is_abstract: t.is_abstract, elements, children });
+        }
+        // Resolve every type reference's class once, so the walk needs no lookups for it.
+        let classes: FxHashMap<String, TypeClass> = types
+            .iter()
+            .map(|(name, t): (&String, &TypeDef)| {
+                let class = match t.kind.as_str() {
+                    "primitive-type" => TypeClass::Primitive,
+                    "resource" => TypeClass::Resource,
+                    _ => TypeClass::Complex,
+                };
+                (name.clone(), class)
+            })
+            .collect();
+        for t in types.values_mut() {
+            for e in &mut t.elements {
+                for r in &mut e.types {
+                    r.class = classes.get(&r.code).copied().unwrap_or_default();
+                }
+            }
         }
         let mut regexes = FxHashMap::default();
         for (name, rx) in raw.regex {

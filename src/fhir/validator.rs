@@ -18,7 +18,7 @@ use std::fmt::Write;
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDef, TypeDef, TypeRef};
+use super::definitions::{Definitions, ElementDef, TypeClass, TypeDef, TypeRef};
 use super::outcome::{Issue, IssueCode};
 use super::parse_reference;
 
@@ -138,7 +138,7 @@ impl Walker<'_> {
                 continue;
             };
             let el = &td.elements[kids[k]];
-            let primitive = self.defs.is_primitive(&ty.code);
+            let primitive = ty.class == TypeClass::Primitive;
             if twin && !primitive {
                 self.error(
                     IssueCode::UnknownElement,
@@ -255,9 +255,9 @@ impl Walker<'_> {
             return;
         }
         let defs = self.defs;
-        if defs.is_primitive(&ty.code) {
+        if ty.class == TypeClass::Primitive {
             self.primitive(v, &ty.code, at.as_str());
-        } else if ty.code == "Resource" || defs.is_resource(&ty.code) {
+        } else if ty.class == TypeClass::Resource {
             self.resource(v, at);
         } else if let Some(cr) = &el.content_reference {
             match v.as_object() {
@@ -481,7 +481,7 @@ impl Walker<'_> {
     }
 }
 
-static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new() };
+static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
 
 fn coding_key(v: &Value) -> Option<String> {
     let code = v.get("code").and_then(Value::as_str)?;
