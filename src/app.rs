@@ -77,7 +77,7 @@ impl Application {
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
-        let state = api::state(Gateway::new(pool.clone(), settings.limits));
+        let state = api::state(Gateway::new(pool.clone(), settings.limits, settings.validation.mode));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

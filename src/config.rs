@@ -14,6 +14,7 @@
 //! | `limits.max_depth` | `32` | JSON nesting limit (400 above) |
 //! | `limits.max_bundle_entries` | `100` | Bundle entry limit (422 above) |
 //! | `limits.max_string_bytes` | `65536` | longest JSON string (400 above) |
+//! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; R4 validator errors become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
 //! | `clients` | none | API clients: `name`, `role`, `organization`, `key_sha256` |
@@ -34,8 +35,28 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub directory: DirectorySettings,
     pub limits: LimitSettings,
+    pub validation: ValidationSettings,
     pub log: LogSettings,
     pub clients: Vec<ClientSettings>,
+}
+
+/// How strictly writes are validated (PRODUCT.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationMode {
+    /// Only the R4 JSON Schema structure check.
+    Off,
+    /// The full validator runs; its errors are logged and returned as warnings, not refused.
+    Log,
+    /// Every error refuses the write.
+    #[default]
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSettings {
+    pub mode: ValidationMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,8 +17,36 @@ use serde_json::Value;
 /// found no error, the official R4 JSON Schema as an independent cross-check. `path` is the
 /// resource's FHIRPath root.
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<outcome::Issue>) {
-    validator::validate_resource(resource, path, issues);
-    if !outcome::has_errors(issues) {
+    validate_with_mode(resource, path, crate::config::ValidationMode::Enforce, issues);
+}
+
+/// [`validate_resource`] under a validation mode: `Log` turns the validator's errors into
+/// warnings (the JSON Schema check still refuses), `Off` runs the JSON Schema check only.
+pub fn validate_with_mode(
+    resource: &Value,
+    path: &str,
+    mode: crate::config::ValidationMode,
+    issues: &mut Vec<outcome::Issue>,
+) {
+    use crate::config::ValidationMode;
+    let start = issues.len();
+    if mode != ValidationMode::Off {
+        validator::validate_resource(resource, path, issues);
+    }
+    if mode == ValidationMode::Log {
+        let mut downgraded = 0;
+        for issue in &mut issues[start..] {
+            if matches!(issue.severity, outcome::Severity::Error | outcome::Severity::Fatal) {
+                issue.severity = outcome::Severity::Warning;
+                downgraded += 1;
+            }
+        }
+        if downgraded > 0 {
+            let codes: Vec<&str> = issues[start..].iter().map(|i| i.code.code()).collect();
+            tracing::warn!(issues = downgraded, codes = ?codes, "validation errors accepted (validation.mode = log)");
+        }
+    }
+    if !outcome::has_errors(&issues[start..]) {
         schema::StructureValidator::shared().validate(resource, path, issues);
     }
 }

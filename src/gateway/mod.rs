@@ -14,7 +14,7 @@ mod write;
 use serde_json::{Value, json};
 
 use crate::auth::{Principal, Role};
-use crate::config::LimitSettings;
+use crate::config::{LimitSettings, ValidationMode};
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, Severity, operation_outcome};
 use crate::fhir::{TypeClass, TypeSpec, http_date, now_ms, type_spec};
@@ -92,11 +92,12 @@ impl Reply {
 pub struct Gateway {
     pub pool: Pool,
     pub limits: LimitSettings,
+    pub validation: ValidationMode,
 }
 
 impl Gateway {
-    pub fn new(pool: Pool, limits: LimitSettings) -> Self {
-        Self { pool, limits }
+    pub fn new(pool: Pool, limits: LimitSettings, validation: ValidationMode) -> Self {
+        Self { pool, limits, validation }
     }
 
     fn conn(&self) -> Result<r2d2_conn::Conn, ApiError> {

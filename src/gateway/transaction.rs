@@ -64,7 +64,7 @@ impl Gateway {
             ));
         }
         let mut issues = Vec::new();
-        validate_structure(&bundle_value, "Bundle", &mut issues);
+        validate_structure(self.validation, &bundle_value, "Bundle", &mut issues);
         if has_errors(&issues) {
             return Err(ApiError::issues(400, issues));
         }

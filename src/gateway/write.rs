@@ -37,9 +37,15 @@ pub(super) fn check_create(p: &Principal, spec: &TypeSpec) -> Result<(), ApiErro
     }
 }
 
-/// Validation of a resource to be stored; `path` is the resource's FHIRPath root.
-pub(super) fn validate_structure(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
-    crate::fhir::validate_resource(resource, path, issues);
+/// Validation of a resource to be stored, under the configured mode; `path` is the
+/// resource's FHIRPath root.
+pub(super) fn validate_structure(
+    mode: crate::config::ValidationMode,
+    resource: &Value,
+    path: &str,
+    issues: &mut Vec<Issue>,
+) {
+    crate::fhir::validate_with_mode(resource, path, mode, issues);
 }
 
 /// The resource must be an object of the URL's type.
@@ -243,7 +249,7 @@ impl Gateway {
         }
         let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
         let mut issues = Vec::new();
-        validate_structure(&resource, &root, &mut issues);
+        validate_structure(self.validation, &resource, &root, &mut issues);
         if issues.is_empty() {
             issues.push(Issue {
                 severity: crate::fhir::outcome::Severity::Information,
@@ -264,7 +270,7 @@ impl Gateway {
             obj.shift_remove("id");
         }
         let mut issues = Vec::new();
-        validate_structure(&resource, spec.name, &mut issues);
+        validate_structure(self.validation, &resource, spec.name, &mut issues);
         if has_errors(&issues) {
             return Err(ApiError::issues(400, issues));
         }
@@ -349,7 +355,7 @@ impl Gateway {
                 return match (&change, spec.class) {
                     (Change::Replace(resource), TypeClass::Directory) => {
                         let mut issues = Vec::new();
-                        validate_structure(resource, spec.name, &mut issues);
+                        validate_structure(self.validation, resource, spec.name, &mut issues);
                         if has_errors(&issues) {
                             return Err(ApiError::issues(400, issues));
                         }
@@ -404,7 +410,7 @@ impl Gateway {
                 }
             }
             let mut issues = Vec::new();
-            validate_structure(&new, spec.name, &mut issues);
+            validate_structure(self.validation, &new, spec.name, &mut issues);
             if has_errors(&issues) {
                 return Err(ApiError::issues(400, issues));
             }

@@ -132,10 +132,17 @@ pub fn test_settings(db_url: &str) -> Settings {
 }
 
 pub async fn spawn() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// A test server whose settings `adjust` changes first.
+pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database(dir.path());
-    let app = Application::build(test_settings(&db_url)).await.expect("app builds");
+    let mut settings = test_settings(&db_url);
+    adjust(&mut settings);
+    let app = Application::build(settings).await.expect("app builds");
     let port = app.spawn();
     TestApp { base: format!("http://127.0.0.1:{port}"), db_url, http: reqwest::Client::new(), _dir: dir }
 }

@@ -160,3 +160,37 @@ async fn validate_operation_returns_what_a_submission_would_get_and_stores_nothi
 
     assert_eq!(stored_service_requests(&app).await, 0);
 }
+
+#[tokio::test]
+async fn validation_modes_log_and_off_accept_what_enforce_refuses() {
+    use signpost::config::ValidationMode;
+    for (mode, missing_intent_status) in
+        [(ValidationMode::Enforce, 400), (ValidationMode::Log, 201), (ValidationMode::Off, 201)]
+    {
+        let app = spawn_with(|s| s.validation.mode = mode).await;
+        let pid = app.patient(REFERRER).await;
+        let mut sr = corpus("referrals/invalid/broken-missing-intent.json");
+        sr["subject"] = json!({ "reference": format!("Patient/{pid}") });
+        sr.as_object_mut().unwrap().remove("performer");
+        let r = app.post(REFERRER, "/fhir/ServiceRequest", &sr).await;
+        assert_eq!(r.status, missing_intent_status, "{mode:?}: {}", r.body);
+        // The JSON Schema structure check refuses in every mode.
+        let mut broken = corpus("referrals/invalid/broken-authoredon-type.json");
+        broken["subject"] = json!({ "reference": format!("Patient/{pid}") });
+        assert_eq!(app.post(REFERRER, "/fhir/ServiceRequest", &broken).await.status, 400, "{mode:?}");
+        let checked = app.post(REFERRER, "/fhir/ServiceRequest/$validate", &sr).await;
+        let severities: Vec<String> = checked.body["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["severity"].as_str().unwrap().to_string())
+            .collect();
+        match mode {
+            ValidationMode::Enforce => assert!(severities.contains(&"error".to_string())),
+            ValidationMode::Log => {
+                assert!(severities.contains(&"warning".to_string()) && !severities.contains(&"error".to_string()))
+            }
+            ValidationMode::Off => assert_eq!(severities, vec!["information".to_string()]),
+        }
+    }
+}
