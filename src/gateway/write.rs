@@ -516,32 +516,14 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
 fn conditional_identifier(query: &str) -> Result<String, ApiError> {
     let bad =
         || ApiError::new(400, Issue::error(IssueCode::BadConditional, "If-None-Exist must be identifier=system|value"));
-    let query = query.trim().trim_start_matches('?');
-    let value = query.strip_prefix("identifier=").ok_or_else(bad)?;
-    let value = percent_decode(value);
-    if value.is_empty() || value.contains('&') {
-        return Err(bad());
-    }
-    Ok(value.strip_prefix('|').unwrap_or(&value).to_string())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.trim().trim_start_matches('?')).map_err(|_| bad())?;
+    match pairs.as_slice() {
+        [(name, value)] if name == "identifier" && !value.is_empty() => {
+            Ok(value.strip_prefix('|').unwrap_or(value).to_string())
         }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
+        _ => Err(bad()),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Used by the transaction Bundle: every reference to a key of `map` is rewritten.
@@ -560,5 +542,24 @@ pub(super) fn rewrite_references(value: &mut Value, map: &std::collections::Hash
         }
         Value::Array(a) => a.iter_mut().for_each(|v| rewrite_references(v, map)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conditional_identifier;
+
+    #[test]
+    fn if_none_exist_takes_one_identifier_in_either_encoding() {
+        let want = "https://fhir.nhs.uk/Id/nhs-number|9000000009";
+        assert_eq!(conditional_identifier("identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009").unwrap(), want);
+        assert_eq!(
+            conditional_identifier("?identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C9000000009").unwrap(),
+            want
+        );
+        assert_eq!(conditional_identifier("identifier=|abc").unwrap(), "abc");
+        for bad in ["name=DOE", "identifier=", "identifier=a&identifier=b", ""] {
+            assert!(conditional_identifier(bad).is_err(), "{bad}");
+        }
     }
 }
