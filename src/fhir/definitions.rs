@@ -232,11 +232,6 @@ impl Definitions {
         self.types.get(name)
     }
 
-    /// Whether `name` is a primitive datatype.
-    pub fn is_primitive(&self, name: &str) -> bool {
-        self.types.get(name).is_some_and(|t| t.kind == "primitive-type")
-    }
-
     /// Whether `name` is a concrete resource type.
     pub fn is_resource(&self, name: &str) -> bool {
         self.types.get(name).is_some_and(|t| t.kind == "resource" && !t.is_abstract)

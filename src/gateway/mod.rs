@@ -100,7 +100,7 @@ impl Gateway {
         Self { pool, limits, validation }
     }
 
-    fn conn(&self) -> Result<r2d2_conn::Conn, ApiError> {
+    fn conn(&self) -> Result<store::PooledConn, ApiError> {
         self.pool.get().map_err(|e| ApiError::Unavailable(e.to_string()))
     }
 
@@ -163,10 +163,6 @@ impl Gateway {
             }
         }
     }
-}
-
-mod r2d2_conn {
-    pub type Conn = diesel::r2d2::PooledConnection<crate::store::Manager>;
 }
 
 /// The served type named in a URL, or 404.

@@ -142,6 +142,9 @@ impl ManageConnection for Manager {
 /// A pool of connections to one database.
 pub type Pool = r2d2::Pool<Manager>;
 
+/// A connection borrowed from the [`Pool`].
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
 /// Open a pool for `url`, creating the SQLite file's folder if needed, and run migrations.
 pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
     let url = DatabaseUrl::parse(url)?;
