@@ -5,6 +5,7 @@
 //! primitive regexes (compiled once, ASCII classes) and the expansions of bound value sets.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::OnceLock;
@@ -12,6 +13,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
+
+use super::fhirpath;
 
 static DEFINITIONS: &str = include_str!("../../fhir-profiles/r4/definitions.json");
 static VALUESETS: &str = include_str!("../../fhir-profiles/r4/valuesets.json");
@@ -52,6 +55,30 @@ pub struct Constraint {
     #[serde(default)]
     pub human: String,
     pub expression: String,
+    /// The parsed expression, when Signpost evaluates it with its FHIRPath engine; `None` for
+    /// the rules the validator checks natively ([`NATIVE_INVARIANTS`]) and for expressions that
+    /// use a function the engine does not have (reported as not evaluated, never as failed).
+    #[serde(skip)]
+    pub compiled: Option<Arc<fhirpath::Expr>>,
+}
+
+/// Invariants the validator checks in its own code rather than by FHIRPath: `ele-1` (empty
+/// elements), `ext-1`, `dom-3` (contained resources referenced) and the narrative rules.
+pub const NATIVE_INVARIANTS: &[&str] = &["ele-1", "ext-1", "dom-3", "txt-1", "txt-2"];
+
+/// Invariant expressions of R4 4.0.1 that contradict their own text, with the expression the
+/// HL7 reference validator evaluates instead: `que-12` says "more than one enableWhen" but
+/// tests `> 2`.
+const CORRECTED_INVARIANTS: &[(&str, &str)] = &[("que-12", "enableWhen.count() > 1 implies enableBehavior.exists()")];
+
+/// Invariants R4 marks as best practice (`elementdefinition-bestpractice`): advice, which the
+/// HL7 reference does not report by default, so neither does Signpost.
+pub const BEST_PRACTICE_INVARIANTS: &[&str] = &["dom-6", "con-3"];
+
+impl Constraint {
+    pub fn is_error(&self) -> bool {
+        self.severity == "error"
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +169,17 @@ pub struct Definitions {
     pub valuesets: FxHashMap<String, FxHashSet<String>>,
     /// Value set URL → bare codes (for `code` elements, which carry no system).
     pub valueset_codes: FxHashMap<String, FxHashSet<String>>,
+    pub invariants: InvariantCounts,
+    /// Names of all choice elements (`value` of `value[x]`), for FHIRPath navigation.
+    pub choice_names: FxHashSet<String>,
+}
+
+/// How many distinct invariant expressions the FHIRPath engine evaluates, and how many it
+/// cannot (they use a function it lacks, such as `resolve()`); native rules are in neither.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InvariantCounts {
+    pub evaluated: usize,
+    pub not_evaluated: usize,
 }
 
 /// Rewrite a FHIR regex for Rust: anchored, with ASCII whitespace classes.
@@ -165,6 +203,8 @@ impl Definitions {
     fn load() -> Result<Self, String> {
         let raw: RawDefinitions = serde_json::from_str(DEFINITIONS).map_err(|e| e.to_string())?;
         let mut types = FxHashMap::default();
+        // Each distinct expression is parsed once (dom-2 appears in every resource).
+        let mut parsed: FxHashMap<String, Option<Arc<fhirpath::Expr>>> = FxHashMap::default();
         for (name, t) in raw.types {
             let mut elements = Vec::new();
             for e in t.elements.into_iter().filter(|e| e.slice_name.is_none()) {
@@ -180,7 +220,23 @@ impl Definitions {
                     types: e.types,
                     content_reference: e.content_reference,
                     binding: e.binding,
-                    constraints: e.constraints,
+                    constraints: e
+                        .constraints
+                        .into_iter()
+                        .filter(|c| c.key != "ele-1" && !BEST_PRACTICE_INVARIANTS.contains(&c.key.as_str()))
+                        .map(|mut c| {
+                            if let Some((_, fixed)) = CORRECTED_INVARIANTS.iter().find(|(k, _)| *k == c.key) {
+                                c.expression = (*fixed).to_string();
+                            }
+                            if !NATIVE_INVARIANTS.contains(&c.key.as_str()) {
+                                c.compiled = parsed
+                                    .entry(c.expression.clone())
+                                    .or_insert_with(|| fhirpath::parse(&c.expression).ok().map(Arc::new))
+                                    .clone();
+                            }
+                            c
+                        })
+                        .collect(),
                     fixed,
                     pattern,
                     path: e.path,
@@ -225,7 +281,13 @@ impl Definitions {
             })
             .collect();
         let valuesets = vs.into_iter().map(|(url, codes)| (url, codes.into_iter().collect())).collect();
-        Ok(Self { types, regexes, valuesets, valueset_codes })
+        let invariants = InvariantCounts {
+            evaluated: parsed.values().filter(|p| p.is_some()).count(),
+            not_evaluated: parsed.values().filter(|p| p.is_none()).count(),
+        };
+        let choice_names =
+            types.values().flat_map(|t| t.elements.iter().filter(|e| e.choice).map(|e| e.name.clone())).collect();
+        Ok(Self { types, regexes, valuesets, valueset_codes, invariants, choice_names })
     }
 
     pub fn type_def(&self, name: &str) -> Option<&TypeDef> {

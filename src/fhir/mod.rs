@@ -3,7 +3,9 @@
 //! Resources travel as `serde_json::Value`; typed views exist only for what Signpost acts on.
 
 pub mod definitions;
+pub mod fhirpath;
 pub mod json;
+pub mod narrative;
 pub mod outcome;
 pub mod schema;
 pub mod search;

@@ -7,8 +7,10 @@
 //! unknown elements, cardinality, JSON types of primitives and their lexical forms (FHIR's
 //! regexes and real calendar dates), required bindings (error) and extensible bindings
 //! (warning) against the bundled expansions (external code systems are not checked), reference
-//! target types, fixed and pattern values, nested and contained resources, and `ext-1`.
-//! Not yet: FHIRPath invariants, slicing, profiles beyond the base definitions.
+//! target types, fixed and pattern values, nested and contained resources, every FHIRPath
+//! invariant of the definitions that the engine ([`super::fhirpath`]) can evaluate (compiled
+//! once with the index), and natively `ext-1`, `dom-3` and the narrative rules `txt-1`/`txt-2`.
+//! Not yet: slicing, profiles beyond the base definitions.
 //!
 //! As in the Java reference, a missing or surplus element is reported at its parent
 //! (`Patient`, "Patient.name: minimum required = 1, but only found 0"), everything else at the
@@ -18,14 +20,15 @@ use std::fmt::Write;
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDef, TypeClass, TypeDef, TypeRef};
+use super::definitions::{Constraint, Definitions, ElementDef, TypeClass, TypeDef, TypeRef};
 use super::outcome::{Issue, IssueCode};
 use super::parse_reference;
+use super::{fhirpath, narrative};
 
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
-    Walker { defs: Definitions::shared(), issues }.resource(resource, &mut path);
+    Walker { defs: Definitions::shared(), issues, frames: Vec::new() }.resource(resource, &mut path);
 }
 
 /// Validate a top-level resource, returning its issues.
@@ -36,9 +39,11 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
     issues
 }
 
-struct Walker<'a> {
-    defs: &'a Definitions,
+struct Walker<'a, 'v> {
+    defs: &'static Definitions,
     issues: &'a mut Vec<Issue>,
+    /// The resources being walked, innermost last: (`%resource`, `%rootResource`).
+    frames: Vec<(&'v Value, &'v Value)>,
 }
 
 fn safe_name(name: &str) -> String {
@@ -55,12 +60,12 @@ fn is_type_suffix(suffix: &str, code: &str) -> bool {
     s.len() == c.len() && !s.is_empty() && s[0] == c[0].to_ascii_uppercase() && s[1..] == c[1..]
 }
 
-impl Walker<'_> {
+impl<'v> Walker<'_, 'v> {
     fn error(&mut self, code: IssueCode, at: String, diag: impl Into<String>) {
         self.issues.push(Issue::error(code, diag).at(at));
     }
 
-    fn resource(&mut self, value: &Value, path: &mut String) {
+    fn resource(&mut self, value: &'v Value, path: &mut String) {
         let Some(obj) = value.as_object() else {
             self.error(IssueCode::NotAResource, path.to_string(), "a resource must be a JSON object");
             return;
@@ -75,9 +80,65 @@ impl Walker<'_> {
         }
         let defs = self.defs;
         let td = defs.type_def(ty).expect("checked above");
+        let contained = path.rsplit('.').next().is_some_and(|last| last.starts_with("contained["));
+        let root = match self.frames.last() {
+            Some((parent, _)) if contained => parent,
+            _ => value,
+        };
+        self.frames.push((value, root));
         self.object(obj, td, ty, path, true);
         if ty == "Bundle" {
             self.bundle_links(obj, path);
+        }
+        if let Some(root_el) = td.elements.first() {
+            self.invariants(&root_el.constraints, value, Some(td.name.as_str()), path);
+        }
+        self.contained_referenced(obj, path);
+        self.frames.pop();
+    }
+
+    /// Evaluate the FHIRPath invariants of an element on its value `focus` at `at`.
+    fn invariants(&mut self, constraints: &[Constraint], focus: &'v Value, ty: Option<&'static str>, at: &str) {
+        let Some(&(resource, root)) = self.frames.last() else { return };
+        for c in constraints {
+            let Some(expr) = &c.compiled else { continue };
+            let env = fhirpath::Env { resource, root, context: focus, choices: &self.defs.choice_names };
+            // An expression that cannot be evaluated on this instance (a type error, say) is
+            // not reported: the engine must never produce a false error.
+            let Ok(result) = fhirpath::evaluate(expr, focus, ty, env) else { continue };
+            if !fhirpath::holds(&result) {
+                let diag = format!("Constraint failed: {}: '{}'", c.key, c.human);
+                let issue = if c.is_error() {
+                    Issue::error(IssueCode::Invariant, diag)
+                } else {
+                    Issue::warning(IssueCode::Invariant, diag)
+                };
+                self.issues.push(issue.at(at.to_string()));
+            }
+        }
+    }
+
+    /// `dom-3`: each contained resource is referenced from elsewhere in the resource (any
+    /// `#id` reference or canonical) or refers to its container (`#`).
+    fn contained_referenced(&mut self, obj: &Map<String, Value>, path: &str) {
+        let Some(contained) = obj.get("contained").and_then(Value::as_array) else { return };
+        for (i, c) in contained.iter().enumerate() {
+            let Some(id) = c.get("id").and_then(Value::as_str) else { continue };
+            let target = format!("#{id}");
+            let referenced = obj.iter().any(|(k, v)| {
+                if k == "contained" {
+                    contained.iter().enumerate().any(|(j, o)| j != i && has_string(o, &target))
+                } else {
+                    has_string(v, &target)
+                }
+            });
+            if !referenced && !has_string(c, "#") {
+                self.error(
+                    IssueCode::Invariant,
+                    format!("{path}.contained[{i}]"),
+                    "Constraint failed: dom-3: 'If the resource is contained in another resource, it SHALL be referred to from elsewhere in the resource or SHALL refer to the containing resource'",
+                );
+            }
         }
     }
 
@@ -107,8 +168,8 @@ impl Walker<'_> {
     /// for the whole walk, so a valid resource costs no path allocations).
     fn object(
         &mut self,
-        obj: &Map<String, Value>,
-        td: &TypeDef,
+        obj: &'v Map<String, Value>,
+        td: &'static TypeDef,
         elem_path: &str,
         expr: &mut String,
         is_resource: bool,
@@ -239,7 +300,15 @@ impl Walker<'_> {
         None
     }
 
-    fn value(&mut self, v: &Value, td: &TypeDef, el: &ElementDef, ty: &TypeRef, at: &mut String, twin: bool) {
+    fn value(
+        &mut self,
+        v: &'v Value,
+        td: &'static TypeDef,
+        el: &ElementDef,
+        ty: &'static TypeRef,
+        at: &mut String,
+        twin: bool,
+    ) {
         if twin {
             // `_element`: only id and extensions.
             match v.as_object() {
@@ -255,8 +324,15 @@ impl Walker<'_> {
             return;
         }
         let defs = self.defs;
+        let ty_name = Some(ty.code.as_str()).filter(|c| !c.is_empty());
         if ty.class == TypeClass::Primitive {
             self.primitive(v, &ty.code, at.as_str());
+            if ty.code == "xhtml"
+                && let Some(div) = v.as_str()
+            {
+                self.narrative(div, at.as_str());
+            }
+            self.invariants(&el.constraints, v, ty_name, at.as_str());
         } else if ty.class == TypeClass::Resource {
             self.resource(v, at);
         } else if let Some(cr) = &el.content_reference {
@@ -264,18 +340,28 @@ impl Walker<'_> {
                 Some(o) => {
                     let target = cr.clone();
                     self.object(o, td, &target, at, false);
+                    if let Some(target_el) = td.element(&target) {
+                        self.invariants(&target_el.constraints, v, None, at.as_str());
+                    }
                 }
                 None => self.error(IssueCode::WrongType, at.to_string(), "expected a JSON object"),
             }
         } else if !td.children_of(&el.path).is_empty() {
             match v.as_object() {
-                Some(o) => self.object(o, td, &el.path, at, false),
+                Some(o) => {
+                    self.object(o, td, &el.path, at, false);
+                    self.invariants(&el.constraints, v, None, at.as_str());
+                }
                 None => self.error(IssueCode::WrongType, at.to_string(), "expected a JSON object"),
             }
         } else if let Some(dt) = defs.type_def(&ty.code) {
             match v.as_object() {
                 Some(o) => {
                     self.object(o, dt, &dt.name, at, false);
+                    if let Some(root_el) = dt.elements.first() {
+                        self.invariants(&root_el.constraints, v, ty_name, at.as_str());
+                    }
+                    self.invariants(&el.constraints, v, ty_name, at.as_str());
                     if dt.name == "Extension" {
                         self.extension(o, at.as_str());
                     }
@@ -357,12 +443,7 @@ impl Walker<'_> {
                 }
                 return;
             }
-            "xhtml" => {
-                if !text.trim_start().starts_with("<div") {
-                    self.error(IssueCode::InvalidValue, at.to_string(), "narrative must be an XHTML <div>");
-                }
-                return;
-            }
+            "xhtml" => return,
             _ => {}
         }
         if let Some(rx) = self.defs.regexes.get(ty)
@@ -388,6 +469,27 @@ impl Walker<'_> {
                 )
                 .at(at.to_string()),
             );
+        }
+    }
+
+    /// `txt-1` and `txt-2` on a narrative `div`.
+    fn narrative(&mut self, div: &str, at: &str) {
+        match narrative::check(div) {
+            Ok(()) => {}
+            Err(narrative::Fault::Markup(why)) => self.error(
+                IssueCode::Invariant,
+                at.to_string(),
+                format!("Constraint failed: txt-1: 'The narrative SHALL contain only the basic html formatting elements and attributes described in chapters 7-11 (except section 4 of chapter 9) and 15 of the HTML 4.0 standard, <a> elements (either name or href), images and internally contained style attributes' ({why})"),
+            ),
+            // A warning: the HL7 reference does not check content, and official R4 examples
+            // carry empty narratives.
+            Err(narrative::Fault::NoContent) => self.issues.push(
+                Issue::warning(
+                    IssueCode::Invariant,
+                    "Constraint failed: txt-2: 'The narrative SHALL have some non-whitespace content'",
+                )
+                .at(at.to_string()),
+            ),
         }
     }
 
@@ -483,6 +585,16 @@ impl Walker<'_> {
 
 static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
 
+/// Whether any string inside `v` equals `s`.
+fn has_string(v: &Value, s: &str) -> bool {
+    match v {
+        Value::String(x) => x == s,
+        Value::Array(a) => a.iter().any(|x| has_string(x, s)),
+        Value::Object(o) => o.values().any(|x| has_string(x, s)),
+        _ => false,
+    }
+}
+
 fn coding_key(v: &Value) -> Option<String> {
     let code = v.get("code").and_then(Value::as_str)?;
     let system = v.get("system").and_then(Value::as_str).unwrap_or("");
@@ -563,8 +675,44 @@ mod tests {
     }
 
     #[test]
+    fn fhirpath_invariants_are_reported_at_the_element_with_their_key() {
+        let keys = |v: Value| -> Vec<(String, String)> {
+            validate(&v)
+                .into_iter()
+                .filter(|i| i.code == IssueCode::Invariant)
+                .map(|i| {
+                    (i.expression.unwrap_or_default(), i.diagnostics.split(':').nth(1).unwrap_or("").trim().to_string())
+                })
+                .collect()
+        };
+        // per-1 on a datatype, inside a choice element; with time zones compared as instants.
+        let sr = json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/1" },
+            "occurrencePeriod": { "start": "2024-03-14T11:00:00+01:00", "end": "2024-03-14T09:30:00Z" } });
+        assert_eq!(keys(sr), vec![("ServiceRequest.occurrencePeriod".to_string(), "per-1".to_string())]);
+        let ok = json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/1" },
+            "occurrencePeriod": { "start": "2024-03-14T10:00:00+01:00", "end": "2024-03-14T09:30:00+00:00" } });
+        assert_eq!(keys(ok), vec![]);
+        // A resource invariant (Task inv-1) and a backbone one (Patient pat-1).
+        let task = json!({ "resourceType": "Task", "status": "requested", "intent": "order",
+            "authoredOn": "2024-03-14", "lastModified": "2024-03-13" });
+        assert_eq!(keys(task), vec![("Task".to_string(), "inv-1".to_string())]);
+        let patient = json!({ "resourceType": "Patient", "contact": [{ "gender": "female" }] });
+        assert_eq!(keys(patient), vec![("Patient.contact[0]".to_string(), "pat-1".to_string())]);
+        // dom-3: an unreferenced contained resource; txt-1: a script in the narrative.
+        let contained = json!({ "resourceType": "Condition", "subject": { "reference": "Patient/1" },
+            "contained": [{ "resourceType": "Practitioner", "id": "p1" }] });
+        assert_eq!(keys(contained), vec![("Condition.contained[0]".to_string(), "dom-3".to_string())]);
+        let referenced = json!({ "resourceType": "Condition", "subject": { "reference": "Patient/1" },
+            "contained": [{ "resourceType": "Practitioner", "id": "p1" }], "asserter": { "reference": "#p1" } });
+        assert_eq!(keys(referenced), vec![]);
+        let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>" } });
+        assert_eq!(keys(script), vec![("Patient.text.div".to_string(), "txt-1".to_string())]);
+    }
+
+    #[test]
     fn attachment_size_and_bundle_link_relations() {
-        let media = |size: u64| json!({ "resourceType": "Media", "status": "completed", "content": { "data": "aGVscCBpJ20gYSBidWc=", "size": size } });
+        let media = |size: u64| json!({ "resourceType": "Media", "status": "completed", "content": { "contentType": "text/plain", "data": "aGVscCBpJ20gYSBidWc=", "size": size } });
         assert!(validate(&media(14)).is_empty());
         assert_eq!(codes(media(100)), vec![(IssueCode::InvalidValue, "Media.content".to_string())]);
         let bundle = json!({ "resourceType": "Bundle", "type": "searchset", "link": [

@@ -1,0 +1,206 @@
+//! The narrative rules of R4 (`Narrative.div`): `txt-1`, only the basic XHTML formatting
+//! elements, no scripts, forms or event handlers, in a `div` in the XHTML namespace; `txt-2`,
+//! some non-whitespace content (text or an image).
+//!
+//! A light tag scanner, not an XML parser: it finds elements and attributes, which is what the
+//! rules are about; well-formedness beyond that is not judged here.
+
+/// Which narrative rule a `div` breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `txt-1`, with a description that names only markup (never narrative text).
+    Markup(String),
+    /// `txt-2`: no text and no image.
+    NoContent,
+}
+
+/// Elements the R4 narrative may contain (HTML 4.0 chapters 7–11 and 15, `a`, `img`).
+const ALLOWED: &[&str] = &[
+    "a",
+    "abbr",
+    "acronym",
+    "address",
+    "b",
+    "bdo",
+    "big",
+    "blockquote",
+    "br",
+    "caption",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "dd",
+    "del",
+    "dfn",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "ins",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "q",
+    "s",
+    "samp",
+    "small",
+    "span",
+    "strike",
+    "strong",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "tt",
+    "u",
+    "ul",
+    "var",
+];
+
+fn safe(name: &str) -> &str {
+    if name.len() <= 20 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-') {
+        name
+    } else {
+        "(unreadable)"
+    }
+}
+
+/// Check a `Narrative.div`.
+pub fn check(div: &str) -> Result<(), Fault> {
+    let trimmed = div.trim_start();
+    if !trimmed.starts_with("<div") || !trimmed[4..].starts_with([' ', '>', '\t', '\n', '\r', '/']) {
+        return Err(Fault::Markup("the narrative must be a single XHTML <div> element".into()));
+    }
+    let mut has_text = false;
+    let mut has_image = false;
+    let mut first = true;
+    let mut rest = trimmed;
+    while let Some(open) = rest.find('<') {
+        has_text |= text_content(&rest[..open]);
+        let after = &rest[open + 1..];
+        if let Some(comment) = after.strip_prefix("!--") {
+            rest = comment.find("-->").map(|e| &comment[e + 3..]).unwrap_or("");
+            continue;
+        }
+        if after.starts_with('!') || after.starts_with('?') {
+            return Err(Fault::Markup("processing instructions and declarations are not allowed".into()));
+        }
+        let close = after.find('>').ok_or_else(|| Fault::Markup("an element is not closed".into()))?;
+        let tag = &after[..close];
+        rest = &after[close + 1..];
+        if tag.starts_with('/') {
+            continue;
+        }
+        let tag = tag.trim_end_matches('/');
+        let mut parts = tag.split_ascii_whitespace();
+        let name = parts.next().unwrap_or("");
+        let local = name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase();
+        if !ALLOWED.contains(&local.as_str()) {
+            return Err(Fault::Markup(format!("the element <{}> is not allowed in a narrative", safe(name))));
+        }
+        has_image |= local == "img";
+        let attrs = &tag[name.len()..];
+        for attr in attribute_names(attrs) {
+            if attr.len() > 2 && attr[..2].eq_ignore_ascii_case("on") {
+                return Err(Fault::Markup(format!("the attribute {} is not allowed in a narrative", safe(attr))));
+            }
+        }
+        if first {
+            first = false;
+            if !attrs.contains("\"http://www.w3.org/1999/xhtml\"") && !attrs.contains("'http://www.w3.org/1999/xhtml'")
+            {
+                return Err(Fault::Markup("the narrative <div> must be in the XHTML namespace".into()));
+            }
+        }
+    }
+    has_text |= text_content(rest);
+    if has_text || has_image { Ok(()) } else { Err(Fault::NoContent) }
+}
+
+fn text_content(s: &str) -> bool {
+    s.split('&').enumerate().any(|(i, part)| {
+        // An entity (`&nbsp;`) counts as content.
+        let text = if i == 0 { part } else { return !part.is_empty() };
+        text.chars().any(|c| !c.is_whitespace())
+    })
+}
+
+/// Attribute names of a start tag's attribute text (skipping quoted values).
+fn attribute_names(attrs: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let b = attrs.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        names.push(&attrs[start..i]);
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "xmlns=\"http://www.w3.org/1999/xhtml\"";
+
+    #[test]
+    fn basic_formatting_passes() {
+        let div = format!("<div {NS}><p>Referral <b>sent</b></p><!-- note --><img src=\"#a\" alt=\"x\"/></div>");
+        assert_eq!(check(&div), Ok(()));
+        assert_eq!(check(&format!("<div {NS}>&#160;</div>")), Ok(()));
+    }
+
+    #[test]
+    fn scripts_handlers_namespace_and_emptiness_fail() {
+        assert!(matches!(check(&format!("<div {NS}><script>x()</script></div>")), Err(Fault::Markup(_))));
+        assert!(matches!(check(&format!("<div {NS}><p onclick=\"x()\">a</p></div>")), Err(Fault::Markup(_))));
+        assert!(matches!(check("<div><p>a</p></div>"), Err(Fault::Markup(_))));
+        assert!(matches!(check(&format!("<p {NS}>a</p>")), Err(Fault::Markup(_))));
+        assert_eq!(check(&format!("<div {NS}>  <p> </p></div>")), Err(Fault::NoContent));
+    }
+}
