@@ -52,6 +52,10 @@ enum Command {
         /// Print one JSON OperationOutcome per file instead of text.
         #[arg(long)]
         json: bool,
+        /// Check against base R4 only, without Signpost's referral rules (for resources that
+        /// are not referrals, such as the official R4 examples).
+        #[arg(long)]
+        base_only: bool,
     },
     /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
     IssueCodes {
@@ -91,8 +95,8 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Run the command line; returns the process exit code.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Validate { paths, json } = &cli.command {
-        let invalid = crate::validate_cli::run(paths, *json)?;
+    if let Command::Validate { paths, json, base_only } = &cli.command {
+        let invalid = crate::validate_cli::run(paths, *json, !*base_only)?;
         if invalid > 0 {
             std::process::exit(2);
         }

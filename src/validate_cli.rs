@@ -4,12 +4,14 @@
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::config::ValidationMode;
 use crate::fhir::json::{Limits, parse};
 use crate::fhir::outcome::{Issue, Severity, has_errors, operation_outcome};
+use crate::fhir::referral_rules::Offline;
 use crate::fhir::validator;
 
 /// Validate every named input; prints a report and returns how many inputs had errors.
-pub fn run(paths: &[PathBuf], json: bool) -> anyhow::Result<usize> {
+pub fn run(paths: &[PathBuf], json: bool, referral_rules: bool) -> anyhow::Result<usize> {
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
@@ -35,7 +37,7 @@ pub fn run(paths: &[PathBuf], json: bool) -> anyhow::Result<usize> {
     }
     let mut invalid = 0;
     for (name, bytes) in &inputs {
-        let issues = validate_bytes(bytes);
+        let issues = validate_bytes(bytes, referral_rules);
         if has_errors(&issues) {
             invalid += 1;
         }
@@ -51,10 +53,20 @@ pub fn run(paths: &[PathBuf], json: bool) -> anyhow::Result<usize> {
     Ok(invalid)
 }
 
-/// The issues of one JSON text.
-pub fn validate_bytes(bytes: &[u8]) -> Vec<Issue> {
+/// The issues of one JSON text; with `referral_rules`, a ServiceRequest or Bundle is also
+/// checked against the referral business rules, as far as it can be offline (a Patient or
+/// Consent held by a server is reported as not checked).
+pub fn validate_bytes(bytes: &[u8], referral_rules: bool) -> Vec<Issue> {
     match parse(bytes, Limits { max_depth: 64, max_string_bytes: 16 << 20 }) {
-        Ok(v) => validator::validate(&v),
+        Ok(v) => {
+            let mut issues = validator::validate(&v);
+            if referral_rules && !has_errors(&issues) {
+                let root = v.get("resourceType").and_then(serde_json::Value::as_str).unwrap_or("Resource");
+                let Ok(()) =
+                    crate::fhir::check_referral_rules(&v, root, ValidationMode::Enforce, &mut Offline, &mut issues);
+            }
+            issues
+        }
         Err(issue) => vec![issue],
     }
 }

@@ -7,6 +7,7 @@ pub mod fhirpath;
 pub mod json;
 pub mod narrative;
 pub mod outcome;
+pub mod referral_rules;
 pub mod schema;
 pub mod search;
 pub mod validator;
@@ -36,21 +37,47 @@ pub fn validate_with_mode(
         validator::validate_resource(resource, path, issues);
     }
     if mode == ValidationMode::Log {
-        let mut downgraded = 0;
-        for issue in &mut issues[start..] {
-            if matches!(issue.severity, outcome::Severity::Error | outcome::Severity::Fatal) {
-                issue.severity = outcome::Severity::Warning;
-                downgraded += 1;
-            }
-        }
-        if downgraded > 0 {
-            let codes: Vec<&str> = issues[start..].iter().map(|i| i.code.code()).collect();
-            tracing::warn!(issues = downgraded, codes = ?codes, "validation errors accepted (validation.mode = log)");
-        }
+        accept_for_log(&mut issues[start..]);
     }
     if !outcome::has_errors(&issues[start..]) {
         schema::StructureValidator::shared().validate(resource, path, issues);
     }
+}
+
+/// Under `validation.mode = log`: errors become warnings, and are logged (codes only).
+fn accept_for_log(issues: &mut [outcome::Issue]) {
+    let mut downgraded = 0;
+    for issue in issues.iter_mut() {
+        if matches!(issue.severity, outcome::Severity::Error | outcome::Severity::Fatal) {
+            issue.severity = outcome::Severity::Warning;
+            downgraded += 1;
+        }
+    }
+    if downgraded > 0 {
+        let codes: Vec<&str> = issues.iter().map(|i| i.code.code()).collect();
+        tracing::warn!(issues = downgraded, codes = ?codes, "validation errors accepted (validation.mode = log)");
+    }
+}
+
+/// The referral business rules (PRODUCT.md §3, layer 4) for a submission, under a validation
+/// mode: `Off` skips them, `Log` reports their errors as warnings. `records` finds the stored
+/// Patient and Consents a referral points to.
+pub fn check_referral_rules<R: referral_rules::Records>(
+    resource: &Value,
+    path: &str,
+    mode: crate::config::ValidationMode,
+    records: &mut R,
+    issues: &mut Vec<outcome::Issue>,
+) -> Result<(), R::Error> {
+    if mode == crate::config::ValidationMode::Off {
+        return Ok(());
+    }
+    let start = issues.len();
+    issues.extend(referral_rules::check_submission(resource, path, records, Utc::now())?);
+    if mode == crate::config::ValidationMode::Log {
+        accept_for_log(&mut issues[start..]);
+    }
+    Ok(())
 }
 
 /// How a search parameter's values are read from a resource.

@@ -8,6 +8,7 @@
 
 pub mod directory;
 mod read;
+mod referral;
 mod transaction;
 mod write;
 

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::referral::StoreRecords;
 use super::{Ctx, Gateway, Reply, WriteOpts, can_see, resource_reply, served_type};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
@@ -232,7 +233,7 @@ impl Gateway {
     /// `POST /fhir/$validate` and `POST /fhir/{type}/$validate`: the OperationOutcome a
     /// submission of the resource would get from validation, without storing anything. The
     /// body is the resource, or a Parameters with a `resource` parameter.
-    pub fn validate(&self, _ctx: &Ctx, ty: Option<&str>, body: Value) -> Result<Reply, ApiError> {
+    pub fn validate(&self, ctx: &Ctx, ty: Option<&str>, body: Value) -> Result<Reply, ApiError> {
         let resource =
             if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && ty != Some("Parameters") {
                 body.get("parameter")
@@ -250,6 +251,11 @@ impl Gateway {
         let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
         let mut issues = Vec::new();
         validate_structure(self.validation, &resource, &root, &mut issues);
+        if !has_errors(&issues) {
+            let mut conn = self.conn()?;
+            let mut records = StoreRecords { conn: &mut conn, principal: &ctx.principal };
+            crate::fhir::check_referral_rules(&resource, &root, self.validation, &mut records, &mut issues)?;
+        }
         if issues.is_empty() {
             issues.push(Issue {
                 severity: crate::fhir::outcome::Severity::Information,
@@ -313,6 +319,12 @@ impl Gateway {
             let mut routes = Vec::new();
             match spec.name {
                 "ServiceRequest" => {
+                    let mut rules = Vec::new();
+                    let mut records = StoreRecords { conn: &mut *conn, principal: p };
+                    crate::fhir::check_referral_rules(&body, spec.name, self.validation, &mut records, &mut rules)?;
+                    if has_errors(&rules) {
+                        return Err(ApiError::issues(422, rules));
+                    }
                     let facts = performer_facts(conn, &body)?;
                     routes = routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?;
                 }

@@ -127,7 +127,7 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
     };
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let bundle = corpus("referrals/referral-bundle.json");
+    let bundle = referral_bundle();
     let r = http
         .post(format!("{base}/fhir"))
         .bearer_auth(REFERRER)
@@ -183,7 +183,19 @@ fn validate_command_reports_faults_offline_with_an_exit_code() {
     assert_eq!(lines.len(), 5);
     assert!(lines.iter().all(|l| l["outcome"]["resourceType"] == "OperationOutcome"));
 
-    let good = signpost().args(["validate", &format!("{corpus}/referral-bundle.json")]).output().unwrap();
+    // The corpus Bundle is valid R4 but carries no Consent: the referral rules refuse it,
+    // `--base-only` does not apply them, and with the Consent added it passes.
+    let corpus_bundle = signpost().args(["validate", &format!("{corpus}/referral-bundle.json")]).output().unwrap();
+    let text = String::from_utf8_lossy(&corpus_bundle.stdout);
+    assert_eq!(corpus_bundle.status.code(), Some(2), "{text}");
+    assert!(text.contains("[consent-missing]") && text.contains("Bundle.entry[3].resource"), "{text}");
+    let base =
+        signpost().args(["validate", "--base-only", &format!("{corpus}/referral-bundle.json")]).output().unwrap();
+    assert!(base.status.success(), "{}", String::from_utf8_lossy(&base.stdout));
+    let dir = tempfile::tempdir().unwrap();
+    let with_consent = dir.path().join("referral.json");
+    std::fs::write(&with_consent, referral_bundle().to_string()).unwrap();
+    let good = signpost().args(["validate", with_consent.to_str().unwrap()]).output().unwrap();
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
 
     let mut child = signpost().args(["validate", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();

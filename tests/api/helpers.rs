@@ -194,11 +194,20 @@ impl TestApp {
         self.send("PATCH", Some(key), path, Some(ops), &h).await
     }
 
-    /// Create a Patient as `key`; returns its id.
+    /// Create a Patient as `key`, with a Consent to share with the voluntary sector (which a
+    /// referral needs); returns the Patient's id.
     pub async fn patient(&self, key: &str) -> String {
-        let r = self.post(key, "/fhir/Patient", &patient()).await;
+        self.patient_with(key, &patient()).await
+    }
+
+    /// Create the given Patient as `key`, with a Consent to share; returns its id.
+    pub async fn patient_with(&self, key: &str, body: &Value) -> String {
+        let r = self.post(key, "/fhir/Patient", body).await;
         assert_eq!(r.status, 201, "{}", r.body);
-        r.id()
+        let id = r.id();
+        let c = self.post(key, "/fhir/Consent", &consent(&format!("Patient/{id}"))).await;
+        assert_eq!(c.status, 201, "{}", c.body);
+        id
     }
 
     /// Send a referral routed to `performer` for a new patient; returns (ServiceRequest id, patient id).
@@ -225,6 +234,35 @@ pub fn patient() -> Value {
         "birthDate": "1948-07-02",
         "address": [{ "postalCode": "LS1 1AA" }]
     })
+}
+
+/// An active Consent to share with the voluntary sector for `patient` (a reference).
+pub fn consent(patient: &str) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [
+            { "system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent" },
+            { "system": "https://signpost.example/fhir/CodeSystem/consent-category", "code": "share-with-vcs" }
+        ] }],
+        "patient": { "reference": patient },
+        "policy": [{ "uri": "https://signpost.example/fhir/consent-policy/share-with-vcs" }],
+        "dateTime": "2024-03-14T10:10:00+00:00",
+        "provision": { "type": "permit" }
+    })
+}
+
+/// `examples/referral-bundle.json` (the README's example): the corpus referral Bundle with the
+/// patient's Consent as a sixth entry. The corpus file itself has none, so Signpost refuses it
+/// (consent-missing).
+pub fn referral_bundle() -> Value {
+    let path = format!("{}/examples/referral-bundle.json", env!("CARGO_MANIFEST_DIR"));
+    let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let corpus_entries = corpus("referrals/referral-bundle.json")["entry"].as_array().unwrap().len();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), corpus_entries + 1);
+    assert_eq!(bundle["entry"][corpus_entries]["resource"]["patient"]["reference"], bundle["entry"][0]["fullUrl"]);
+    bundle
 }
 
 pub fn service_request(patient_id: &str, performer: &str) -> Value {

@@ -7,7 +7,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn replay_with_same_request_id_returns_the_first_response() {
     let app = spawn().await;
-    let bundle = corpus("referrals/referral-bundle.json");
+    let bundle = referral_bundle();
     let h = [("X-Request-Id", "req-0001")];
     let first = app.send("POST", Some(REFERRER), "/fhir", Some(&bundle), &h).await;
     assert_eq!(first.status, 200);
@@ -45,7 +45,7 @@ async fn replayed_create_keeps_location_and_etag() {
 #[tokio::test]
 async fn ten_concurrent_identical_submissions_store_one_referral() {
     let app = spawn().await;
-    let bundle = corpus("referrals/referral-bundle.json");
+    let bundle = referral_bundle();
     let h = [("X-Request-Id", "burst-1")];
     let results = join_all((0..10).map(|_| app.send("POST", Some(REFERRER), "/fhir", Some(&bundle), &h))).await;
     for r in &results {

@@ -7,6 +7,7 @@ mod edge;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod referral_rules;
 mod rest;
 mod routing;
 mod transactions;

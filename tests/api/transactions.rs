@@ -7,15 +7,15 @@ use crate::helpers::*;
 #[tokio::test]
 async fn corpus_referral_bundle_is_stored_with_references_rewritten() {
     let app = spawn().await;
-    let bundle = corpus("referrals/referral-bundle.json");
+    let bundle = referral_bundle();
     let r = app.post(REFERRER, "/fhir", &bundle).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["type"], "transaction-response");
     let entries = r.body["entry"].as_array().unwrap();
-    assert_eq!(entries.len(), 5);
+    assert_eq!(entries.len(), 6);
     let status: Vec<_> = entries.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     // The charity Organization is matched to the directory by charity number, not created.
-    assert_eq!(status, vec!["201 Created", "201 Created", "200 OK", "201 Created", "201 Created"]);
+    assert_eq!(status, vec!["201 Created", "201 Created", "200 OK", "201 Created", "201 Created", "201 Created"]);
     assert_eq!(entries[2]["response"]["location"], "Organization/befriending-network-leeds/_history/1");
 
     let patient_loc = entries[0]["response"]["location"].as_str().unwrap();
@@ -39,8 +39,8 @@ async fn corpus_referral_bundle_is_stored_with_references_rewritten() {
 #[tokio::test]
 async fn bundle_without_a_task_gets_a_routed_task() {
     let app = spawn().await;
-    let mut bundle = corpus("referrals/referral-bundle.json");
-    bundle["entry"].as_array_mut().unwrap().pop();
+    let mut bundle = referral_bundle();
+    bundle["entry"].as_array_mut().unwrap().remove(4);
     let r = app.post(REFERRER, "/fhir", &bundle).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let sr_id = r.body["entry"][3]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
@@ -54,7 +54,7 @@ async fn bundle_without_a_task_gets_a_routed_task() {
 async fn one_failing_entry_fails_the_whole_bundle_and_stores_nothing() {
     let app = spawn().await;
     let before = app.get(OPERATOR, "/fhir/Patient?_summary=count").await.total();
-    let mut bundle = corpus("referrals/referral-bundle.json");
+    let mut bundle = referral_bundle();
     bundle["entry"][3]["resource"]["performer"][0]["reference"] = json!("Organization/no-such-charity");
     bundle["entry"][2]["resource"]["identifier"][0]["value"] = json!("0000000");
     let r = app.post(REFERRER, "/fhir", &bundle).await;
@@ -64,7 +64,7 @@ async fn one_failing_entry_fails_the_whole_bundle_and_stores_nothing() {
     assert_eq!(app.get(OPERATOR, "/fhir/ServiceRequest?_summary=count").await.total(), 0);
     assert_eq!(app.get(OPERATOR, "/fhir/Task?_summary=count").await.total(), 0);
 
-    let mut bad_structure = corpus("referrals/referral-bundle.json");
+    let mut bad_structure = referral_bundle();
     bad_structure["entry"][0]["resource"]["gender"] = json!(12);
     let r = app.post(REFERRER, "/fhir", &bad_structure).await;
     r.assert_outcome(400, "wrong-type");
@@ -75,10 +75,10 @@ async fn one_failing_entry_fails_the_whole_bundle_and_stores_nothing() {
 #[tokio::test]
 async fn bundles_must_be_transactions_with_post_or_put_entries() {
     let app = spawn().await;
-    let mut batch = corpus("referrals/referral-bundle.json");
+    let mut batch = referral_bundle();
     batch["type"] = json!("batch");
     app.post(REFERRER, "/fhir", &batch).await.assert_outcome(400, "bad-transaction");
-    let mut delete = corpus("referrals/referral-bundle.json");
+    let mut delete = referral_bundle();
     delete["entry"][0]["request"]["method"] = json!("DELETE");
     let r = app.post(REFERRER, "/fhir", &delete).await;
     r.assert_outcome(422, "bad-transaction");
