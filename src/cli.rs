@@ -52,8 +52,8 @@ enum Command {
         /// Print one JSON OperationOutcome per file instead of text.
         #[arg(long)]
         json: bool,
-        /// Check against base R4 only, without Signpost's referral rules (for resources that
-        /// are not referrals, such as the official R4 examples).
+        /// Check against base R4 only, without Signpost's profiles and referral rules (for
+        /// resources that are not referrals, such as the official R4 examples).
         #[arg(long)]
         base_only: bool,
     },

@@ -53,15 +53,19 @@ pub fn run(paths: &[PathBuf], json: bool, referral_rules: bool) -> anyhow::Resul
     Ok(invalid)
 }
 
-/// The issues of one JSON text; with `referral_rules`, a ServiceRequest or Bundle is also
-/// checked against the referral business rules, as far as it can be offline (a Patient or
-/// Consent held by a server is reported as not checked).
+/// The issues of one JSON text; with `referral_rules` (the default), also Signpost's profiles
+/// for the resource type and, for a ServiceRequest or Bundle, the referral business rules as
+/// far as they can be checked offline (a Patient or Consent held by a server is reported as
+/// not checked).
 pub fn validate_bytes(bytes: &[u8], referral_rules: bool) -> Vec<Issue> {
     match parse(bytes, Limits { max_depth: 64, max_string_bytes: 16 << 20 }) {
         Ok(v) => {
             let mut issues = validator::validate(&v);
+            let root = v.get("resourceType").and_then(serde_json::Value::as_str).unwrap_or("Resource");
+            if referral_rules {
+                crate::fhir::profiles::Profiles::shared().check(&v, root, true, &[], &mut issues);
+            }
             if referral_rules && !has_errors(&issues) {
-                let root = v.get("resourceType").and_then(serde_json::Value::as_str).unwrap_or("Resource");
                 let Ok(()) =
                     crate::fhir::check_referral_rules(&v, root, ValidationMode::Enforce, &mut Offline, &mut issues);
             }

@@ -20,7 +20,7 @@ pub fn capability_statement(base: &str) -> Value {
             params.extend(t.params.iter().map(|p| {
                 json!({ "name": p.name, "type": match p.kind { ParamKind::Token => "token", ParamKind::Reference => "reference" } })
             }));
-            json!({
+            let mut resource = json!({
                 "type": t.name,
                 "interaction": type_level.iter().map(|c| json!({ "code": c })).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
@@ -30,7 +30,12 @@ pub fn capability_statement(base: &str) -> Value {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
-            })
+            });
+            // The profile every write of this type is checked against.
+            if let Some(p) = crate::fhir::profiles::Profiles::shared().route_profile(t.name) {
+                resource["supportedProfile"] = json!([p.url]);
+            }
+            resource
         })
         .collect();
     let system: Vec<Value> =

@@ -221,7 +221,10 @@ async fn handle_inner(
     };
     let query = request::query_pairs(req)?;
     web::block(move || match action {
-        Action::Validate => gw.validate(&ctx, (!ty.is_empty()).then_some(ty.as_str()), body.unwrap_or_default()),
+        Action::Validate => {
+            let profile = query.iter().find(|(k, _)| k == "profile").map(|(_, v)| v.clone());
+            gw.validate(&ctx, (!ty.is_empty()).then_some(ty.as_str()), body.unwrap_or_default(), profile)
+        }
         Action::Transaction => gw.transaction(&ctx, body.unwrap_or_default(), &opts),
         Action::Create => gw.create(&ctx, &ty, body.unwrap_or_default(), &opts),
         Action::Update => gw.update(&ctx, &ty, &id, Change::Replace(body.unwrap_or_default()), &opts),

@@ -7,6 +7,7 @@ pub mod fhirpath;
 pub mod json;
 pub mod narrative;
 pub mod outcome;
+pub mod profiles;
 pub mod referral_rules;
 pub mod schema;
 pub mod search;
@@ -31,10 +32,24 @@ pub fn validate_with_mode(
     mode: crate::config::ValidationMode,
     issues: &mut Vec<outcome::Issue>,
 ) {
+    validate_with_profiles(resource, path, mode, &[], issues);
+}
+
+/// [`validate_with_mode`], also against `extra` profiles (`$validate`'s `profile`). Besides
+/// the base definitions, a resource is checked against the profiles it claims in
+/// `meta.profile` and the one Signpost requires for its type ([`profiles`]).
+pub fn validate_with_profiles(
+    resource: &Value,
+    path: &str,
+    mode: crate::config::ValidationMode,
+    extra: &[&profiles::Profile],
+    issues: &mut Vec<outcome::Issue>,
+) {
     use crate::config::ValidationMode;
     let start = issues.len();
     if mode != ValidationMode::Off {
         validator::validate_resource(resource, path, issues);
+        profiles::Profiles::shared().check(resource, path, true, extra, issues);
     }
     if mode == ValidationMode::Log {
         accept_for_log(&mut issues[start..]);

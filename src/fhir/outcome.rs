@@ -77,6 +77,8 @@ catalogue! {
     ReasonMissing => ("reason-missing", "business-rule", "The referral gives no reason (reasonCode or reasonReference).", "Add at least one reason for the referral."),
     ContactRouteMissing => ("contact-route-missing", "business-rule", "The patient has no current phone number, email or postal address (or the Patient is not available).", "Add a way for the charity to contact the patient."),
     ContactPreferenceUnmet => ("contact-preference-unmet", "business-rule", "The patient's stated contact preference has no matching contact detail.", "Add the contact detail the patient prefers, or correct the preference."),
+    ProfileUnknown => ("profile-unknown", "not-supported", "A profile named in meta.profile or $validate is not one Signpost bundles (a warning in meta.profile: not checked), or is for another resource type.", "Use a profile listed in fhir-profiles/signpost/, or leave it out."),
+    NotInSlice => ("not-in-slice", "structure", "An element matches none of the slices of a closed slicing in the profile.", "Send only the kinds of element the profile's slices describe."),
     UnsupportedType => ("unsupported-type", "not-supported", "Signpost does not store this resource type.", "See /fhir/metadata for the supported types."),
     IdMismatch => ("id-mismatch", "invariant", "The resource id is missing or differs from the id in the URL.", "Put the URL's id in the body's id."),
     UnknownPerformer => ("unknown-performer", "business-rule", "The performer or owner is not a service or organisation in the directory.", "Refer to a HealthcareService or Organization listed in the directory."),

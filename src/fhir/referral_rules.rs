@@ -221,6 +221,13 @@ fn nhs_number(r: &Referral<'_>, issues: &mut Vec<Issue>) {
         }
     };
     match holder {
+        None if matches!(r.patient, PatientSource::Elsewhere) => issues.push(
+            Issue::warning(
+                IssueCode::NhsNumberMissing,
+                "NHS number not checked: the Patient is held by the server (send it in a Bundle, or the number in subject.identifier, to check it offline)",
+            )
+            .at(path),
+        ),
         None => issues.push(
             Issue::error(
                 IssueCode::NhsNumberMissing,

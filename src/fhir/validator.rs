@@ -595,14 +595,14 @@ fn has_string(v: &Value, s: &str) -> bool {
     }
 }
 
-fn coding_key(v: &Value) -> Option<String> {
+pub(super) fn coding_key(v: &Value) -> Option<String> {
     let code = v.get("code").and_then(Value::as_str)?;
     let system = v.get("system").and_then(Value::as_str).unwrap_or("");
     Some(format!("{system}|{code}"))
 }
 
 /// Whether `v` contains everything in `pattern` (FHIR pattern[x] semantics).
-fn matches_pattern(v: &Value, pattern: &Value) -> bool {
+pub(super) fn matches_pattern(v: &Value, pattern: &Value) -> bool {
     match (v, pattern) {
         (Value::Object(o), Value::Object(p)) => {
             p.iter().all(|(k, pv)| o.get(k).is_some_and(|ov| matches_pattern(ov, pv)))

@@ -9,7 +9,6 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::fhir::outcome::has_errors;
-use crate::fhir::schema::StructureValidator;
 use crate::fhir::search::index_values;
 use crate::fhir::{TypeClass, now_ms, stamp_meta, type_spec};
 use crate::store::resources::{self, StoredResource};
@@ -31,7 +30,9 @@ pub fn load(pool: &Pool, dir: &Path) -> anyhow::Result<usize> {
         let value: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let mut issues = Vec::new();
         let root = value.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
-        StructureValidator::shared().validate(&value, &root, &mut issues);
+        // The full validation a write gets: base R4, Signpost's charity HealthcareService and
+        // Endpoint profiles, then the JSON Schema.
+        crate::fhir::validate_resource(&value, &root, &mut issues);
         if has_errors(&issues) {
             let list: Vec<String> = issues
                 .iter()

@@ -232,25 +232,57 @@ pub(super) fn create_routed_tasks(
 impl Gateway {
     /// `POST /fhir/$validate` and `POST /fhir/{type}/$validate`: the OperationOutcome a
     /// submission of the resource would get from validation, without storing anything. The
-    /// body is the resource, or a Parameters with a `resource` parameter.
-    pub fn validate(&self, ctx: &Ctx, ty: Option<&str>, body: Value) -> Result<Reply, ApiError> {
-        let resource =
-            if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && ty != Some("Parameters") {
-                body.get("parameter")
-                    .and_then(Value::as_array)
-                    .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
-                    .and_then(|p| p.get("resource"))
-                    .cloned()
-                    .unwrap_or(body)
-            } else {
-                body
-            };
+    /// body is the resource, or a Parameters with a `resource` parameter (and optionally a
+    /// `profile`); `profile` may also come in the query. A named profile is checked on top of
+    /// what a submission gets.
+    pub fn validate(
+        &self,
+        ctx: &Ctx,
+        ty: Option<&str>,
+        body: Value,
+        profile: Option<String>,
+    ) -> Result<Reply, ApiError> {
+        let is_parameters =
+            body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && ty != Some("Parameters");
+        let param = |name: &str| {
+            body.get("parameter")
+                .and_then(Value::as_array)
+                .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(name)))
+                .cloned()
+        };
+        let mut profile = profile;
+        let resource = if is_parameters {
+            if let Some(p) = param("profile") {
+                profile = ["valueUri", "valueCanonical", "valueString"]
+                    .iter()
+                    .find_map(|k| p.get(*k).and_then(Value::as_str))
+                    .map(str::to_string)
+                    .or(profile);
+            }
+            param("resource").and_then(|p| p.get("resource").cloned()).unwrap_or(body)
+        } else {
+            body
+        };
         if let Some(ty) = ty {
             expect_type(&resource, ty)?;
         }
+        let profiles = crate::fhir::profiles::Profiles::shared();
+        let extra = match &profile {
+            Some(url) => vec![profiles.get(url).ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    Issue::error(
+                        IssueCode::ProfileUnknown,
+                        "the profile parameter names a profile Signpost does not bundle",
+                    )
+                    .at("profile"),
+                )
+            })?],
+            None => vec![],
+        };
         let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
         let mut issues = Vec::new();
-        validate_structure(self.validation, &resource, &root, &mut issues);
+        crate::fhir::validate_with_profiles(&resource, &root, self.validation, &extra, &mut issues);
         if !has_errors(&issues) {
             let mut conn = self.conn()?;
             let mut records = StoreRecords { conn: &mut conn, principal: &ctx.principal };

@@ -21,6 +21,8 @@ async fn capability_statement_lists_the_served_types_and_interactions() {
             assert!(codes.contains(&code), "{ty} lacks {code}");
         }
     }
+    let patient = resources.iter().find(|x| x["type"] == "Patient").unwrap();
+    assert_eq!(patient["supportedProfile"][0], "https://signpost.example/fhir/StructureDefinition/signpost-patient");
     assert_eq!(rest["operation"][0]["name"], "validate");
     let task = resources.iter().find(|x| x["type"] == "Task").unwrap();
     let params: Vec<&str> =

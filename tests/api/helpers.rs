@@ -273,6 +273,7 @@ pub fn service_request(patient_id: &str, performer: &str) -> Value {
         "intent": "order",
         "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral" }] },
         "subject": { "reference": format!("Patient/{patient_id}") },
+        "authoredOn": "2024-03-14T10:15:00+00:00",
         "requester": { "reference": "PractitionerRole/gp-apatel" },
         "performer": [{ "reference": performer }],
         "reasonCode": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "230690007", "display": "Cerebrovascular accident" }] }]

@@ -84,7 +84,10 @@ async fn sender_may_post_its_own_task_with_focus_and_owner() {
 
     let mut no_focus = task.clone();
     no_focus.as_object_mut().unwrap().remove("focus");
-    app.post(REFERRER, "/fhir/Task", &no_focus).await.assert_outcome(422, "focus-required");
+    // The referral Task profile requires focus (400, before the routing checks' 422s).
+    let r = app.post(REFERRER, "/fhir/Task", &no_focus).await;
+    r.assert_outcome(400, "cardinality");
+    assert!(r.body.to_string().contains("Task.focus: minimum required = 1"), "{}", r.body);
     let mut bad_owner = task.clone();
     bad_owner["owner"] = json!({ "reference": "Organization/not-a-charity" });
     app.post(REFERRER, "/fhir/Task", &bad_owner).await.assert_outcome(422, "unknown-performer");

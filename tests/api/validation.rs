@@ -194,3 +194,36 @@ async fn validation_modes_log_and_off_accept_what_enforce_refuses() {
         }
     }
 }
+
+#[tokio::test]
+async fn signpost_profiles_apply_to_writes_and_validate_takes_a_profile() {
+    let app = spawn().await;
+    // The route profile: a Patient must carry its NHS number (slice nhsNumber).
+    let mut no_nhs = patient();
+    no_nhs["identifier"] = json!([{ "system": "https://example.org/mrn", "value": "123" }]);
+    let r = app.post(REFERRER, "/fhir/Patient", &no_nhs).await;
+    r.assert_outcome(400, "cardinality");
+    assert!(r.body.to_string().contains("Patient.identifier:nhsNumber: minimum required = 1"), "{}", r.body);
+    assert_eq!(app.get(OPERATOR, "/fhir/Patient?_summary=count").await.total(), 0);
+
+    // $validate with a profile in the query, or as a Parameters parameter.
+    let consent_profile = "https://signpost.example/fhir/StructureDefinition/signpost-consent-vcs";
+    let mut not_vcs = consent("Patient/p1");
+    not_vcs["category"] = json!([{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }]);
+    let by_query = app.post(REFERRER, &format!("/fhir/Consent/$validate?profile={consent_profile}"), &not_vcs).await;
+    assert_eq!(by_query.status, 200);
+    assert!(by_query.body.to_string().contains("Consent.category:shareWithVcs"), "{}", by_query.body);
+    let params = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "resource", "resource": not_vcs },
+        { "name": "profile", "valueCanonical": consent_profile }
+    ] });
+    let by_param = app.post(REFERRER, "/fhir/$validate", &params).await;
+    assert_eq!(by_param.body["issue"], by_query.body["issue"]);
+    // A profile of another type, and an unknown one.
+    let task_profile = "https://signpost.example/fhir/StructureDefinition/signpost-referral-task";
+    let wrong = app.post(REFERRER, &format!("/fhir/$validate?profile={task_profile}"), &patient()).await;
+    assert!(wrong.issue_codes().contains(&"profile-unknown".to_string()), "{}", wrong.body);
+    app.post(REFERRER, "/fhir/$validate?profile=http://example.org/nothing", &patient())
+        .await
+        .assert_outcome(400, "profile-unknown");
+}

@@ -198,3 +198,29 @@ fn fhirpath_suite_score() {
 
 /// The engine's score on the HL7 suite when it was last raised; it may only go up.
 const FHIRPATH_SUITE_FLOOR: usize = 698;
+
+/// Every example of Signpost's profiles (`fhir-profiles/signpost/examples/`): `*.valid.json`
+/// passes the full validation of a write (base R4, claimed and route profiles, JSON Schema);
+/// `*.invalid.<code>.json` fails with an error carrying that Signpost issue code.
+#[test]
+fn signpost_profile_examples_pass_or_fail_as_named() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles/signpost/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let resource: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let root = resource["resourceType"].as_str().unwrap().to_string();
+        let mut issues = Vec::new();
+        signpost::fhir::validate_resource(&resource, &root, &mut issues);
+        let errors: Vec<&str> = issues.iter().filter(|i| is_error(i)).map(|i| i.code.code()).collect();
+        let parts: Vec<&str> = name.trim_end_matches(".json").split('.').collect();
+        match parts.as_slice() {
+            [_, "valid"] => assert!(errors.is_empty(), "{name}: {issues:?}"),
+            [_, "invalid", code] => assert!(errors.contains(code), "{name}: expected {code}, got {issues:?}"),
+            _ => panic!("{name}: name examples <profile>.valid.json or <profile>.invalid.<code>.json"),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 17, "only {checked} examples");
+}

@@ -1,0 +1,626 @@
+//! Signpost's profiles (`fhir-profiles/signpost/`), applied on top of the base validation.
+//!
+//! Every Signpost profile derives directly from an R4 resource, so an instance conforms when
+//! it passes the base definition (the validator) and the profile's differential, which is what
+//! this module checks: cardinality, fixed and pattern values, bindings (required: error,
+//! extensible: warning) against Signpost's and R4's value sets, allowed types and reference
+//! targets, FHIRPath constraints, and slicing with `value` and `pattern` discriminators (slice
+//! cardinality; `closed` slicing refuses items no slice matches).
+//!
+//! Which profiles apply: those the resource claims in `meta.profile` (an unknown one is a
+//! warning, not checked), the profile Signpost requires for the resource type (the route
+//! profile: referral ServiceRequest, Task, Patient, Consent, charity HealthcareService,
+//! Endpoint) and any named by `$validate`'s `profile` parameter. The profiles, code systems and
+//! value sets are embedded and compiled once.
+
+use std::sync::{Arc, OnceLock};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde_json::Value;
+
+use super::definitions::{Constraint, Definitions};
+use super::fhirpath;
+use super::outcome::{Issue, IssueCode};
+use super::validator::{coding_key, matches_pattern};
+
+static FILES: &[&str] = &[
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-referral-servicerequest.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-referral-task.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-patient.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-consent-vcs.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-charity-healthcareservice.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-endpoint.json"),
+    include_str!("../../fhir-profiles/signpost/StructureDefinition-contact-preference.json"),
+    include_str!("../../fhir-profiles/signpost/CodeSystem-referral-outcome.json"),
+    include_str!("../../fhir-profiles/signpost/CodeSystem-rejection-reason.json"),
+    include_str!("../../fhir-profiles/signpost/CodeSystem-contact-preference.json"),
+    include_str!("../../fhir-profiles/signpost/CodeSystem-consent-category.json"),
+    include_str!("../../fhir-profiles/signpost/ValueSet-referral-outcome.json"),
+    include_str!("../../fhir-profiles/signpost/ValueSet-rejection-reason.json"),
+    include_str!("../../fhir-profiles/signpost/ValueSet-contact-preference.json"),
+    include_str!("../../fhir-profiles/signpost/ValueSet-consent-category.json"),
+];
+
+const BASE: &str = "https://signpost.example/fhir/StructureDefinition/";
+
+/// The profile Signpost requires for each resource type it takes referrals and directory
+/// entries in.
+const ROUTE_PROFILES: &[(&str, &str)] = &[
+    ("ServiceRequest", "signpost-referral-servicerequest"),
+    ("Task", "signpost-referral-task"),
+    ("Patient", "signpost-patient"),
+    ("Consent", "signpost-consent-vcs"),
+    ("HealthcareService", "signpost-charity-healthcareservice"),
+    ("Endpoint", "signpost-endpoint"),
+];
+
+/// One path step of an element id: `identifier:nhsNumber` or `value[x]`.
+#[derive(Debug, Clone)]
+struct Step {
+    name: String,
+    choice: bool,
+    slice: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Discriminator {
+    /// The item's value at the path equals the slice's fixed value (or matches its pattern).
+    Value(String),
+    /// The item matches the slice's pattern at the path (`$this`: the item itself).
+    Pattern(String),
+}
+
+#[derive(Debug, Clone)]
+struct Element {
+    id: String,
+    steps: Vec<Step>,
+    min: Option<u32>,
+    max: Option<Option<u32>>,
+    fixed: Option<Value>,
+    pattern: Option<Value>,
+    binding: Option<(bool, String)>,
+    types: Vec<(String, Vec<String>)>,
+    constraints: Vec<Constraint>,
+    slicing: Option<(Vec<Discriminator>, bool)>,
+}
+
+/// A compiled profile.
+#[derive(Debug)]
+pub struct Profile {
+    pub url: String,
+    pub type_name: String,
+    elements: Vec<Element>,
+    by_id: FxHashMap<String, usize>,
+}
+
+/// All of Signpost's profiles and terminology.
+pub struct Profiles {
+    by_url: FxHashMap<String, Profile>,
+    /// Value set URL → `system|code` and bare codes.
+    codes: FxHashMap<String, FxHashSet<String>>,
+}
+
+fn parse_steps(id: &str) -> Vec<Step> {
+    id.split('.')
+        .map(|s| {
+            let (name, slice) = match s.split_once(':') {
+                Some((n, sl)) => (n, Some(sl.to_string())),
+                None => (s, None),
+            };
+            let choice = name.ends_with("[x]");
+            Step { name: name.trim_end_matches("[x]").to_string(), choice, slice }
+        })
+        .collect()
+}
+
+fn compile_element(raw: &Value) -> Option<Element> {
+    let o = raw.as_object()?;
+    let id = o.get("id")?.as_str()?.to_string();
+    let get = |prefix: &str| o.iter().find(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone());
+    let constraints = o
+        .get("constraint")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let expression = c.get("expression")?.as_str()?.to_string();
+            Some(Constraint {
+                key: c.get("key")?.as_str()?.to_string(),
+                severity: c.get("severity").and_then(Value::as_str).unwrap_or("error").to_string(),
+                human: c.get("human").and_then(Value::as_str).unwrap_or_default().to_string(),
+                compiled: fhirpath::parse(&expression).ok().map(Arc::new),
+                expression,
+            })
+        })
+        .collect();
+    let slicing = o.get("slicing").map(|s| {
+        let discs = s
+            .get("discriminator")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                let path = d.get("path")?.as_str()?.to_string();
+                match d.get("type")?.as_str()? {
+                    "value" => Some(Discriminator::Value(path)),
+                    "pattern" => Some(Discriminator::Pattern(path)),
+                    _ => None,
+                }
+            })
+            .collect();
+        (discs, s.get("rules").and_then(Value::as_str) == Some("closed"))
+    });
+    Some(Element {
+        steps: parse_steps(&id),
+        min: o.get("min").and_then(Value::as_u64).map(|m| m as u32),
+        max: o.get("max").and_then(Value::as_str).map(|m| if m == "*" { None } else { m.parse().ok() }),
+        fixed: get("fixed"),
+        pattern: get("pattern"),
+        binding: o.get("binding").and_then(|b| {
+            let strength = b.get("strength")?.as_str()?;
+            let vs = b.get("valueSet")?.as_str()?.to_string();
+            match strength {
+                "required" => Some((true, vs)),
+                "extensible" => Some((false, vs)),
+                _ => None,
+            }
+        }),
+        types: o
+            .get("type")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let code = t.get("code")?.as_str()?.to_string();
+                let targets = t
+                    .get("targetProfile")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str()?.rsplit('/').next().map(str::to_string))
+                    .collect();
+                Some((code, targets))
+            })
+            .collect(),
+        constraints,
+        slicing,
+        id,
+    })
+}
+
+impl Profiles {
+    pub fn shared() -> &'static Profiles {
+        static SHARED: OnceLock<Profiles> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let resources = FILES.iter().map(|t| serde_json::from_str(t).expect("bundled profiles are JSON")).collect();
+            Profiles::load(resources).expect("bundled Signpost profiles are valid")
+        })
+    }
+
+    /// Compile StructureDefinitions (differentials), CodeSystems and ValueSets.
+    fn load(resources: Vec<Value>) -> Result<Self, String> {
+        let mut by_url = FxHashMap::default();
+        let mut systems: FxHashMap<String, Vec<String>> = FxHashMap::default();
+        let mut valuesets = Vec::new();
+        for v in resources {
+            let url = v.get("url").and_then(Value::as_str).unwrap_or_default().to_string();
+            match v.get("resourceType").and_then(Value::as_str) {
+                Some("StructureDefinition") => {
+                    let elements: Vec<Element> = v
+                        .pointer("/differential/element")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(compile_element)
+                        .collect();
+                    let by_id = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
+                    let type_name = v.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+                    by_url.insert(url.clone(), Profile { url, type_name, elements, by_id });
+                }
+                Some("CodeSystem") => {
+                    let codes = v
+                        .get("concept")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
+                        .collect();
+                    systems.insert(url, codes);
+                }
+                Some("ValueSet") => valuesets.push(v),
+                _ => return Err(format!("unexpected resource in fhir-profiles/signpost: {url}")),
+            }
+        }
+        let mut codes = FxHashMap::default();
+        for vs in valuesets {
+            let url = vs.get("url").and_then(Value::as_str).unwrap_or_default().to_string();
+            let mut set = FxHashSet::default();
+            for inc in vs.pointer("/compose/include").and_then(Value::as_array).into_iter().flatten() {
+                let system = inc.get("system").and_then(Value::as_str).unwrap_or_default();
+                for code in systems.get(system).ok_or(format!("value set {url} includes an unknown system"))? {
+                    set.insert(format!("{system}|{code}"));
+                    set.insert(code.clone());
+                }
+            }
+            codes.insert(url, set);
+        }
+        Ok(Self { by_url, codes })
+    }
+
+    pub fn get(&self, url: &str) -> Option<&Profile> {
+        self.by_url.get(url.split('|').next().unwrap_or(url))
+    }
+
+    /// The profile Signpost requires for a resource type, if any.
+    pub fn route_profile(&self, resource_type: &str) -> Option<&Profile> {
+        let name = ROUTE_PROFILES.iter().find(|(t, _)| *t == resource_type)?.1;
+        self.by_url.get(&format!("{BASE}{name}"))
+    }
+
+    /// Apply the profiles that concern `resource` (at `path`): the ones in `meta.profile`, the
+    /// route profile when `route`, and `extra`; and the same for each entry of a Bundle.
+    pub fn check(&self, resource: &Value, path: &str, route: bool, extra: &[&Profile], issues: &mut Vec<Issue>) {
+        let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else { return };
+        let mut applied: Vec<&Profile> = Vec::new();
+        for (k, claimed) in
+            resource.pointer("/meta/profile").and_then(Value::as_array).into_iter().flatten().enumerate()
+        {
+            let Some(url) = claimed.as_str() else { continue };
+            match self.get(url) {
+                Some(p) => applied.push(p),
+                None => issues.push(
+                    Issue::warning(
+                        IssueCode::ProfileUnknown,
+                        "this profile is not one Signpost bundles, so the resource was not checked against it",
+                    )
+                    .at(format!("{path}.meta.profile[{k}]")),
+                ),
+            }
+        }
+        if route && let Some(p) = self.route_profile(ty) {
+            applied.push(p);
+        }
+        applied.extend(extra.iter().copied());
+        let mut seen = FxHashSet::default();
+        for p in applied {
+            if p.type_name == ty && seen.insert(p.url.as_str()) {
+                ProfileCheck { profile: p, terms: self, resource, issues }.run(path);
+            } else if p.type_name != ty && seen.insert(p.url.as_str()) {
+                issues.push(
+                    Issue::error(IssueCode::ProfileUnknown, format!("the profile is for {}, not {ty}", p.type_name))
+                        .at(path.to_string()),
+                );
+            }
+        }
+        if ty == "Bundle" {
+            for (i, e) in resource.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                if let Some(r) = e.get("resource") {
+                    self.check(r, &format!("{path}.entry[{i}].resource"), route, &[], issues);
+                }
+            }
+        }
+    }
+}
+
+/// A node of the instance with its FHIRPath.
+type Node<'v> = (String, &'v Value);
+
+struct ProfileCheck<'a, 'v> {
+    profile: &'a Profile,
+    terms: &'a Profiles,
+    resource: &'v Value,
+    issues: &'a mut Vec<Issue>,
+}
+
+impl<'v> ProfileCheck<'_, 'v> {
+    fn run(&mut self, root: &str) {
+        let p = self.profile;
+        for el in &p.elements {
+            if el.steps.len() == 1 {
+                self.values(el, &[(root.to_string(), self.resource)]);
+                continue;
+            }
+            for (ppath, parent) in self.select(&el.steps[..el.steps.len() - 1], root) {
+                let last = &el.steps[el.steps.len() - 1];
+                let items = self.children(&ppath, parent, last, &el.steps);
+                let n = items.len() as u32;
+                let shown = el.id.as_str();
+                if let Some(min) = el.min
+                    && n < min
+                {
+                    self.issues.push(
+                        Issue::error(
+                            IssueCode::Cardinality,
+                            format!("{shown}: minimum required = {min}, but only found {n} (from {})", p.url),
+                        )
+                        .at(ppath.clone()),
+                    );
+                }
+                if let Some(Some(max)) = el.max
+                    && n > max
+                {
+                    self.issues.push(
+                        Issue::error(
+                            IssueCode::Cardinality,
+                            format!("{shown}: max allowed = {max}, but found {n} (from {})", p.url),
+                        )
+                        .at(ppath.clone()),
+                    );
+                }
+                if let Some((_, true)) = &el.slicing {
+                    for (ipath, item) in &items {
+                        if !self.in_any_slice(&el.id, item) {
+                            self.issues.push(
+                                Issue::error(
+                                    IssueCode::NotInSlice,
+                                    format!(
+                                        "this element matches none of the slices of {shown}, and the slicing is closed"
+                                    ),
+                                )
+                                .at(ipath.clone()),
+                            );
+                        }
+                    }
+                }
+                self.values(el, &items);
+            }
+        }
+    }
+
+    /// The nodes an id's steps lead to from the root.
+    fn select(&self, steps: &[Step], root: &str) -> Vec<Node<'v>> {
+        let mut nodes: Vec<Node<'v>> = vec![(root.to_string(), self.resource)];
+        for (k, step) in steps.iter().enumerate().skip(1) {
+            let mut next = Vec::new();
+            for (path, v) in &nodes {
+                next.extend(self.children(path, v, step, &steps[..=k]));
+            }
+            nodes = next;
+        }
+        nodes
+    }
+
+    /// The children of `v` a step names (in its slice, if the step is a slice).
+    fn children(&self, path: &str, v: &'v Value, step: &Step, steps: &[Step]) -> Vec<Node<'v>> {
+        let Some(o) = v.as_object() else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut push = |key: &str, x: &'v Value| match x {
+            Value::Array(items) => {
+                out.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{key}[{i}]"), item)))
+            }
+            x => out.push((format!("{path}.{key}"), x)),
+        };
+        if step.choice {
+            for (k, x) in o {
+                if k.strip_prefix(step.name.as_str()).is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase())) {
+                    push(k, x);
+                }
+            }
+        } else if let Some(x) = o.get(&step.name) {
+            push(&step.name, x);
+        }
+        if let Some(slice) = &step.slice {
+            let sliced_id = id_of(steps, false);
+            let slice_id = format!("{sliced_id}:{slice}");
+            out.retain(|(_, item)| self.in_slice(&sliced_id, &slice_id, item));
+        }
+        out
+    }
+
+    fn in_any_slice(&self, sliced_id: &str, item: &Value) -> bool {
+        let prefix = format!("{sliced_id}:");
+        self.profile
+            .elements
+            .iter()
+            .filter(|e| e.id.strip_prefix(&prefix).is_some_and(|rest| !rest.contains('.')))
+            .any(|e| self.in_slice(sliced_id, &e.id, item))
+    }
+
+    /// Whether `item` belongs to the slice `slice_id` of the element `sliced_id`.
+    fn in_slice(&self, sliced_id: &str, slice_id: &str, item: &Value) -> bool {
+        let p = self.profile;
+        let Some((discs, _)) = p.by_id.get(sliced_id).and_then(|&i| p.elements[i].slicing.as_ref()) else {
+            return false;
+        };
+        discs.iter().all(|d| {
+            let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d;
+            let (el_id, value) = if path == "$this" {
+                (slice_id.to_string(), Some(item))
+            } else {
+                (format!("{slice_id}.{path}"), path.split('.').try_fold(item, |v, k| v.get(k)))
+            };
+            let Some(el) = p.by_id.get(&el_id).map(|&i| &p.elements[i]) else { return false };
+            let Some(value) = value else { return false };
+            match (&el.fixed, &el.pattern) {
+                (Some(f), _) => value == f,
+                (None, Some(pat)) => matches_pattern(value, pat),
+                _ => false,
+            }
+        })
+    }
+
+    /// Fixed, pattern, binding, type and constraint checks on each node of an element.
+    fn values(&mut self, el: &Element, nodes: &[Node<'v>]) {
+        for (path, v) in nodes {
+            if let Some(f) = &el.fixed
+                && *v != f
+            {
+                self.issues.push(
+                    Issue::error(IssueCode::FixedValue, format!("the value differs from the fixed value of {}", el.id))
+                        .at(path.clone()),
+                );
+            }
+            if let Some(pat) = &el.pattern
+                && !matches_pattern(v, pat)
+                && el.steps.last().is_none_or(|s| s.slice.is_none())
+            {
+                self.issues.push(
+                    Issue::error(IssueCode::FixedValue, format!("the value does not match the pattern of {}", el.id))
+                        .at(path.clone()),
+                );
+            }
+            if let Some((required, vs)) = &el.binding {
+                self.binding(*required, vs, v, path);
+            }
+            self.types(el, path, v);
+            for c in &el.constraints {
+                let Some(expr) = &c.compiled else { continue };
+                let env = fhirpath::Env {
+                    resource: self.resource,
+                    root: self.resource,
+                    context: v,
+                    choices: &Definitions::shared().choice_names,
+                };
+                let Ok(result) = fhirpath::evaluate(expr, v, None, env) else { continue };
+                if !fhirpath::holds(&result) {
+                    let diag = format!("Constraint failed: {}: '{}'", c.key, c.human);
+                    let issue = if c.is_error() {
+                        Issue::error(IssueCode::Invariant, diag)
+                    } else {
+                        Issue::warning(IssueCode::Invariant, diag)
+                    };
+                    self.issues.push(issue.at(path.clone()));
+                }
+            }
+        }
+    }
+
+    fn types(&mut self, el: &Element, path: &str, v: &Value) {
+        if el.types.is_empty() {
+            return;
+        }
+        // A choice element: the property's type suffix must be one the profile allows.
+        if el.steps.last().is_some_and(|s| s.choice) {
+            let suffix = path.rsplit('.').next().unwrap_or("").trim_start_matches(|c: char| c.is_ascii_lowercase());
+            let suffix = suffix.split('[').next().unwrap_or(suffix);
+            if !el.types.iter().any(|(code, _)| code.eq_ignore_ascii_case(suffix)) {
+                let allowed: Vec<&str> = el.types.iter().map(|(c, _)| c.as_str()).collect();
+                self.issues.push(
+                    Issue::error(
+                        IssueCode::WrongType,
+                        format!("{} allows only the types {}", el.id, allowed.join(", ")),
+                    )
+                    .at(path.to_string()),
+                );
+            }
+        }
+        let targets: Vec<&str> = el.types.iter().flat_map(|(_, t)| t.iter().map(String::as_str)).collect();
+        if targets.is_empty() || targets.contains(&"Resource") {
+            return;
+        }
+        if let Some((target, _)) = v.get("reference").and_then(Value::as_str).and_then(super::parse_reference)
+            && Definitions::shared().is_resource(target)
+            && !targets.contains(&target)
+        {
+            self.issues.push(
+                Issue::error(
+                    IssueCode::ReferenceType,
+                    format!("{} must refer to {} (by {})", el.id, targets.join(" or "), self.profile.url),
+                )
+                .at(format!("{path}.reference")),
+            );
+        }
+    }
+
+    fn binding(&mut self, required: bool, vs: &str, v: &Value, path: &str) {
+        let defs = Definitions::shared();
+        let members = self.terms.codes.get(vs).or_else(|| defs.valuesets.get(vs));
+        let Some(members) = members else { return };
+        let keys: Vec<String> = match v {
+            Value::String(code) => vec![code.clone()],
+            Value::Object(o) if o.contains_key("coding") => {
+                o["coding"].as_array().into_iter().flatten().filter_map(coding_key).collect()
+            }
+            Value::Object(o) => coding_key(&Value::Object(o.clone())).into_iter().collect(),
+            _ => return,
+        };
+        if keys.is_empty() || keys.iter().any(|k| members.contains(k)) {
+            return;
+        }
+        let name = vs.rsplit('/').next().unwrap_or(vs);
+        let issue = if required {
+            Issue::error(IssueCode::CodeNotInValueSet, format!("the code is not in the required value set {name}"))
+        } else {
+            Issue::warning(IssueCode::CodeNotInValueSet, format!("no code is from the extensible value set {name}"))
+        };
+        self.issues.push(issue.at(path.to_string()));
+    }
+}
+
+/// The element id of steps (with slice names, or without when `slices` is false for the last).
+fn id_of(steps: &[Step], slices: bool) -> String {
+    let n = steps.len();
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = if s.choice { format!("{}[x]", s.name) } else { s.name.clone() };
+            match &s.slice {
+                Some(sl) if slices || i + 1 < n => format!("{name}:{sl}"),
+                _ => name,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(resource: Value) -> Vec<(IssueCode, String)> {
+        let mut issues = Vec::new();
+        let ty = resource["resourceType"].as_str().unwrap().to_string();
+        Profiles::shared().check(&resource, &ty, false, &[], &mut issues);
+        issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn claimed_profiles_apply_and_unknown_ones_warn() {
+        let nhs = |v: &str| json!([{ "system": "https://fhir.nhs.uk/Id/nhs-number", "value": v }]);
+        let claims = json!({ "profile": ["https://signpost.example/fhir/StructureDefinition/signpost-patient"] });
+        let good = json!({ "resourceType": "Patient", "meta": claims, "identifier": nhs("9000000009") });
+        assert_eq!(check(good), vec![]);
+        let spaced = json!({ "resourceType": "Patient", "meta": claims, "identifier": nhs("900 000 0009") });
+        assert_eq!(check(spaced), vec![(IssueCode::Invariant, "Patient.identifier[0].value".to_string())]);
+        let unknown = json!({ "resourceType": "Patient", "meta": { "profile": ["http://example.org/fhir/StructureDefinition/other"] } });
+        let mut issues = Vec::new();
+        Profiles::shared().check(&unknown, "Patient", false, &[], &mut issues);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(
+            (issues[0].code, issues[0].severity),
+            (IssueCode::ProfileUnknown, super::super::outcome::Severity::Warning)
+        );
+        let wrong_type = json!({ "resourceType": "Task", "meta": claims, "status": "draft", "intent": "order" });
+        assert_eq!(check(wrong_type), vec![(IssueCode::ProfileUnknown, "Task".to_string())]);
+    }
+
+    #[test]
+    fn closed_slicing_and_value_discriminators_inside_bundles() {
+        let sd = json!({ "resourceType": "StructureDefinition", "url": "http://example.org/sd/closed", "type": "Patient",
+            "differential": { "element": [
+                { "id": "Patient.telecom", "path": "Patient.telecom", "slicing": { "discriminator": [{ "type": "value", "path": "system" }], "rules": "closed" } },
+                { "id": "Patient.telecom:phone", "path": "Patient.telecom", "sliceName": "phone", "max": "2" },
+                { "id": "Patient.telecom:phone.system", "path": "Patient.telecom.system", "fixedCode": "phone" },
+                { "id": "Patient.telecom:phone.use", "path": "Patient.telecom.use", "min": 1 }
+            ] } });
+        let profiles = Profiles::load(vec![sd]).unwrap();
+        let p = profiles.get("http://example.org/sd/closed").unwrap();
+        let patient = json!({ "resourceType": "Patient", "telecom": [
+            { "system": "phone", "value": "1", "use": "home" }, { "system": "email", "value": "a@b" }, { "system": "phone", "value": "2" }
+        ] });
+        let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": patient }] });
+        let mut issues = Vec::new();
+        profiles.check(&bundle["entry"][0]["resource"], "Bundle.entry[0].resource", false, &[p], &mut issues);
+        let found: Vec<(IssueCode, String)> =
+            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (IssueCode::NotInSlice, "Bundle.entry[0].resource.telecom[1]".to_string()),
+                (IssueCode::Cardinality, "Bundle.entry[0].resource.telecom[2]".to_string()),
+            ]
+        );
+    }
+}
