@@ -79,6 +79,31 @@ impl Constraint {
     pub fn is_error(&self) -> bool {
         self.severity == "error"
     }
+
+    /// Evaluate the constraint on `focus` (of type `ty`, if known): the issue at `at` when it
+    /// fails. An expression that cannot be evaluated on this instance (a type error, say) is
+    /// not reported: the engine must never produce a false error.
+    pub fn check<'v>(
+        &self,
+        focus: &'v Value,
+        ty: Option<&'v str>,
+        env: fhirpath::Env<'v>,
+        at: &str,
+    ) -> Option<super::outcome::Issue> {
+        use super::outcome::{Issue, IssueCode};
+        let expr = self.compiled.as_ref()?;
+        let result = fhirpath::evaluate(expr, focus, ty, env).ok()?;
+        if fhirpath::holds(&result) {
+            return None;
+        }
+        let diag = format!("Constraint failed: {}: '{}'", self.key, self.human);
+        let issue = if self.is_error() {
+            Issue::error(IssueCode::Invariant, diag)
+        } else {
+            Issue::warning(IssueCode::Invariant, diag)
+        };
+        Some(issue.at(at.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

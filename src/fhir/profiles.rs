@@ -463,23 +463,15 @@ impl<'v> ProfileCheck<'_, 'v> {
                 self.binding(*required, vs, v, path);
             }
             self.types(el, path, v);
+            let env = fhirpath::Env {
+                resource: self.resource,
+                root: self.resource,
+                context: v,
+                choices: &Definitions::shared().choice_names,
+            };
             for c in &el.constraints {
-                let Some(expr) = &c.compiled else { continue };
-                let env = fhirpath::Env {
-                    resource: self.resource,
-                    root: self.resource,
-                    context: v,
-                    choices: &Definitions::shared().choice_names,
-                };
-                let Ok(result) = fhirpath::evaluate(expr, v, None, env) else { continue };
-                if !fhirpath::holds(&result) {
-                    let diag = format!("Constraint failed: {}: '{}'", c.key, c.human);
-                    let issue = if c.is_error() {
-                        Issue::error(IssueCode::Invariant, diag)
-                    } else {
-                        Issue::warning(IssueCode::Invariant, diag)
-                    };
-                    self.issues.push(issue.at(path.clone()));
+                if let Some(issue) = c.check(v, None, env, path) {
+                    self.issues.push(issue);
                 }
             }
         }

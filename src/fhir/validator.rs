@@ -100,20 +100,10 @@ impl<'v> Walker<'_, 'v> {
     /// Evaluate the FHIRPath invariants of an element on its value `focus` at `at`.
     fn invariants(&mut self, constraints: &[Constraint], focus: &'v Value, ty: Option<&'static str>, at: &str) {
         let Some(&(resource, root)) = self.frames.last() else { return };
+        let env = fhirpath::Env { resource, root, context: focus, choices: &self.defs.choice_names };
         for c in constraints {
-            let Some(expr) = &c.compiled else { continue };
-            let env = fhirpath::Env { resource, root, context: focus, choices: &self.defs.choice_names };
-            // An expression that cannot be evaluated on this instance (a type error, say) is
-            // not reported: the engine must never produce a false error.
-            let Ok(result) = fhirpath::evaluate(expr, focus, ty, env) else { continue };
-            if !fhirpath::holds(&result) {
-                let diag = format!("Constraint failed: {}: '{}'", c.key, c.human);
-                let issue = if c.is_error() {
-                    Issue::error(IssueCode::Invariant, diag)
-                } else {
-                    Issue::warning(IssueCode::Invariant, diag)
-                };
-                self.issues.push(issue.at(at.to_string()));
+            if let Some(issue) = c.check(focus, ty, env, at) {
+                self.issues.push(issue);
             }
         }
     }
