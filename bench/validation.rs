@@ -1,11 +1,15 @@
 //! Validation speed: parse + full validation of the corpus referral ServiceRequest and the
-//! 5-entry referral Bundle, one core, against the Rust JSON Schema check of the same files
+//! 5-entry referral Bundle, one core (the validator alone, and with Signpost's route profiles
+//! and the referral rules as a write gets them, minus the store lookups), against the Rust JSON Schema check of the same files
 //! measured in the same run (the structure-only ceiling; BENCHMARKS.md).
 //!
 //! `cargo bench --bench validation`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use signpost::config::ValidationMode::Enforce;
 use signpost::fhir::json::{Limits, parse};
+use signpost::fhir::profiles::Profiles;
+use signpost::fhir::referral_rules::Offline;
 use signpost::fhir::schema::StructureValidator;
 use signpost::fhir::validator;
 use std::hint::black_box;
@@ -18,6 +22,8 @@ fn bench(c: &mut Criterion) {
     let start = std::time::Instant::now();
     let _ = validator::validate(&serde_json::json!({ "resourceType": "Patient" }));
     println!("validation index built in {} ms", start.elapsed().as_millis());
+    let counts = signpost::fhir::definitions::Definitions::shared().invariants;
+    println!("invariants: {} evaluated by FHIRPath, {} not evaluable", counts.evaluated, counts.not_evaluated);
     StructureValidator::shared()
         .warm(&["ServiceRequest", "Bundle", "Patient", "PractitionerRole", "Organization", "Task"])
         .unwrap();
@@ -30,6 +36,16 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let v = parse(black_box(&bytes), Limits::default()).unwrap();
                 black_box(validator::validate(&v))
+            })
+        });
+        group.bench_function("parse + validator + profiles + referral rules", |b| {
+            b.iter(|| {
+                let v = parse(black_box(&bytes), Limits::default()).unwrap();
+                let mut issues = validator::validate(&v);
+                let root = v["resourceType"].as_str().unwrap();
+                Profiles::shared().check(&v, root, true, &[], &mut issues);
+                let Ok(()) = signpost::fhir::check_referral_rules(&v, root, Enforce, &mut Offline, &mut issues);
+                black_box(issues)
             })
         });
         group.bench_function("parse + json schema (structure only)", |b| {

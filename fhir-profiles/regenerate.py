@@ -83,6 +83,36 @@ def compact_element(sd_type, sd_kind, el):
     return out
 
 
+PROFILE_KEYS = ("id", "path", "min", "max", "sliceName")
+
+
+def compact_profile(sd):
+    """A core profile or extension definition: its differential, in FHIR's own element keys."""
+    elements = []
+    for el in sd["differential"]["element"]:
+        out = {k: el[k] for k in PROFILE_KEYS if k in el}
+        if "slicing" in el:
+            out["slicing"] = {k: el["slicing"][k] for k in ("discriminator", "rules") if k in el["slicing"]}
+        for k, v in el.items():
+            if k.startswith("fixed") or k.startswith("pattern"):
+                out[k] = v
+        b = el.get("binding")
+        if b and b.get("valueSet") and b.get("strength") in ("required", "extensible"):
+            out["binding"] = {"strength": b["strength"], "valueSet": b["valueSet"].split("|")[0]}
+        if "type" in el:
+            out["type"] = [{k: t[k] for k in ("code", "targetProfile", "profile") if k in t} for t in el["type"]]
+        cons = [{k: c[k] for k in ("key", "severity", "human", "expression") if k in c}
+                for c in el.get("constraint", []) if "expression" in c]
+        if cons:
+            out["constraint"] = cons
+        elements.append(out)
+    out = {"resourceType": "StructureDefinition", "url": sd["url"], "type": sd["type"],
+           "baseDefinition": sd.get("baseDefinition"), "differential": {"element": elements}}
+    if sd.get("context"):
+        out["context"] = sd["context"]
+    return out
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
@@ -92,6 +122,12 @@ def main():
                 return json.load(tar.extractfile(f"package/{name}"))
             bundles = [load("Bundle-types.json"), load("Bundle-resources.json")]
             expansions = load("Bundle-valueset-expansions.json")
+            constraints = [
+                load(m.name[len("package/"):])
+                for m in tar.getmembers()
+                if m.name.startswith("package/StructureDefinition-") and m.name.endswith(".json")
+            ]
+            constraints = [sd for sd in constraints if sd.get("derivation") == "constraint"]
 
     types = {}
     regexes = {}
@@ -138,14 +174,20 @@ def main():
         if 0 < len(codes) <= MAX_CODES:
             valuesets[url] = sorted(set(codes))
 
+    profiles = [compact_profile(sd) for sd in sorted(constraints, key=lambda sd: sd["url"])]
+
     os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "profiles.json"), "w") as f:
+        json.dump(profiles, f, separators=(",", ":"), sort_keys=True)
+        f.write("\n")
     with open(os.path.join(OUT, "definitions.json"), "w") as f:
         json.dump({"fhirVersion": "4.0.1", "types": types, "regex": regexes}, f, separators=(",", ":"), sort_keys=True)
         f.write("\n")
     with open(os.path.join(OUT, "valuesets.json"), "w") as f:
         json.dump(valuesets, f, separators=(",", ":"), sort_keys=True)
         f.write("\n")
-    print(f"{len(types)} types, {len(regexes)} primitive regexes, {len(valuesets)} of {len(bound)} bound value sets")
+    print(f"{len(types)} types, {len(regexes)} primitive regexes, {len(valuesets)} of {len(bound)} bound value sets, "
+          f"{len(profiles)} profiles and extensions")
 
 
 if __name__ == "__main__":

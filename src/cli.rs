@@ -56,6 +56,10 @@ enum Command {
         /// resources that are not referrals, such as the official R4 examples).
         #[arg(long)]
         base_only: bool,
+        /// Also validate against the profiles in these files or folders (StructureDefinitions,
+        /// ValueSets, CodeSystems, an ImplementationGuide's global profiles); repeatable.
+        #[arg(long)]
+        ig: Vec<PathBuf>,
     },
     /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
     IssueCodes {
@@ -95,8 +99,8 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Run the command line; returns the process exit code.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Validate { paths, json, base_only } = &cli.command {
-        let invalid = crate::validate_cli::run(paths, *json, !*base_only)?;
+    if let Command::Validate { paths, json, base_only, ig } = &cli.command {
+        let invalid = crate::validate_cli::run(paths, *json, !*base_only, ig)?;
         if invalid > 0 {
             std::process::exit(2);
         }

@@ -23,6 +23,9 @@ use super::fhirpath;
 use super::outcome::{Issue, IssueCode};
 use super::validator::{coding_key, matches_pattern};
 
+/// The R4 core profiles and extension definitions (differentials), from `regenerate.py`.
+static R4_PROFILES: &str = include_str!("../../fhir-profiles/r4/profiles.json");
+
 static FILES: &[&str] = &[
     include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-referral-servicerequest.json"),
     include_str!("../../fhir-profiles/signpost/StructureDefinition-signpost-referral-task.json"),
@@ -89,15 +92,23 @@ struct Element {
 pub struct Profile {
     pub url: String,
     pub type_name: String,
+    /// `baseDefinition`: a profile it constrains further, or the base type.
+    base: Option<String>,
     elements: Vec<Element>,
     by_id: FxHashMap<String, usize>,
 }
 
-/// All of Signpost's profiles and terminology.
+/// Profiles and terminology: Signpost's, the R4 core profiles and extension definitions, and
+/// any an integrator loads (an implementation guide's StructureDefinitions, ValueSets,
+/// CodeSystems and the global profiles of its ImplementationGuide).
 pub struct Profiles {
-    by_url: FxHashMap<String, Profile>,
+    by_url: FxHashMap<String, Arc<Profile>>,
     /// Value set URL → `system|code` and bare codes.
     codes: FxHashMap<String, FxHashSet<String>>,
+    /// Profiles that apply to every resource of a type (`ImplementationGuide.global`).
+    globals: Vec<(String, String)>,
+    /// The resources it was built from, to extend it ([`Profiles::with`]).
+    sources: Vec<Value>,
 }
 
 fn parse_steps(id: &str) -> Vec<Step> {
@@ -115,7 +126,8 @@ fn parse_steps(id: &str) -> Vec<Step> {
 
 fn compile_element(raw: &Value) -> Option<Element> {
     let o = raw.as_object()?;
-    let id = o.get("id")?.as_str()?.to_string();
+    // Some differentials give only the path (no slices then): the id is the path.
+    let id = o.get("id").or_else(|| o.get("path"))?.as_str()?.to_string();
     let get = |prefix: &str| o.iter().find(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone());
     let constraints = o
         .get("constraint")
@@ -177,7 +189,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .filter_map(|p| p.as_str()?.rsplit('/').next().map(str::to_string))
+                    .filter_map(|p| p.as_str().map(str::to_string))
                     .collect();
                 Some((code, targets))
             })
@@ -192,9 +204,18 @@ impl Profiles {
     pub fn shared() -> &'static Profiles {
         static SHARED: OnceLock<Profiles> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let resources = FILES.iter().map(|t| serde_json::from_str(t).expect("bundled profiles are JSON")).collect();
-            Profiles::load(resources).expect("bundled Signpost profiles are valid")
+            let mut resources: Vec<Value> = serde_json::from_str(R4_PROFILES).expect("bundled R4 profiles are JSON");
+            resources
+                .extend(FILES.iter().map(|t| serde_json::from_str::<Value>(t).expect("bundled profiles are JSON")));
+            Profiles::load(resources).expect("bundled profiles are valid")
         })
+    }
+
+    /// These profiles plus `extra` conformance resources (an implementation guide's).
+    pub fn with(&self, extra: Vec<Value>) -> Result<Profiles, String> {
+        let mut all = self.sources.clone();
+        all.extend(extra);
+        Profiles::load(all)
     }
 
     /// Compile StructureDefinitions (differentials), CodeSystems and ValueSets.
@@ -202,7 +223,8 @@ impl Profiles {
         let mut by_url = FxHashMap::default();
         let mut systems: FxHashMap<String, Vec<String>> = FxHashMap::default();
         let mut valuesets = Vec::new();
-        for v in resources {
+        let mut globals = Vec::new();
+        for v in &resources {
             let url = v.get("url").and_then(Value::as_str).unwrap_or_default().to_string();
             match v.get("resourceType").and_then(Value::as_str) {
                 Some("StructureDefinition") => {
@@ -215,7 +237,8 @@ impl Profiles {
                         .collect();
                     let by_id = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
                     let type_name = v.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-                    by_url.insert(url.clone(), Profile { url, type_name, elements, by_id });
+                    let base = v.get("baseDefinition").and_then(Value::as_str).map(str::to_string);
+                    by_url.insert(url.clone(), Arc::new(Profile { url, type_name, base, elements, by_id }));
                 }
                 Some("CodeSystem") => {
                     let codes = v
@@ -228,7 +251,16 @@ impl Profiles {
                     systems.insert(url, codes);
                 }
                 Some("ValueSet") => valuesets.push(v),
-                _ => return Err(format!("unexpected resource in fhir-profiles/signpost: {url}")),
+                Some("ImplementationGuide") => {
+                    for g in v.get("global").and_then(Value::as_array).into_iter().flatten() {
+                        if let (Some(t), Some(p)) =
+                            (g.get("type").and_then(Value::as_str), g.get("profile").and_then(Value::as_str))
+                        {
+                            globals.push((t.to_string(), p.to_string()));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         let mut codes = FxHashMap::default();
@@ -237,24 +269,47 @@ impl Profiles {
             let mut set = FxHashSet::default();
             for inc in vs.pointer("/compose/include").and_then(Value::as_array).into_iter().flatten() {
                 let system = inc.get("system").and_then(Value::as_str).unwrap_or_default();
-                for code in systems.get(system).ok_or(format!("value set {url} includes an unknown system"))? {
+                // Listed codes, or every code of a system we hold (others are not checked).
+                let listed: Vec<String> = inc
+                    .get("concept")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
+                    .collect();
+                let codes = if listed.is_empty() { systems.get(system).cloned().unwrap_or_default() } else { listed };
+                for code in codes {
                     set.insert(format!("{system}|{code}"));
-                    set.insert(code.clone());
+                    set.insert(code);
                 }
             }
             codes.insert(url, set);
         }
-        Ok(Self { by_url, codes })
+        Ok(Self { by_url, codes, globals, sources: resources })
     }
 
     pub fn get(&self, url: &str) -> Option<&Profile> {
-        self.by_url.get(url.split('|').next().unwrap_or(url))
+        self.by_url.get(url.split('|').next().unwrap_or(url)).map(Arc::as_ref)
     }
 
     /// The profile Signpost requires for a resource type, if any.
     pub fn route_profile(&self, resource_type: &str) -> Option<&Profile> {
         let name = ROUTE_PROFILES.iter().find(|(t, _)| *t == resource_type)?.1;
-        self.by_url.get(&format!("{BASE}{name}"))
+        self.get(&format!("{BASE}{name}"))
+    }
+
+    /// A profile and the loaded profiles it derives from, nearest first.
+    fn lineage<'p>(&'p self, p: &'p Profile) -> Vec<&'p Profile> {
+        let mut out = vec![p];
+        let mut next = p.base.as_deref();
+        while let Some(url) = next
+            && let Some(b) = self.get(url)
+            && out.len() < 16
+        {
+            out.push(b);
+            next = b.base.as_deref();
+        }
+        out
     }
 
     /// Apply the profiles that concern `resource` (at `path`): the ones in `meta.profile`, the
@@ -280,7 +335,15 @@ impl Profiles {
         if route && let Some(p) = self.route_profile(ty) {
             applied.push(p);
         }
+        for (t, url) in &self.globals {
+            if t == ty
+                && let Some(p) = self.get(url)
+            {
+                applied.push(p);
+            }
+        }
         applied.extend(extra.iter().copied());
+        let applied: Vec<&Profile> = applied.into_iter().flat_map(|p| self.lineage(p)).collect();
         let mut seen = FxHashSet::default();
         for p in applied {
             if p.type_name == ty && seen.insert(p.url.as_str()) {
@@ -292,6 +355,7 @@ impl Profiles {
                 );
             }
         }
+        self.extensions(resource, path, resource, issues);
         if ty == "Bundle" {
             for (i, e) in resource.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if let Some(r) = e.get("resource") {
@@ -301,6 +365,47 @@ impl Profiles {
         }
     }
 }
+
+impl Profiles {
+    /// Check each extension whose definition is loaded against it, anywhere in `v` (but not
+    /// inside nested resources, which are checked as resources).
+    fn extensions(&self, v: &Value, path: &str, resource: &Value, issues: &mut Vec<Issue>) {
+        let Some(o) = v.as_object() else {
+            if let Some(a) = v.as_array() {
+                for (i, x) in a.iter().enumerate() {
+                    self.extensions(x, &format!("{path}[{i}]"), resource, issues);
+                }
+            }
+            return;
+        };
+        for (k, x) in o {
+            if k == "resource" || (k == "contained" && !std::ptr::eq(v, resource)) {
+                continue;
+            }
+            let at = format!("{path}.{k}");
+            if matches!(k.as_str(), "extension" | "modifierExtension" | "_extension")
+                && let Some(list) = x.as_array()
+            {
+                for (i, ext) in list.iter().enumerate() {
+                    let ext_path = format!("{at}[{i}]");
+                    if let Some(def) = ext.get("url").and_then(Value::as_str).and_then(|u| self.get(u))
+                        && def.type_name == "Extension"
+                    {
+                        for p in self.lineage(def) {
+                            ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(&ext_path);
+                        }
+                    }
+                    self.extensions(ext, &ext_path, resource, issues);
+                }
+            } else if k != "contained" {
+                self.extensions(x, &at, resource, issues);
+            }
+        }
+    }
+}
+
+/// Stands for a primitive that has only its `_element` twin.
+static TWIN_ONLY: Value = Value::Null;
 
 /// A node of the instance with its FHIRPath.
 type Node<'v> = (String, &'v Value);
@@ -383,21 +488,36 @@ impl<'v> ProfileCheck<'_, 'v> {
     /// The children of `v` a step names (in its slice, if the step is a slice).
     fn children(&self, path: &str, v: &'v Value, step: &Step, steps: &[Step]) -> Vec<Node<'v>> {
         let Some(o) = v.as_object() else { return Vec::new() };
-        let mut out = Vec::new();
-        let mut push = |key: &str, x: &'v Value| match x {
-            Value::Array(items) => {
-                out.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{key}[{i}]"), item)))
-            }
-            x => out.push((format!("{path}.{key}"), x)),
-        };
+        let mut out: Vec<Node<'v>> = Vec::new();
+        // A primitive carried only by its `_twin` (extensions, no value) still counts, as a
+        // value-less node (`null`) that only cardinality looks at.
+        let mut found = Vec::new();
         if step.choice {
             for (k, x) in o {
-                if k.strip_prefix(step.name.as_str()).is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase())) {
-                    push(k, x);
+                let bare = k.strip_prefix('_').unwrap_or(k);
+                if bare
+                    .strip_prefix(step.name.as_str())
+                    .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+                    && (k == bare || !o.contains_key(bare))
+                {
+                    found.push((k.as_str(), bare, x));
                 }
             }
-        } else if let Some(x) = o.get(&step.name) {
-            push(&step.name, x);
+        } else if let Some((k, x)) = o.get_key_value(&step.name).or_else(|| o.get_key_value(&format!("_{}", step.name)))
+        {
+            found.push((k.as_str(), step.name.as_str(), x));
+        }
+        for (k, bare, x) in found {
+            match x {
+                _ if k != bare => {
+                    let n = x.as_array().map_or(1, |a| a.iter().filter(|t| !t.is_null()).count());
+                    out.extend((0..n).map(|_| (format!("{path}.{bare}"), &TWIN_ONLY)));
+                }
+                Value::Array(items) => {
+                    out.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{bare}[{i}]"), item)))
+                }
+                x => out.push((format!("{path}.{bare}"), x)),
+            }
         }
         if let Some(slice) = &step.slice {
             let sliced_id = id_of(steps, false);
@@ -419,29 +539,49 @@ impl<'v> ProfileCheck<'_, 'v> {
     /// Whether `item` belongs to the slice `slice_id` of the element `sliced_id`.
     fn in_slice(&self, sliced_id: &str, slice_id: &str, item: &Value) -> bool {
         let p = self.profile;
-        let Some((discs, _)) = p.by_id.get(sliced_id).and_then(|&i| p.elements[i].slicing.as_ref()) else {
-            return false;
+        // Extensions are sliced by url even where a differential leaves the slicing implicit.
+        static BY_URL: OnceLock<Vec<Discriminator>> = OnceLock::new();
+        let discs = match p.by_id.get(sliced_id).and_then(|&i| p.elements[i].slicing.as_ref()) {
+            Some((discs, _)) => discs,
+            None if sliced_id.ends_with("extension") || sliced_id.ends_with("Extension") => {
+                BY_URL.get_or_init(|| vec![Discriminator::Value("url".into())])
+            }
+            None => return false,
         };
         discs.iter().all(|d| {
             let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d;
-            let (el_id, value) = if path == "$this" {
-                (slice_id.to_string(), Some(item))
+            // The values at the discriminator path (through repeating elements).
+            let (el_id, values) = if path == "$this" {
+                (slice_id.to_string(), vec![item])
             } else {
-                (format!("{slice_id}.{path}"), path.split('.').try_fold(item, |v, k| v.get(k)))
+                let mut values = vec![item];
+                for k in path.split('.') {
+                    values = values
+                        .into_iter()
+                        .filter_map(|v| v.get(k))
+                        .flat_map(|v| match v {
+                            Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                            v => vec![v],
+                        })
+                        .collect();
+                }
+                (format!("{slice_id}.{path}"), values)
             };
             let Some(el) = p.by_id.get(&el_id).map(|&i| &p.elements[i]) else { return false };
-            let Some(value) = value else { return false };
-            match (&el.fixed, &el.pattern) {
-                (Some(f), _) => value == f,
+            values.iter().any(|value| match (&el.fixed, &el.pattern) {
+                (Some(f), _) => *value == f,
                 (None, Some(pat)) => matches_pattern(value, pat),
                 _ => false,
-            }
+            })
         })
     }
 
     /// Fixed, pattern, binding, type and constraint checks on each node of an element.
     fn values(&mut self, el: &Element, nodes: &[Node<'v>]) {
         for (path, v) in nodes {
+            if v.is_null() {
+                continue;
+            }
             if let Some(f) = &el.fixed
                 && *v != f
             {
@@ -496,7 +636,16 @@ impl<'v> ProfileCheck<'_, 'v> {
                 );
             }
         }
-        let targets: Vec<&str> = el.types.iter().flat_map(|(_, t)| t.iter().map(String::as_str)).collect();
+        // Target profiles name a resource type, or a profile of one.
+        let targets: Vec<&str> = el
+            .types
+            .iter()
+            .flat_map(|(_, t)| t.iter())
+            .map(|url| match self.terms.get(url) {
+                Some(p) => p.type_name.as_str(),
+                None => url.rsplit('/').next().unwrap_or(url),
+            })
+            .collect();
         if targets.is_empty() || targets.contains(&"Resource") {
             return;
         }
@@ -516,8 +665,9 @@ impl<'v> ProfileCheck<'_, 'v> {
 
     fn binding(&mut self, required: bool, vs: &str, v: &Value, path: &str) {
         let defs = Definitions::shared();
-        let members = self.terms.codes.get(vs).or_else(|| defs.valuesets.get(vs));
-        let Some(members) = members else { return };
+        // Bare codes (a `code` element) against the codes, codings against `system|code`.
+        let r4 = if v.is_string() { defs.valueset_codes.get(vs) } else { defs.valuesets.get(vs) };
+        let Some(members) = self.terms.codes.get(vs).or(r4) else { return };
         let keys: Vec<String> = match v {
             Value::String(code) => vec![code.clone()],
             Value::Object(o) if o.contains_key("coding") => {

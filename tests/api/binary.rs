@@ -198,6 +198,20 @@ fn validate_command_reports_faults_offline_with_an_exit_code() {
     let good = signpost().args(["validate", with_consent.to_str().unwrap()]).output().unwrap();
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
 
+    // --ig: an implementation guide's global profile applies to every Patient.
+    let cases = format!("{}/../shared/corpus/fhir-test-cases", env!("CARGO_MANIFEST_DIR"));
+    let bad = format!("{cases}/patient-ig-bad.json");
+    let plain = signpost().args(["validate", "--base-only", &bad]).output().unwrap();
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stdout));
+    let with_ig = signpost()
+        .args(["validate", "--base-only", "--ig", &format!("{cases}/patient-ig-ig.json")])
+        .args(["--ig", &format!("{cases}/patient-ig-sd.json"), &bad])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&with_ig.stdout);
+    assert_eq!(with_ig.status.code(), Some(2), "{text}");
+    assert!(text.contains("Patient.name: minimum required = 1"), "{text}");
+
     let mut child = signpost().args(["validate", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(br#"{"resourceType":"Patient","gender":"robot"}"#).unwrap();
