@@ -796,7 +796,7 @@ struct Scope<'s, 'a> {
 }
 
 /// Evaluate `expr` with `focus` as its input and `$this`; `ty` is the focus's type, if known.
-pub fn evaluate<'a>(expr: &Expr, focus: &'a Value, ty: Option<&'a str>, env: Env<'a>) -> Result<Vec<Item<'a>>> {
+pub fn evaluate<'a>(expr: &'a Expr, focus: &'a Value, ty: Option<&'a str>, env: Env<'a>) -> Result<Vec<Item<'a>>> {
     let item = Item::Node { v: focus, ext: None, ty };
     let input = vec![item.clone()];
     let scope = Scope { env, this: Some(&item), index: None };
@@ -813,11 +813,11 @@ fn eval_err(m: impl Into<String>) -> FhirPathError {
     FhirPathError::Eval(m.into())
 }
 
-fn eval<'a>(e: &Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
+fn eval<'a>(e: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
     Ok(match e {
         Expr::Empty => vec![],
         Expr::Bool(b) => vec![Item::Bool(*b)],
-        Expr::Str(x) => vec![Item::Str(Cow::Owned(x.clone()))],
+        Expr::Str(x) => vec![Item::Str(Cow::Borrowed(x))],
         Expr::Int(i) => vec![Item::Int(*i)],
         Expr::Dec(d) => vec![Item::Dec(*d)],
         Expr::Temporal(t) => vec![Item::Temporal(Cow::Owned(t.trim_start_matches('T').to_string()))],
@@ -912,7 +912,7 @@ fn member<'a>(item: &Item<'a>, name: &str, choices: &FxHashSet<String>, out: &mu
     if name == "resourceType" {
         return;
     }
-    let twin = o.get(&format!("_{name}"));
+    let twin = twin_of(o, name);
     if let Some(x) = o.get(name) {
         push_values(x, twin, None, out);
         return;
@@ -928,10 +928,22 @@ fn member<'a>(item: &Item<'a>, name: &str, choices: &FxHashSet<String>, out: &mu
         if let Some(suffix) = k.strip_prefix(name)
             && suffix.starts_with(|c: char| c.is_ascii_uppercase())
         {
-            push_values(x, o.get(&format!("_{k}")), Some(suffix), out);
+            push_values(x, twin_of(o, k), Some(suffix), out);
             return;
         }
     }
+}
+
+/// The `_name` twin of a property, looked up without allocating.
+fn twin_of<'a>(o: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let mut buf = [0u8; 72];
+    let n = name.len();
+    if n + 1 > buf.len() {
+        return o.get(&format!("_{name}"));
+    }
+    buf[0] = b'_';
+    buf[1..=n].copy_from_slice(name.as_bytes());
+    std::str::from_utf8(&buf[..=n]).ok().and_then(|k| o.get(k))
 }
 
 fn push_values<'a>(x: &'a Value, twin: Option<&'a Value>, ty: Option<&'a str>, out: &mut Coll<'a>) {
@@ -981,7 +993,7 @@ fn children<'a>(item: &Item<'a>, out: &mut Coll<'a>) {
             }
             continue;
         }
-        push_values(x, o.get(&format!("_{k}")), None, out);
+        push_values(x, twin_of(o, k), None, out);
     }
 }
 
@@ -1004,7 +1016,7 @@ fn single<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>>
     }
 }
 
-fn binary<'a>(op: Op, l: &Expr, r: &Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
+fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
     let lv = eval(l, input, s)?;
     // Short-circuit boolean operators where the left side decides.
     match op {
@@ -1281,12 +1293,12 @@ fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
     out
 }
 
-fn string_arg<'a>(args: &[Expr], k: usize, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Option<String>> {
+fn string_arg<'a>(args: &'a [Expr], k: usize, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Option<String>> {
     let v = eval(&args[k], input, s)?;
     Ok(single(&v, "argument")?.and_then(|i| i.as_str().map(str::to_string)))
 }
 
-fn int_arg<'a>(args: &[Expr], k: usize, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Option<i64>> {
+fn int_arg<'a>(args: &'a [Expr], k: usize, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Option<i64>> {
     let v = eval(&args[k], input, s)?;
     Ok(match single(&v, "argument")?.map(Item::prim) {
         Some(Prim::Int(i)) => Some(i),
@@ -1298,7 +1310,7 @@ fn int_arg<'a>(args: &[Expr], k: usize, input: &Coll<'a>, s: &Scope<'_, 'a>) -> 
 fn call<'a>(
     func: Func,
     base: Coll<'a>,
-    args: &[Expr],
+    args: &'a [Expr],
     regex: Option<&Regex>,
     type_name: Option<&str>,
     input: &Coll<'a>,

@@ -355,7 +355,7 @@ impl Profiles {
                 );
             }
         }
-        self.extensions(resource, path, resource, issues);
+        self.extensions(resource, &mut path.to_string(), resource, issues);
         if ty == "Bundle" {
             for (i, e) in resource.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if let Some(r) = e.get("resource") {
@@ -368,38 +368,54 @@ impl Profiles {
 
 impl Profiles {
     /// Check each extension whose definition is loaded against it, anywhere in `v` (but not
-    /// inside nested resources, which are checked as resources).
-    fn extensions(&self, v: &Value, path: &str, resource: &Value, issues: &mut Vec<Issue>) {
-        let Some(o) = v.as_object() else {
-            if let Some(a) = v.as_array() {
+    /// inside nested resources, which are checked as resources). `path` is one buffer for the
+    /// whole walk, extended and restored in place.
+    fn extensions(&self, v: &Value, path: &mut String, resource: &Value, issues: &mut Vec<Issue>) {
+        use std::fmt::Write;
+        let base = path.len();
+        match v {
+            Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
-                    self.extensions(x, &format!("{path}[{i}]"), resource, issues);
-                }
-            }
-            return;
-        };
-        for (k, x) in o {
-            if k == "resource" || (k == "contained" && !std::ptr::eq(v, resource)) {
-                continue;
-            }
-            let at = format!("{path}.{k}");
-            if matches!(k.as_str(), "extension" | "modifierExtension" | "_extension")
-                && let Some(list) = x.as_array()
-            {
-                for (i, ext) in list.iter().enumerate() {
-                    let ext_path = format!("{at}[{i}]");
-                    if let Some(def) = ext.get("url").and_then(Value::as_str).and_then(|u| self.get(u))
-                        && def.type_name == "Extension"
-                    {
-                        for p in self.lineage(def) {
-                            ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(&ext_path);
-                        }
+                    if x.is_object() {
+                        let _ = write!(path, "[{i}]");
+                        self.extensions(x, path, resource, issues);
+                        path.truncate(base);
                     }
-                    self.extensions(ext, &ext_path, resource, issues);
                 }
-            } else if k != "contained" {
-                self.extensions(x, &at, resource, issues);
             }
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if k == "resource"
+                        || (k == "contained" && !std::ptr::eq(v, resource))
+                        || !(x.is_object() || x.is_array())
+                    {
+                        continue;
+                    }
+                    path.push('.');
+                    path.push_str(k.strip_prefix('_').unwrap_or(k));
+                    if matches!(k.as_str(), "extension" | "modifierExtension")
+                        && let Some(list) = x.as_array()
+                    {
+                        let at = path.len();
+                        for (i, ext) in list.iter().enumerate() {
+                            let _ = write!(path, "[{i}]");
+                            if let Some(def) = ext.get("url").and_then(Value::as_str).and_then(|u| self.get(u))
+                                && def.type_name == "Extension"
+                            {
+                                for p in self.lineage(def) {
+                                    ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(path);
+                                }
+                            }
+                            self.extensions(ext, path, resource, issues);
+                            path.truncate(at);
+                        }
+                    } else if k != "contained" {
+                        self.extensions(x, path, resource, issues);
+                    }
+                    path.truncate(base);
+                }
+            }
+            _ => {}
         }
     }
 }

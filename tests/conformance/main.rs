@@ -181,8 +181,9 @@ fn fhirpath_suite_score() {
             continue;
         };
         let env = fhirpath::Env { resource: input, root: input, context: input, choices: &defs.choice_names };
-        let result = fhirpath::parse(&expression).and_then(|x| fhirpath::evaluate(&x, input, None, env));
-        let ok = match result {
+        let parsed = fhirpath::parse(&expression);
+        let result = parsed.as_ref().map_err(Clone::clone).and_then(|x| fhirpath::evaluate(x, input, None, env));
+        let ok = match &result {
             Err(_) => invalid,
             Ok(_) if invalid => false,
             Ok(items) => {
@@ -204,8 +205,7 @@ fn fhirpath_suite_score() {
         };
         passed += usize::from(ok);
         if !ok && std::env::var_os("SIGNPOST_FHIRPATH_FAILURES").is_some() {
-            let got = fhirpath::parse(&expression).and_then(|x| fhirpath::evaluate(&x, input, None, env));
-            let got = got.map(|items| items.iter().map(fhirpath::Item::to_text).collect::<Vec<_>>());
+            let got = result.map(|items| items.iter().map(fhirpath::Item::to_text).collect::<Vec<_>>());
             println!("FAIL {} | {expression} | expected {expected:?} | got {got:?}", attrs.get("name").unwrap_or(&""));
         }
     }
