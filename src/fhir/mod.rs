@@ -2,6 +2,7 @@
 //! references, instants, the JSON limits, structural validation and OperationOutcomes.
 //! Resources travel as `serde_json::Value`; typed views exist only for what Signpost acts on.
 
+pub mod definitional;
 pub mod definitions;
 pub mod fhirpath;
 pub mod json;

@@ -79,6 +79,8 @@ catalogue! {
     ContactPreferenceUnmet => ("contact-preference-unmet", "business-rule", "The patient's stated contact preference has no matching contact detail.", "Add the contact detail the patient prefers, or correct the preference."),
     ProfileUnknown => ("profile-unknown", "not-supported", "A profile named in meta.profile or $validate is not one Signpost bundles (a warning in meta.profile: not checked), or is for another resource type.", "Use a profile listed in fhir-profiles/signpost/, or leave it out."),
     NotInSlice => ("not-in-slice", "structure", "An element matches none of the slices of a closed slicing in the profile.", "Send only the kinds of element the profile's slices describe."),
+    DefinitionMismatch => ("definition-mismatch", "business-rule", "The resource does not match the definition it names (a QuestionnaireResponse item not in its Questionnaire, a measureScore for a cohort Measure).", "Make the resource follow its Questionnaire or Measure."),
+    BundleReference => ("bundle-reference", "not-found", "In a document or message Bundle, a reference matches several entries, or names a version no entry has.", "Give each entry a distinct type and id, and refer to versions that are in the Bundle."),
     UnsupportedType => ("unsupported-type", "not-supported", "Signpost does not store this resource type.", "See /fhir/metadata for the supported types."),
     IdMismatch => ("id-mismatch", "invariant", "The resource id is missing or differs from the id in the URL.", "Put the URL's id in the body's id."),
     UnknownPerformer => ("unknown-performer", "business-rule", "The performer or owner is not a service or organisation in the directory.", "Refer to a HealthcareService or Organization listed in the directory."),

@@ -109,6 +109,8 @@ pub struct Profiles {
     globals: Vec<(String, String)>,
     /// The resources it was built from, to extend it ([`Profiles::with`]).
     sources: Vec<Value>,
+    /// Questionnaires and Measures among them, by canonical URL.
+    definitions: FxHashMap<String, usize>,
 }
 
 fn parse_steps(id: &str) -> Vec<Step> {
@@ -285,7 +287,13 @@ impl Profiles {
             }
             codes.insert(url, set);
         }
-        Ok(Self { by_url, codes, globals, sources: resources })
+        let definitions = resources
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.get("resourceType").and_then(Value::as_str), Some("Questionnaire" | "Measure")))
+            .filter_map(|(i, r)| Some((r.get("url")?.as_str()?.to_string(), i)))
+            .collect();
+        Ok(Self { by_url, codes, globals, sources: resources, definitions })
     }
 
     pub fn get(&self, url: &str) -> Option<&Profile> {
@@ -356,6 +364,12 @@ impl Profiles {
             }
         }
         self.extensions(resource, &mut path.to_string(), resource, issues);
+        let lookup = |url: &str| self.definitions.get(url).map(|&i| &self.sources[i]);
+        match ty {
+            "QuestionnaireResponse" => super::definitional::questionnaire_response(resource, path, &lookup, issues),
+            "MeasureReport" => super::definitional::measure_report(resource, path, &lookup, issues),
+            _ => {}
+        }
         if ty == "Bundle" {
             for (i, e) in resource.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if let Some(r) = e.get("resource") {

@@ -89,6 +89,7 @@ impl<'v> Walker<'_, 'v> {
         self.object(obj, td, ty, path, true);
         if ty == "Bundle" {
             self.bundle_links(obj, path);
+            super::definitional::bundle_references(value, path, self.issues);
         }
         if let Some(root_el) = td.elements.first() {
             self.invariants(&root_el.constraints, value, Some(td.name.as_str()), path);

@@ -1,0 +1,194 @@
+//! Rules that compare a resource with the definition it names: a QuestionnaireResponse's items
+//! with its Questionnaire's, and a MeasureReport with its Measure's scoring. The definitions
+//! come from the loaded conformance resources ([`super::profiles::Profiles`]: an
+//! implementation guide given with `--ig`) or from the resource's contained resources; an
+//! unknown definition is not checked.
+
+use rustc_hash::FxHashSet;
+use serde_json::Value;
+
+use super::outcome::{Issue, IssueCode};
+
+/// Find a canonical resource: `#id` among `resource`'s contained ones, else by `lookup`.
+fn resolve<'a>(resource: &'a Value, canonical: &str, lookup: &dyn Fn(&str) -> Option<&'a Value>) -> Option<&'a Value> {
+    match canonical.strip_prefix('#') {
+        Some(id) => resource
+            .get("contained")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|c| c.get("id").and_then(Value::as_str) == Some(id)),
+        None => lookup(canonical.split('|').next().unwrap_or(canonical)),
+    }
+}
+
+fn items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    v.get("item").and_then(Value::as_array).into_iter().flatten().enumerate()
+}
+
+fn link_ids<'a>(v: &'a Value, out: &mut FxHashSet<&'a str>) {
+    for (_, item) in items(v) {
+        if let Some(id) = item.get("linkId").and_then(Value::as_str) {
+            out.insert(id);
+        }
+        link_ids(item, out);
+    }
+}
+
+/// Every item of a QuestionnaireResponse (and of its answers) names a linkId of its
+/// Questionnaire.
+pub fn questionnaire_response<'a>(
+    qr: &'a Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<&'a Value>,
+    issues: &mut Vec<Issue>,
+) {
+    let Some(q) = qr.get("questionnaire").and_then(Value::as_str).and_then(|c| resolve(qr, c, lookup)) else {
+        return;
+    };
+    let mut known = FxHashSet::default();
+    link_ids(q, &mut known);
+    fn walk(v: &Value, at: &str, known: &FxHashSet<&str>, issues: &mut Vec<Issue>) {
+        for (i, item) in items(v) {
+            let here = format!("{at}.item[{i}]");
+            match item.get("linkId").and_then(Value::as_str) {
+                Some(id) if !known.contains(id) => issues.push(
+                    Issue::error(
+                        IssueCode::DefinitionMismatch,
+                        "this item's linkId is not an item of the Questionnaire the response answers",
+                    )
+                    .at(here.clone()),
+                ),
+                _ => {}
+            }
+            walk(item, &here, known, issues);
+            for (k, answer) in item.get("answer").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                walk(answer, &format!("{here}.answer[{k}]"), known, issues);
+            }
+        }
+    }
+    walk(qr, path, &known, issues);
+}
+
+/// A MeasureReport of a `cohort` Measure has no measureScore.
+pub fn measure_report<'a>(
+    report: &'a Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<&'a Value>,
+    issues: &mut Vec<Issue>,
+) {
+    let Some(measure) = report.get("measure").and_then(Value::as_str).and_then(|c| resolve(report, c, lookup)) else {
+        return;
+    };
+    let cohort = measure
+        .pointer("/scoring/coding")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("cohort")));
+    if !cohort {
+        return;
+    }
+    for (i, group) in report.get("group").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if group.get("measureScore").is_some() {
+            issues.push(
+                Issue::error(
+                    IssueCode::DefinitionMismatch,
+                    "No measureScore when the scoring of the Measure is 'cohort'",
+                )
+                .at(format!("{path}.group[{i}].measureScore")),
+            );
+        }
+    }
+}
+
+/// In a document or message Bundle, a relative reference (`Type/id`, `Type/id/_history/v`)
+/// resolves to one entry: several entries with that type and id make it ambiguous, and a
+/// versioned one must match an entry's `meta.versionId`.
+pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
+    if !matches!(bundle.get("type").and_then(Value::as_str), Some("document" | "message")) {
+        return;
+    }
+    let entries: Vec<&Value> =
+        bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.get("resource")).collect();
+    fn key(r: &Value) -> (Option<&str>, Option<&str>, Option<&str>) {
+        let text = |p: &str| r.pointer(p).and_then(Value::as_str);
+        (text("/resourceType"), text("/id"), text("/meta/versionId"))
+    }
+    fn references<'v>(v: &'v Value, at: String, out: &mut Vec<(String, &'v str)>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if k == "reference"
+                        && let Some(r) = x.as_str()
+                    {
+                        out.push((at.clone(), r));
+                    } else if k != "resource" && k != "contained" {
+                        references(x, format!("{at}.{k}"), out);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    references(x, format!("{at}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, resource) in entries.iter().enumerate() {
+        let mut refs = Vec::new();
+        references(resource, format!("{path}.entry[{i}].resource"), &mut refs);
+        for (at, reference) in refs {
+            let parts: Vec<&str> = reference.split('/').collect();
+            let (ty, id, version) = match parts.as_slice() {
+                [ty, id] => (*ty, *id, None),
+                [ty, id, "_history", v] => (*ty, *id, Some(*v)),
+                _ => continue,
+            };
+            if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+                continue;
+            }
+            let same: Vec<_> = entries.iter().map(|e| key(e)).filter(|k| k.0 == Some(ty) && k.1 == Some(id)).collect();
+            let diag = match version {
+                None if same.len() > 1 => "the reference matches several entries of the Bundle (same type and id)",
+                Some(v) if !same.is_empty() && !same.iter().any(|k| k.2 == Some(v)) => {
+                    "no entry of the Bundle has the version this reference names"
+                }
+                _ => continue,
+            };
+            issues.push(Issue::error(IssueCode::BundleReference, diag).at(at));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn questionnaire_response_items_must_exist_in_the_questionnaire() {
+        let q = json!({ "resourceType": "Questionnaire", "id": "q", "item": [{ "linkId": "1", "item": [{ "linkId": "1.2" }] }] });
+        let qr = json!({ "resourceType": "QuestionnaireResponse", "questionnaire": "#q", "contained": [q],
+            "item": [{ "linkId": "1", "item": [{ "linkId": "1.1" }, { "linkId": "1.2" }] }] });
+        let mut issues = Vec::new();
+        questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
+        let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
+        assert_eq!(at, vec!["QuestionnaireResponse.item[0].item[0]"]);
+    }
+
+    #[test]
+    fn document_references_must_resolve_to_one_entry_and_version() {
+        let obs =
+            |v: &str| json!({ "resource": { "resourceType": "Observation", "id": "o", "meta": { "versionId": v } } });
+        let comp = json!({ "resource": { "resourceType": "Composition", "section": [{ "entry": [
+            { "reference": "Observation/o/_history/3" }, { "reference": "Observation/o" }, { "reference": "Observation/o/_history/2" }
+        ] }] } });
+        let bundle = json!({ "resourceType": "Bundle", "type": "document", "entry": [comp, obs("1"), obs("2")] });
+        let mut issues = Vec::new();
+        bundle_references(&bundle, "Bundle", &mut issues);
+        let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
+        assert_eq!(
+            at,
+            vec!["Bundle.entry[0].resource.section[0].entry[0]", "Bundle.entry[0].resource.section[0].entry[1]"]
+        );
+    }
+}
