@@ -94,6 +94,8 @@ pub struct Profile {
     pub type_name: String,
     /// `baseDefinition`: a profile it constrains further, or the base type.
     base: Option<String>,
+    /// For an extension definition: the elements it may be used on (`element` contexts).
+    pub contexts: Vec<String>,
     elements: Vec<Element>,
     by_id: FxHashMap<String, usize>,
 }
@@ -240,7 +242,15 @@ impl Profiles {
                     let by_id = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
                     let type_name = v.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
                     let base = v.get("baseDefinition").and_then(Value::as_str).map(str::to_string);
-                    by_url.insert(url.clone(), Arc::new(Profile { url, type_name, base, elements, by_id }));
+                    let contexts = v
+                        .get("context")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c.get("type").and_then(Value::as_str) == Some("element"))
+                        .filter_map(|c| c.get("expression")?.as_str().map(str::to_string))
+                        .collect();
+                    by_url.insert(url.clone(), Arc::new(Profile { url, type_name, base, contexts, elements, by_id }));
                 }
                 Some("CodeSystem") => {
                     let codes = v

@@ -28,7 +28,7 @@ use super::{fhirpath, narrative};
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
-    Walker { defs: Definitions::shared(), issues, frames: Vec::new() }.resource(resource, &mut path);
+    Walker { defs: Definitions::shared(), issues, frames: Vec::new(), twin_host: None }.resource(resource, &mut path);
 }
 
 /// Validate a top-level resource, returning its issues.
@@ -42,8 +42,12 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
 struct Walker<'a, 'v> {
     defs: &'static Definitions,
     issues: &'a mut Vec<Issue>,
-    /// The resources being walked, innermost last: (`%resource`, `%rootResource`).
-    frames: Vec<(&'v Value, &'v Value)>,
+    /// The resources being walked, innermost last: (`%resource`, `%rootResource`, length of
+    /// the resource's own path in the path buffer).
+    frames: Vec<(&'v Value, &'v Value, usize)>,
+    /// Inside a primitive's `_element` twin: that primitive's element (`HumanName.family`)
+    /// and type (`string`), the host of the extensions in the twin.
+    twin_host: Option<(String, String)>,
 }
 
 fn safe_name(name: &str) -> String {
@@ -82,10 +86,10 @@ impl<'v> Walker<'_, 'v> {
         let td = defs.type_def(ty).expect("checked above");
         let contained = path.rsplit('.').next().is_some_and(|last| last.starts_with("contained["));
         let root = match self.frames.last() {
-            Some((parent, _)) if contained => parent,
+            Some((parent, _, _)) if contained => parent,
             _ => value,
         };
-        self.frames.push((value, root));
+        self.frames.push((value, root, path.len()));
         self.object(obj, td, ty, path, true);
         if ty == "Bundle" {
             self.bundle_links(obj, path);
@@ -100,7 +104,7 @@ impl<'v> Walker<'_, 'v> {
 
     /// Evaluate the FHIRPath invariants of an element on its value `focus` at `at`.
     fn invariants(&mut self, constraints: &[Constraint], focus: &'v Value, ty: Option<&'static str>, at: &str) {
-        let Some(&(resource, root)) = self.frames.last() else { return };
+        let Some(&(resource, root, _)) = self.frames.last() else { return };
         let env = fhirpath::Env { resource, root, context: focus, choices: &self.defs.choice_names };
         for c in constraints {
             if let Some(issue) = c.check(focus, ty, env, at) {
@@ -306,7 +310,9 @@ impl<'v> Walker<'_, 'v> {
                 Some(o) => {
                     let defs = self.defs;
                     let element = defs.type_def("Element").expect("Element is defined");
+                    let outer = self.twin_host.replace((el.path.clone(), ty.code.clone()));
                     self.object(o, element, "Element", at, false);
+                    self.twin_host = outer;
                 }
                 None => {
                     self.error(IssueCode::WrongType, at.to_string(), "a primitive's extension part must be an object")
@@ -355,6 +361,7 @@ impl<'v> Walker<'_, 'v> {
                     self.invariants(&el.constraints, v, ty_name, at.as_str());
                     if dt.name == "Extension" {
                         self.extension(o, at.as_str());
+                        self.extension_context(o, el, at.as_str());
                     }
                     if dt.name == "Reference" {
                         self.reference(o, ty, at.as_str());
@@ -460,6 +467,63 @@ impl<'v> Walker<'_, 'v> {
                 )
                 .at(at.to_string()),
             );
+        }
+    }
+
+    /// A known extension (R4 core or Signpost's) is used only on the elements its definition
+    /// names as its context: the host element's type-relative path (`HumanName.family`) or
+    /// its path in the resource (`Patient.name`), a datatype name, or `Element` for any.
+    fn extension_context(&mut self, o: &Map<String, Value>, el: &ElementDef, at: &str) {
+        let Some(url) = o.get("url").and_then(Value::as_str) else { return };
+        let Some(def) = super::profiles::Profiles::shared().get(url) else { return };
+        if def.contexts.is_empty() {
+            return;
+        }
+        let Some(&(resource, _, root_len)) = self.frames.last() else { return };
+        // The host: `at` without its last step (`.extension[i]`).
+        let host_at = at.rsplit_once('.').map_or(at, |(h, _)| h);
+        let host_el = el.path.rsplit_once('.').map_or("", |(h, _)| h);
+        let (typed, host_type) = match &self.twin_host {
+            Some((path, ty)) if host_el == "Element" => (Some(path.clone()), Some(ty.clone())),
+            _ => (Some(host_el.to_string()), None),
+        };
+        let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let mut in_resource = String::from(ty);
+        let mut depth = 0;
+        for c in host_at.get(root_len..).unwrap_or("").chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                c if depth == 0 => in_resource.push(c),
+                _ => {}
+            }
+        }
+        let is_resource = !in_resource.contains('.');
+        let fits = |c: &str| {
+            c == "Element"
+                || typed.as_deref() == Some(c)
+                || host_type.as_deref() == Some(c)
+                || in_resource == c
+                || (is_resource && matches!(c, "Resource" | "DomainResource"))
+                || (!is_resource && c == "BackboneElement")
+                || c.strip_suffix("[x]").is_some_and(|stem| {
+                    in_resource.starts_with(stem) || typed.as_deref().is_some_and(|t| t.starts_with(stem))
+                })
+        };
+        if !def.contexts.iter().any(|c| fits(c)) {
+            let diag = format!(
+                "The extension {url} is not allowed to be used at this point (allowed: {})",
+                def.contexts.join(", ")
+            );
+            // R4's own conformance resources use core extensions outside their 4.0.1 contexts
+            // (translation on ValueSet.expansion.contains, fhir-type on ElementDefinition.type):
+            // a warning there, an error on instance data.
+            let issue = if DEFINITIONAL.contains(&ty) {
+                Issue::warning(IssueCode::ExtensionContext, diag)
+            } else {
+                Issue::error(IssueCode::ExtensionContext, diag)
+            };
+            self.issues.push(issue.at(host_at.to_string()));
         }
     }
 
@@ -573,6 +637,24 @@ impl<'v> Walker<'_, 'v> {
         }
     }
 }
+
+/// Conformance and terminology resources (definitions rather than instance data).
+const DEFINITIONAL: &[&str] = &[
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "ConceptMap",
+    "NamingSystem",
+    "OperationDefinition",
+    "SearchParameter",
+    "CapabilityStatement",
+    "CompartmentDefinition",
+    "ImplementationGuide",
+    "StructureMap",
+    "GraphDefinition",
+    "MessageDefinition",
+    "TerminologyCapabilities",
+];
 
 static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
 
@@ -699,6 +781,21 @@ mod tests {
         let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>" } });
         assert_eq!(keys(script), vec![("Patient.text.div".to_string(), "txt-1".to_string())]);
+    }
+
+    #[test]
+    fn known_extensions_only_in_their_context() {
+        let mothers = json!({ "url": "http://hl7.org/fhir/StructureDefinition/humanname-mothers-family", "valueString": "Mothers family" });
+        let on_name = json!({ "resourceType": "Patient", "name": [{ "family": "F", "extension": [mothers] }] });
+        assert_eq!(codes(on_name), vec![(IssueCode::ExtensionContext, "Patient.name[0]".to_string())]);
+        let on_family =
+            json!({ "resourceType": "Patient", "name": [{ "family": "F", "_family": { "extension": [mothers] } }] });
+        assert_eq!(codes(on_family), vec![]);
+        // A context naming a datatype admits the extension on any element of that type.
+        let translation = json!({ "url": "http://hl7.org/fhir/StructureDefinition/translation", "extension": [
+            { "url": "lang", "valueCode": "nl" }, { "url": "content", "valueString": "x" }] });
+        let on_string = json!({ "resourceType": "Patient", "name": [{ "_family": { "extension": [translation] } }] });
+        assert_eq!(codes(on_string), vec![]);
     }
 
     #[test]
