@@ -134,6 +134,59 @@ pub fn check(div: &str) -> Result<(), Fault> {
     if has_text || has_image { Ok(()) } else { Err(Fault::NoContent) }
 }
 
+/// The targets of the div's internal hyperlinks (`<a href="#x">` gives `x`) and its anchors
+/// (`id` and `name` attributes).
+pub fn links_and_anchors(div: &str) -> (Vec<&str>, Vec<&str>) {
+    let (mut links, mut anchors) = (Vec::new(), Vec::new());
+    let mut rest = div;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('>') else { break };
+        let tag = &after[..close];
+        rest = &after[close + 1..];
+        if tag.starts_with(['/', '!', '?']) {
+            continue;
+        }
+        let name = tag.split_ascii_whitespace().next().unwrap_or("");
+        for (attr, value) in attributes(&tag[name.len()..]) {
+            match attr {
+                "href" if name.eq_ignore_ascii_case("a") => {
+                    if let Some(target) = value.strip_prefix('#').filter(|t| !t.is_empty()) {
+                        links.push(target);
+                    }
+                }
+                "id" | "name" => anchors.push(value),
+                _ => {}
+            }
+        }
+    }
+    (links, anchors)
+}
+
+/// Attribute names and (quoted) values of a start tag's attribute text.
+fn attributes(attrs: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = attrs.trim_end_matches('/');
+    while let Some(eq) = rest.find('=') {
+        let name = rest[..eq].trim();
+        let name = name.rsplit(char::is_whitespace).next().unwrap_or(name);
+        let after = rest[eq + 1..].trim_start();
+        let (value, next) = match after.chars().next() {
+            Some(q @ ('"' | '\'')) => match after[1..].find(q) {
+                Some(end) => (&after[1..=end], &after[end + 2..]),
+                None => (&after[1..], ""),
+            },
+            _ => {
+                let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        out.push((name, value));
+        rest = next;
+    }
+    out
+}
+
 fn text_content(s: &str) -> bool {
     s.split('&').enumerate().any(|(i, part)| {
         // An entity (`&nbsp;`) counts as content.

@@ -527,8 +527,25 @@ impl<'v> Walker<'_, 'v> {
         }
     }
 
-    /// `txt-1` and `txt-2` on a narrative `div`.
+    /// `txt-1` and `txt-2` on a narrative `div`, and its internal hyperlinks (`#x`), which
+    /// must resolve to an anchor of the div or an id in the resource.
     fn narrative(&mut self, div: &str, at: &str) {
+        let (links, anchors) = narrative::links_and_anchors(div);
+        if let Some(&(resource, _, _)) = self.frames.last() {
+            // R4's own code systems link to anchors they lack: a warning in definitions.
+            let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+            for link in links {
+                if !anchors.contains(&link) && !has_id(resource, link) {
+                    let diag = "a hyperlink in the narrative (href=\"#...\") does not resolve to an anchor in the narrative or an id in the resource";
+                    let issue = if DEFINITIONAL.contains(&ty) {
+                        Issue::warning(IssueCode::Invariant, diag)
+                    } else {
+                        Issue::error(IssueCode::Invariant, diag)
+                    };
+                    self.issues.push(issue.at(at.to_string()));
+                }
+            }
+        }
         match narrative::check(div) {
             Ok(()) => {}
             Err(narrative::Fault::Markup(why)) => self.error(
@@ -657,6 +674,15 @@ const DEFINITIONAL: &[&str] = &[
 ];
 
 static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
+
+/// Whether any `id` property inside `v` (element or contained resource ids) equals `id`.
+fn has_id(v: &Value, id: &str) -> bool {
+    match v {
+        Value::Array(a) => a.iter().any(|x| has_id(x, id)),
+        Value::Object(o) => o.iter().any(|(k, x)| (k == "id" && x.as_str() == Some(id)) || has_id(x, id)),
+        _ => false,
+    }
+}
 
 /// Whether any string inside `v` equals `s`.
 fn has_string(v: &Value, s: &str) -> bool {
@@ -796,6 +822,21 @@ mod tests {
             { "url": "lang", "valueCode": "nl" }, { "url": "content", "valueString": "x" }] });
         let on_string = json!({ "resourceType": "Patient", "name": [{ "_family": { "extension": [translation] } }] });
         assert_eq!(codes(on_string), vec![]);
+    }
+
+    #[test]
+    fn narrative_hyperlinks_resolve_to_anchors_or_ids() {
+        let div = |body: &str| format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{body}</div>");
+        let with = |body: &str| {
+            json!({ "resourceType": "List", "status": "current", "mode": "working",
+            "text": { "status": "generated", "div": div(body) }, "entry": [{ "id": "e1", "item": { "reference": "Patient/1" } }] })
+        };
+        assert_eq!(codes(with("<a href=\"#top\">x</a><p id=\"top\">y</p>")), vec![]);
+        assert_eq!(codes(with("<a href=\"#e1\">entry</a>")), vec![]);
+        assert_eq!(
+            codes(with("<a href=\"#nowhere/else\">x</a>")),
+            vec![(IssueCode::Invariant, "List.text.div".to_string())]
+        );
     }
 
     #[test]
