@@ -69,7 +69,8 @@ pub fn questionnaire_response<'a>(
     walk(qr, path, &known, issues);
 }
 
-/// A MeasureReport of a `cohort` Measure has no measureScore.
+/// A MeasureReport follows its Measure: no measureScore for a `cohort` Measure, and each
+/// group's stratifiers are the Measure group's.
 pub fn measure_report<'a>(
     report: &'a Value,
     path: &str,
@@ -83,17 +84,116 @@ pub fn measure_report<'a>(
         .pointer("/scoring/coding")
         .and_then(Value::as_array)
         .is_some_and(|cs| cs.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("cohort")));
-    if !cohort {
-        return;
-    }
+    let measure_groups: Vec<&Value> = measure.get("group").and_then(Value::as_array).into_iter().flatten().collect();
     for (i, group) in report.get("group").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        if group.get("measureScore").is_some() {
+        let at = format!("{path}.group[{i}]");
+        if cohort && group.get("measureScore").is_some() {
             issues.push(
                 Issue::error(
                     IssueCode::DefinitionMismatch,
                     "No measureScore when the scoring of the Measure is 'cohort'",
                 )
-                .at(format!("{path}.group[{i}].measureScore")),
+                .at(format!("{at}.measureScore")),
+            );
+        }
+        // The Measure's group with the same code (or at the same position).
+        let defined = measure_groups
+            .iter()
+            .find(|g| g.get("code").is_some() && g.get("code") == group.get("code"))
+            .or_else(|| measure_groups.get(i));
+        if let Some(defined) = defined {
+            stratifiers(group, defined, &at, issues);
+        }
+    }
+}
+
+/// A report group's stratifiers match its Measure group's, by code: each reported one is
+/// defined, and each defined one is reported.
+fn stratifiers(group: &Value, defined: &Value, at: &str, issues: &mut Vec<Issue>) {
+    let wanted: Vec<&Value> = defined.get("stratifier").and_then(Value::as_array).into_iter().flatten().collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let reported: Vec<&Value> = group.get("stratifier").and_then(Value::as_array).into_iter().flatten().collect();
+    let matches = |r: &Value, w: &Value| {
+        w.get("code").is_some_and(|code| r.get("code").and_then(Value::as_array).is_some_and(|cs| cs.contains(code)))
+    };
+    for (k, r) in reported.iter().enumerate() {
+        if !wanted.iter().any(|w| matches(r, w)) {
+            issues.push(
+                Issue::error(
+                    IssueCode::DefinitionMismatch,
+                    "the stratifier's code matches no stratifier of the Measure's group",
+                )
+                .at(format!("{at}.stratifier[{k}]")),
+            );
+        }
+    }
+    for w in &wanted {
+        if !reported.iter().any(|r| matches(r, w)) {
+            issues.push(
+                Issue::error(IssueCode::DefinitionMismatch, "a stratifier the Measure's group defines is not reported")
+                    .at(at.to_string()),
+            );
+        }
+    }
+}
+
+/// Rules for a StructureDefinition's differential against the profile it derives from
+/// (`base`, when loaded): a fixed value may not contradict the base's; and each slicing
+/// discriminator's path must name an element of the sliced element's type.
+pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profiles::Profile>, issues: &mut Vec<Issue>) {
+    let defs = super::definitions::Definitions::shared();
+    let elements: Vec<&Value> =
+        sd.pointer("/differential/element").and_then(Value::as_array).into_iter().flatten().collect();
+    for (i, el) in elements.iter().enumerate() {
+        let Some(id) = el.get("id").or_else(|| el.get("path")).and_then(Value::as_str) else { continue };
+        if let Some(base) = base {
+            for (k, v) in el.as_object().into_iter().flatten() {
+                if k.starts_with("fixed")
+                    && let Some(theirs) = base.fixed_value(id)
+                    && theirs != v
+                {
+                    issues.push(
+                        Issue::error(
+                            IssueCode::FixedValue,
+                            format!("the fixed value differs from the one {} fixes for this element", base.url),
+                        )
+                        .at(id.to_string()),
+                    );
+                }
+            }
+        }
+        let Some(discs) = el.pointer("/slicing/discriminator").and_then(Value::as_array) else { continue };
+        // The children of the sliced element: Extension's for extensions, a backbone
+        // element's own (in the resource definition), else its datatype's.
+        let el_path = el.get("path").and_then(Value::as_str).unwrap_or(id);
+        let root = el_path.split('.').next().unwrap_or_default();
+        let (td, parent) = if el_path.ends_with(".extension") || el_path.ends_with(".modifierExtension") {
+            (defs.type_def("Extension"), "Extension".to_string())
+        } else {
+            let Some(rtd) = defs.type_def(root) else { continue };
+            let Some(t) = rtd.element(el_path).and_then(|e| e.types.first()) else { continue };
+            if matches!(t.code.as_str(), "BackboneElement" | "Element") {
+                (Some(rtd), el_path.to_string())
+            } else {
+                (defs.type_def(&t.code), t.code.clone())
+            }
+        };
+        let Some(td) = td else { continue };
+        let children: Vec<&str> = td.children_of(&parent).iter().map(|&c| td.elements[c].name.as_str()).collect();
+        for (k, d) in discs.iter().enumerate() {
+            let Some(dpath) = d.get("path").and_then(Value::as_str) else { continue };
+            let first = dpath.split('.').next().unwrap_or(dpath);
+            if first == "$this" || first.contains('(') || children.contains(&first.trim_end_matches("[x]")) {
+                continue;
+            }
+            issues.push(
+                Issue::error(
+                    IssueCode::Invariant,
+                    format!("the discriminator path is not an element of the sliced element ({parent})"),
+                )
+                .at(format!("{path}.differential.element[{i}].slicing.discriminator[{k}]")),
             );
         }
     }
@@ -173,6 +273,19 @@ mod tests {
         questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
         let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
         assert_eq!(at, vec!["QuestionnaireResponse.item[0].item[0]"]);
+    }
+
+    #[test]
+    fn discriminators_name_children_of_the_sliced_element() {
+        let sd = json!({ "resourceType": "StructureDefinition", "differential": { "element": [
+            { "id": "Observation.component", "path": "Observation.component", "slicing": { "discriminator": [{ "type": "pattern", "path": "code" }] } },
+            { "id": "Observation.extension", "path": "Observation.extension", "slicing": { "discriminator": [{ "type": "value", "path": "type" }] } },
+            { "id": "Observation.code.coding", "path": "Observation.code.coding", "slicing": { "discriminator": [{ "type": "value", "path": "system" }] } }
+        ] } });
+        let mut issues = Vec::new();
+        structure_definition(&sd, "StructureDefinition", None, &mut issues);
+        let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
+        assert_eq!(at, vec!["StructureDefinition.differential.element[1].slicing.discriminator[0]"]);
     }
 
     #[test]

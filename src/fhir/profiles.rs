@@ -100,6 +100,13 @@ pub struct Profile {
     by_id: FxHashMap<String, usize>,
 }
 
+impl Profile {
+    /// The value this profile fixes for an element id, if any.
+    pub fn fixed_value(&self, id: &str) -> Option<&Value> {
+        self.by_id.get(id).and_then(|&i| self.elements[i].fixed.as_ref())
+    }
+}
+
 /// Profiles and terminology: Signpost's, the R4 core profiles and extension definitions, and
 /// any an integrator loads (an implementation guide's StructureDefinitions, ValueSets,
 /// CodeSystems and the global profiles of its ImplementationGuide).
@@ -378,6 +385,10 @@ impl Profiles {
         match ty {
             "QuestionnaireResponse" => super::definitional::questionnaire_response(resource, path, &lookup, issues),
             "MeasureReport" => super::definitional::measure_report(resource, path, &lookup, issues),
+            "StructureDefinition" => {
+                let base = resource.get("baseDefinition").and_then(Value::as_str).and_then(|u| self.get(u));
+                super::definitional::structure_definition(resource, path, base, issues)
+            }
             _ => {}
         }
         if ty == "Bundle" {

@@ -109,6 +109,8 @@ fn agrees_with_the_java_reference_on_every_case_not_listed() {
         println!("now agreeing, remove from known-disagreements.txt: {fixed:?}");
     }
     assert!(regressions.is_empty(), "cases that disagree with the Java reference:\n{}", regressions.join("\n"));
+    assert!(agree * 100 >= total * 95, "verdict agreement fell below 95 %: {agree}/{total}");
+    assert!(matched_errors >= 37, "fewer Java errors matched on severity and path: {matched_errors}");
 }
 
 #[test]
