@@ -587,6 +587,21 @@ impl<'v> Walker<'_, 'v> {
     }
 
     fn reference(&mut self, o: &Map<String, Value>, ty: &TypeRef, at: &str) {
+        // ref-1: a local reference (`#id`) names a contained resource of the root resource
+        // (`#` alone, from a contained resource, names its container).
+        if let Some(id) = o.get("reference").and_then(Value::as_str).and_then(|r| r.strip_prefix('#'))
+            && let Some(&(_, root, _)) = self.frames.last()
+        {
+            let contained = root.get("contained").and_then(Value::as_array);
+            let found = contained.is_some_and(|cs| cs.iter().any(|c| c.get("id").and_then(Value::as_str) == Some(id)));
+            if !found && !(id.is_empty() && self.frames.len() > 1) {
+                self.error(
+                    IssueCode::Invariant,
+                    at.to_string(),
+                    "Constraint failed: ref-1: 'SHALL have a contained resource if a local reference is provided'",
+                );
+            }
+        }
         if ty.targets.is_empty() || ty.targets.iter().any(|t| t == "Resource") {
             return;
         }
@@ -804,6 +819,8 @@ mod tests {
         let referenced = json!({ "resourceType": "Condition", "subject": { "reference": "Patient/1" },
             "contained": [{ "resourceType": "Practitioner", "id": "p1" }], "asserter": { "reference": "#p1" } });
         assert_eq!(keys(referenced), vec![]);
+        let dangling = json!({ "resourceType": "Condition", "subject": { "reference": "#nobody" } });
+        assert_eq!(keys(dangling), vec![("Condition.subject".to_string(), "ref-1".to_string())]);
         let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>" } });
         assert_eq!(keys(script), vec![("Patient.text.div".to_string(), "txt-1".to_string())]);
