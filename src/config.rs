@@ -14,7 +14,7 @@
 //! | `limits.max_depth` | `32` | JSON nesting limit (400 above) |
 //! | `limits.max_bundle_entries` | `100` | Bundle entry limit (422 above) |
 //! | `limits.max_string_bytes` | `65536` | longest JSON string (400 above) |
-//! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; R4 validator errors become warnings and are logged), `off` (JSON Schema structure check only) |
+//! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
 //! | `clients` | none | API clients: `name`, `role`, `organization`, `key_sha256` |

@@ -144,6 +144,8 @@ pub struct ElementDef {
     pub fixed: Option<Value>,
     /// `pattern[x]` value, if any.
     pub pattern: Option<Value>,
+    /// Whether the element has inline children (a backbone element), resolved at load.
+    pub has_children: bool,
 }
 
 impl ElementDef {
@@ -265,6 +267,7 @@ impl Definitions {
                         .collect(),
                     fixed,
                     pattern,
+                    has_children: false,
                     path: e.path,
                 });
             }
@@ -273,6 +276,9 @@ impl Definitions {
                 if let Some((parent, _)) = e.path.rsplit_once('.') {
                     children.entry(parent.to_string()).or_default().push(i);
                 }
+            }
+            for e in &mut elements {
+                e.has_children = children.contains_key(&e.path);
             }
             types.insert(name.clone(), TypeDef { name, kind: t.kind, is_abstract: t.is_abstract, elements, children });
         }

@@ -406,13 +406,12 @@ impl Profiles {
     /// inside nested resources, which are checked as resources). `path` is one buffer for the
     /// whole walk, extended and restored in place.
     fn extensions(&self, v: &Value, path: &mut String, resource: &Value, issues: &mut Vec<Issue>) {
-        use std::fmt::Write;
         let base = path.len();
         match v {
             Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
                     if x.is_object() {
-                        let _ = write!(path, "[{i}]");
+                        super::validator::push_index(path, i);
                         self.extensions(x, path, resource, issues);
                         path.truncate(base);
                     }
@@ -433,7 +432,7 @@ impl Profiles {
                     {
                         let at = path.len();
                         for (i, ext) in list.iter().enumerate() {
-                            let _ = write!(path, "[{i}]");
+                            super::validator::push_index(path, i);
                             if let Some(def) = ext.get("url").and_then(Value::as_str).and_then(|u| self.get(u))
                                 && def.type_name == "Extension"
                             {

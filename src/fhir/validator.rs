@@ -16,8 +16,6 @@
 //! (`Patient`, "Patient.name: minimum required = 1, but only found 0"), everything else at the
 //! element itself.
 
-use std::fmt::Write;
-
 use serde_json::{Map, Value};
 
 use super::definitions::{Constraint, Definitions, ElementDef, TypeClass, TypeDef, TypeRef};
@@ -226,7 +224,7 @@ impl<'v> Walker<'_, 'v> {
                     let other = obj.get(&if twin { name.to_string() } else { format!("_{name}") });
                     let at_len = expr.len();
                     for (i, item) in items.iter().enumerate() {
-                        let _ = write!(expr, "[{i}]");
+                        push_index(expr, i);
                         if item.is_null() {
                             let partner = other.and_then(|o| o.get(i)).is_some_and(|p| !p.is_null());
                             if !primitive || !partner {
@@ -343,7 +341,7 @@ impl<'v> Walker<'_, 'v> {
                 }
                 None => self.error(IssueCode::WrongType, at.to_string(), "expected a JSON object"),
             }
-        } else if !td.children_of(&el.path).is_empty() {
+        } else if el.has_children {
             match v.as_object() {
                 Some(o) => {
                     self.object(o, td, &el.path, at, false);
@@ -594,7 +592,8 @@ impl<'v> Walker<'_, 'v> {
         {
             let contained = root.get("contained").and_then(Value::as_array);
             let found = contained.is_some_and(|cs| cs.iter().any(|c| c.get("id").and_then(Value::as_str) == Some(id)));
-            if !found && !(id.is_empty() && self.frames.len() > 1) {
+            let container = id.is_empty() && self.frames.len() > 1;
+            if !(found || container) {
                 self.error(
                     IssueCode::Invariant,
                     at.to_string(),
@@ -689,6 +688,24 @@ const DEFINITIONAL: &[&str] = &[
 ];
 
 static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
+
+/// Append `[i]` to a path without the formatting machinery (it runs once per array item).
+pub(super) fn push_index(path: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    path.push_str(std::str::from_utf8(&digits[k..]).unwrap_or("0"));
+    path.push(']');
+}
 
 /// Whether any `id` property inside `v` (element or contained resource ids) equals `id`.
 fn has_id(v: &Value, id: &str) -> bool {
