@@ -63,9 +63,10 @@ pub struct Constraint {
 }
 
 /// Invariants the validator checks in its own code rather than by FHIRPath: `ele-1` (empty
-/// elements), `ext-1`, `dom-3` (contained resources referenced), `ref-1` (on every
-/// Reference, so worth the speed) and the narrative rules.
-pub const NATIVE_INVARIANTS: &[&str] = &["ele-1", "ext-1", "dom-3", "ref-1", "txt-1", "txt-2"];
+/// elements), `ext-1`, the contained-resource rules `dom-2` to `dom-5` and `ref-1` (on every
+/// resource or Reference, so worth the speed), and the narrative rules.
+pub const NATIVE_INVARIANTS: &[&str] =
+    &["ele-1", "ext-1", "dom-2", "dom-3", "dom-4", "dom-5", "ref-1", "txt-1", "txt-2"];
 
 /// Invariant expressions of R4 4.0.1 that contradict their own text, with the expression the
 /// HL7 reference validator evaluates instead: `que-12` says "more than one enableWhen" but

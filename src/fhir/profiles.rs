@@ -71,6 +71,9 @@ enum Discriminator {
     Value(String),
     /// The item matches the slice's pattern at the path (`$this`: the item itself).
     Pattern(String),
+    /// `type`, `profile` and `exists` discriminators, which Signpost does not evaluate: slices
+    /// of such a slicing are not checked (rather than guessed).
+    Unsupported,
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +170,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
                 match d.get("type")?.as_str()? {
                     "value" => Some(Discriminator::Value(path)),
                     "pattern" => Some(Discriminator::Pattern(path)),
-                    _ => None,
+                    _ => Some(Discriminator::Unsupported),
                 }
             })
             .collect();
@@ -471,6 +474,9 @@ impl<'v> ProfileCheck<'_, 'v> {
     fn run(&mut self, root: &str) {
         let p = self.profile;
         for el in &p.elements {
+            if !self.evaluable(el) {
+                continue;
+            }
             if el.steps.len() == 1 {
                 self.values(el, &[(root.to_string(), self.resource)]);
                 continue;
@@ -502,7 +508,9 @@ impl<'v> ProfileCheck<'_, 'v> {
                         .at(ppath.clone()),
                     );
                 }
-                if let Some((_, true)) = &el.slicing {
+                if let Some((discs, true)) = &el.slicing
+                    && !discs.iter().any(|d| matches!(d, Discriminator::Unsupported))
+                {
                     for (ipath, item) in &items {
                         if !self.in_any_slice(&el.id, item) {
                             self.issues.push(
@@ -577,6 +585,18 @@ impl<'v> ProfileCheck<'_, 'v> {
         out
     }
 
+    /// Whether every slicing an element's id passes through can be evaluated.
+    fn evaluable(&self, el: &Element) -> bool {
+        let p = self.profile;
+        (0..el.steps.len()).filter(|&k| el.steps[k].slice.is_some()).all(|k| {
+            let sliced = id_of(&el.steps[..=k], false);
+            p.by_id
+                .get(&sliced)
+                .and_then(|&i| p.elements[i].slicing.as_ref())
+                .is_none_or(|(discs, _)| !discs.iter().any(|d| matches!(d, Discriminator::Unsupported)))
+        })
+    }
+
     fn in_any_slice(&self, sliced_id: &str, item: &Value) -> bool {
         let prefix = format!("{sliced_id}:");
         self.profile
@@ -599,7 +619,7 @@ impl<'v> ProfileCheck<'_, 'v> {
             None => return false,
         };
         discs.iter().all(|d| {
-            let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d;
+            let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d else { return false };
             // The values at the discriminator path (through repeating elements).
             let (el_id, values) = if path == "$this" {
                 (slice_id.to_string(), vec![item])

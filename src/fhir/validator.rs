@@ -115,6 +115,28 @@ impl<'v> Walker<'_, 'v> {
     /// `#id` reference or canonical) or refers to its container (`#`).
     fn contained_referenced(&mut self, obj: &Map<String, Value>, path: &str) {
         let Some(contained) = obj.get("contained").and_then(Value::as_array) else { return };
+        // dom-2, dom-4, dom-5: what a contained resource may not carry.
+        for (key, rule, what) in [
+            (
+                "dom-2",
+                "If the resource is contained in another resource, it SHALL NOT contain nested Resources",
+                &["/contained"][..],
+            ),
+            (
+                "dom-4",
+                "If a resource is contained in another resource, it SHALL NOT have a meta.versionId or a meta.lastUpdated",
+                &["/meta/versionId", "/meta/lastUpdated"][..],
+            ),
+            (
+                "dom-5",
+                "If a resource is contained in another resource, it SHALL NOT have a security label",
+                &["/meta/security"][..],
+            ),
+        ] {
+            if contained.iter().any(|c| what.iter().any(|p| c.pointer(p).is_some())) {
+                self.error(IssueCode::Invariant, path.to_string(), format!("Constraint failed: {key}: '{rule}'"));
+            }
+        }
         for (i, c) in contained.iter().enumerate() {
             let Some(id) = c.get("id").and_then(Value::as_str) else { continue };
             let target = format!("#{id}");
@@ -171,7 +193,15 @@ impl<'v> Walker<'_, 'v> {
             self.error(IssueCode::EmptyElement, expr.to_string(), "an element must have a value or children");
         }
         let kids = td.children_of(elem_path);
-        let mut counts = vec![0usize; kids.len()];
+        // Occurrences per child element; on the stack for all but the widest definitions.
+        let mut small = [0usize; 96];
+        let mut large = Vec::new();
+        let counts: &mut [usize] = if kids.len() <= small.len() {
+            &mut small[..kids.len()]
+        } else {
+            large.resize(kids.len(), 0);
+            &mut large
+        };
         for (key, value) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -836,6 +866,9 @@ mod tests {
         let referenced = json!({ "resourceType": "Condition", "subject": { "reference": "Patient/1" },
             "contained": [{ "resourceType": "Practitioner", "id": "p1" }], "asserter": { "reference": "#p1" } });
         assert_eq!(keys(referenced), vec![]);
+        let versioned = json!({ "resourceType": "Condition", "subject": { "reference": "#p1" },
+            "contained": [{ "resourceType": "Patient", "id": "p1", "meta": { "versionId": "2" } }] });
+        assert_eq!(keys(versioned), vec![("Condition".to_string(), "dom-4".to_string())]);
         let dangling = json!({ "resourceType": "Condition", "subject": { "reference": "#nobody" } });
         assert_eq!(keys(dangling), vec![("Condition.subject".to_string(), "ref-1".to_string())]);
         let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
@@ -924,6 +957,15 @@ mod tests {
                                 Just("entry".to_string()),
                                 Just("resource".to_string()),
                                 Just("resourceType".to_string()),
+                                Just("identifier".to_string()),
+                                Just("system".to_string()),
+                                Just("url".to_string()),
+                                Just("telecom".to_string()),
+                                Just("item".to_string()),
+                                Just("linkId".to_string()),
+                                Just("differential".to_string()),
+                                Just("slicing".to_string()),
+                                Just("div".to_string()),
                                 "[a-z_]{1,8}"
                             ],
                             inner
@@ -939,14 +981,19 @@ mod tests {
             #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
             #[test]
             fn validation_never_panics_on_arbitrary_json(
-                ty in prop_oneof![Just("ServiceRequest"), Just("Task"), Just("Bundle"), Just("Patient"), Just("Questionnaire"), Just("Nope")],
+                ty in prop_oneof![Just("ServiceRequest"), Just("Task"), Just("Bundle"), Just("Patient"), Just("Questionnaire"),
+                                  Just("Consent"), Just("StructureDefinition"), Just("QuestionnaireResponse"), Just("Nope")],
                 body in json()
             ) {
                 let mut v = body;
                 if let Value::Object(o) = &mut v {
                     o.insert("resourceType".into(), json!(ty));
                 }
-                let _ = validate(&v);
+                // Every layer a write goes through: base, profiles, referral rules.
+                let mut issues = validate(&v);
+                crate::fhir::profiles::Profiles::shared().check(&v, ty, true, &[], &mut issues);
+                let mode = crate::config::ValidationMode::Enforce;
+                let Ok(()) = crate::fhir::check_referral_rules(&v, ty, mode, &mut crate::fhir::referral_rules::Offline, &mut issues);
             }
         }
     }
