@@ -22,6 +22,9 @@ fn bench(c: &mut Criterion) {
     let start = std::time::Instant::now();
     let _ = validator::validate(&serde_json::json!({ "resourceType": "Patient" }));
     println!("validation index built in {} ms", start.elapsed().as_millis());
+    let start = std::time::Instant::now();
+    let _ = Profiles::shared();
+    println!("profiles (R4 core and Signpost's) compiled in {} ms", start.elapsed().as_millis());
     let counts = signpost::fhir::definitions::Definitions::shared().invariants;
     println!("invariants: {} evaluated by FHIRPath, {} not evaluable", counts.evaluated, counts.not_evaluated);
     StructureValidator::shared()

@@ -7,9 +7,11 @@
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const nodeModules = path.resolve(process.argv[2] ?? process.env.MEDPLUM_NODE_MODULES ?? '/tmp/peers/node_modules');
-const corpus = process.env.CORPUS ?? '/work/shared/corpus/referrals';
+// The corpus beside the repository (../shared), unless CORPUS names another folder.
+const corpus = process.env.CORPUS ?? fileURLToPath(new URL('../../../shared/corpus/referrals', import.meta.url));
 const N = Number(process.env.N ?? 10000);
 const WARMUP = Number(process.env.WARMUP ?? 2000);
 
