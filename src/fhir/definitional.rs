@@ -199,20 +199,32 @@ pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profile
     }
 }
 
-/// In a document or message Bundle, a relative reference (`Type/id`, `Type/id/_history/v`)
-/// resolves to one entry: several entries with that type and id make it ambiguous, and a
-/// versioned one must match an entry's `meta.versionId`.
+/// References inside a Bundle: a `urn:uuid:` or `urn:oid:` reference names the `fullUrl` of an
+/// entry (an error in a transaction or batch, which could not be stored otherwise; a warning
+/// elsewhere, as the HL7 reference says); in a document or message Bundle, a relative reference (`Type/id`,
+/// `Type/id/_history/v`) resolves to one entry: several entries with that type and id make it
+/// ambiguous, and a versioned one must match an entry's `meta.versionId`.
 pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
-    if !matches!(bundle.get("type").and_then(Value::as_str), Some("document" | "message")) {
-        return;
-    }
-    let entries: Vec<&Value> =
-        bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.get("resource")).collect();
+    let kind = bundle.get("type").and_then(Value::as_str);
+    let document = matches!(kind, Some("document" | "message"));
+    let processed = matches!(kind, Some("transaction" | "batch"));
+    let entries: Vec<(usize, &Value, Option<&str>)> = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, e.get("resource")?, e.get("fullUrl").and_then(Value::as_str))))
+        .collect();
+    let full_urls: FxHashSet<&str> = entries.iter().filter_map(|e| e.2).collect();
     fn key(r: &Value) -> (Option<&str>, Option<&str>, Option<&str>) {
         let text = |p: &str| r.pointer(p).and_then(Value::as_str);
         (text("/resourceType"), text("/id"), text("/meta/versionId"))
     }
-    fn references<'v>(v: &'v Value, at: String, out: &mut Vec<(String, &'v str)>) {
+    /// Every `reference` string under `v` (not inside nested resources), with its path; one
+    /// path buffer for the walk, copied only for a reference.
+    fn references<'v>(v: &'v Value, at: &mut String, out: &mut Vec<(String, &'v str)>) {
+        let base = at.len();
         match v {
             Value::Object(o) => {
                 for (k, x) in o {
@@ -220,23 +232,43 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
                         && let Some(r) = x.as_str()
                     {
                         out.push((at.clone(), r));
-                    } else if k != "resource" && k != "contained" {
-                        references(x, format!("{at}.{k}"), out);
+                    } else if k != "resource" && k != "contained" && (x.is_object() || x.is_array()) {
+                        at.push('.');
+                        at.push_str(k);
+                        references(x, at, out);
+                        at.truncate(base);
                     }
                 }
             }
             Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
-                    references(x, format!("{at}[{i}]"), out);
+                    super::validator::push_index(at, i);
+                    references(x, at, out);
+                    at.truncate(base);
                 }
             }
             _ => {}
         }
     }
-    for (i, resource) in entries.iter().enumerate() {
+    for &(i, resource, _) in &entries {
         let mut refs = Vec::new();
-        references(resource, format!("{path}.entry[{i}].resource"), &mut refs);
+        references(resource, &mut format!("{path}.entry[{i}].resource"), &mut refs);
         for (at, reference) in refs {
+            if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+                if !full_urls.contains(reference) {
+                    let diag = "the reference names no entry of the Bundle (no entry has it as fullUrl)";
+                    let issue = if processed {
+                        Issue::error(IssueCode::BundleReference, diag)
+                    } else {
+                        Issue::warning(IssueCode::BundleReference, diag)
+                    };
+                    issues.push(issue.at(at));
+                }
+                continue;
+            }
+            if !document {
+                continue;
+            }
             let parts: Vec<&str> = reference.split('/').collect();
             let (ty, id, version) = match parts.as_slice() {
                 [ty, id] => (*ty, *id, None),
@@ -246,7 +278,8 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
             if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
                 continue;
             }
-            let same: Vec<_> = entries.iter().map(|e| key(e)).filter(|k| k.0 == Some(ty) && k.1 == Some(id)).collect();
+            let same: Vec<_> =
+                entries.iter().map(|e| key(e.1)).filter(|k| k.0 == Some(ty) && k.1 == Some(id)).collect();
             let diag = match version {
                 None if same.len() > 1 => "the reference matches several entries of the Bundle (same type and id)",
                 Some(v) if !same.is_empty() && !same.iter().any(|k| k.2 == Some(v)) => {
@@ -286,6 +319,20 @@ mod tests {
         structure_definition(&sd, "StructureDefinition", None, &mut issues);
         let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
         assert_eq!(at, vec!["StructureDefinition.differential.element[1].slicing.discriminator[0]"]);
+    }
+
+    #[test]
+    fn urn_references_name_an_entry() {
+        let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+            { "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": { "resourceType": "Patient" } },
+            { "resource": { "resourceType": "ServiceRequest",
+                "subject": { "reference": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01" },
+                "requester": { "reference": "urn:uuid:5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c05" } } }
+        ] });
+        let mut issues = Vec::new();
+        bundle_references(&bundle, "Bundle", &mut issues);
+        let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
+        assert_eq!(at, vec!["Bundle.entry[1].resource.requester"]);
     }
 
     #[test]

@@ -84,3 +84,14 @@ async fn bundles_must_be_transactions_with_post_or_put_entries() {
     r.assert_outcome(422, "bad-transaction");
     assert!(r.expressions().contains(&"Bundle.entry[0].request.method".to_string()));
 }
+
+#[tokio::test]
+async fn a_urn_reference_to_no_entry_refuses_the_bundle() {
+    let app = spawn().await;
+    let mut bundle = referral_bundle();
+    bundle["entry"][3]["resource"]["requester"]["reference"] = json!("urn:uuid:00000000-0000-4000-8000-000000000000");
+    let r = app.post(REFERRER, "/fhir", &bundle).await;
+    r.assert_outcome(400, "bundle-reference");
+    assert!(r.expressions().contains(&"Bundle.entry[3].resource.requester".to_string()), "{}", r.body);
+    assert_eq!(app.get(OPERATOR, "/fhir/ServiceRequest?_summary=count").await.total(), 0);
+}
