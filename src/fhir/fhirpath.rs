@@ -23,6 +23,7 @@ use std::cmp::Ordering;
 
 use regex::Regex;
 use rustc_hash::FxHashSet;
+use smallvec::{SmallVec, smallvec};
 use serde_json::Value;
 
 /// Why an expression cannot be parsed or evaluated.
@@ -773,7 +774,8 @@ impl<'a> Item<'a> {
     }
 }
 
-type Coll<'a> = Vec<Item<'a>>;
+/// A collection: most hold zero or one item, so two live inline without allocating.
+pub type Coll<'a> = SmallVec<[Item<'a>; 2]>;
 
 /// The evaluation environment of one invariant.
 #[derive(Clone, Copy)]
@@ -796,9 +798,9 @@ struct Scope<'s, 'a> {
 }
 
 /// Evaluate `expr` with `focus` as its input and `$this`; `ty` is the focus's type, if known.
-pub fn evaluate<'a>(expr: &'a Expr, focus: &'a Value, ty: Option<&'a str>, env: Env<'a>) -> Result<Vec<Item<'a>>> {
+pub fn evaluate<'a>(expr: &'a Expr, focus: &'a Value, ty: Option<&'a str>, env: Env<'a>) -> Result<Coll<'a>> {
     let item = Item::Node { v: focus, ext: None, ty };
-    let input = vec![item.clone()];
+    let input = smallvec![item.clone()];
     let scope = Scope { env, this: Some(&item), index: None };
     eval(expr, &input, &scope)
 }
@@ -815,21 +817,21 @@ fn eval_err(m: impl Into<String>) -> FhirPathError {
 
 fn eval<'a>(e: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
     Ok(match e {
-        Expr::Empty => vec![],
-        Expr::Bool(b) => vec![Item::Bool(*b)],
-        Expr::Str(x) => vec![Item::Str(Cow::Borrowed(x))],
-        Expr::Int(i) => vec![Item::Int(*i)],
-        Expr::Dec(d) => vec![Item::Dec(*d)],
-        Expr::Temporal(t) => vec![Item::Temporal(Cow::Owned(t.trim_start_matches('T').to_string()))],
+        Expr::Empty => smallvec![],
+        Expr::Bool(b) => smallvec![Item::Bool(*b)],
+        Expr::Str(x) => smallvec![Item::Str(Cow::Borrowed(x))],
+        Expr::Int(i) => smallvec![Item::Int(*i)],
+        Expr::Dec(d) => smallvec![Item::Dec(*d)],
+        Expr::Temporal(t) => smallvec![Item::Temporal(Cow::Owned(t.trim_start_matches('T').to_string()))],
         Expr::This => s.this.cloned().into_iter().collect(),
         Expr::Index => s.index.map(|i| Item::Int(i as i64)).into_iter().collect(),
         Expr::Var(v) => match v.as_str() {
-            "resource" => vec![Item::node(s.env.resource)],
-            "rootResource" => vec![Item::node(s.env.root)],
-            "context" => vec![Item::node(s.env.context)],
-            "ucum" => vec![Item::Str(Cow::Borrowed("http://unitsofmeasure.org"))],
-            "sct" => vec![Item::Str(Cow::Borrowed("http://snomed.info/sct"))],
-            "loinc" => vec![Item::Str(Cow::Borrowed("http://loinc.org"))],
+            "resource" => smallvec![Item::node(s.env.resource)],
+            "rootResource" => smallvec![Item::node(s.env.root)],
+            "context" => smallvec![Item::node(s.env.context)],
+            "ucum" => smallvec![Item::Str(Cow::Borrowed("http://unitsofmeasure.org"))],
+            "sct" => smallvec![Item::Str(Cow::Borrowed("http://snomed.info/sct"))],
+            "loinc" => smallvec![Item::Str(Cow::Borrowed("http://loinc.org"))],
             other => return Err(FhirPathError::Unsupported(format!("%{other}"))),
         },
         Expr::Member(target, name) => {
@@ -837,7 +839,7 @@ fn eval<'a>(e: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>
                 Some(t) => eval(t, input, s)?,
                 None => input.clone(),
             };
-            let mut out = Vec::new();
+            let mut out = Coll::new();
             for item in &base {
                 // A leading type name (`Patient.name` evaluated on a Patient) is the item itself.
                 if target.is_none()
@@ -857,18 +859,18 @@ fn eval<'a>(e: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>
             match i.as_slice() {
                 [one] => match one.prim() {
                     Prim::Int(n) if n >= 0 => base.into_iter().nth(n as usize).into_iter().collect(),
-                    _ => vec![],
+                    _ => smallvec![],
                 },
-                _ => vec![],
+                _ => smallvec![],
             }
         }
         Expr::Neg(x) => {
             let v = eval(x, input, s)?;
             match v.as_slice() {
-                [] => vec![],
+                [] => smallvec![],
                 [one] => match one.prim() {
-                    Prim::Int(i) => vec![Item::Int(-i)],
-                    Prim::Dec(d) => vec![Item::Dec(-d)],
+                    Prim::Int(i) => smallvec![Item::Int(-i)],
+                    Prim::Dec(d) => smallvec![Item::Dec(-d)],
                     _ => return Err(eval_err("unary minus on a non-number")),
                 },
                 _ => return Err(eval_err("unary minus on a collection")),
@@ -877,8 +879,8 @@ fn eval<'a>(e: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>
         Expr::Is(x, ty) => {
             let v = eval(x, input, s)?;
             match v.as_slice() {
-                [] => vec![],
-                [one] => vec![Item::Bool(one.is_type(ty))],
+                [] => smallvec![],
+                [one] => smallvec![Item::Bool(one.is_type(ty))],
                 _ => return Err(eval_err("'is' on a collection")),
             }
         }
@@ -1020,13 +1022,13 @@ fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 
     let lv = eval(l, input, s)?;
     // Short-circuit boolean operators where the left side decides.
     match op {
-        Op::And if to_bool(&lv)? == Some(false) => return Ok(vec![Item::Bool(false)]),
-        Op::Or if to_bool(&lv)? == Some(true) => return Ok(vec![Item::Bool(true)]),
-        Op::Implies if to_bool(&lv)? == Some(false) => return Ok(vec![Item::Bool(true)]),
+        Op::And if to_bool(&lv)? == Some(false) => return Ok(smallvec![Item::Bool(false)]),
+        Op::Or if to_bool(&lv)? == Some(true) => return Ok(smallvec![Item::Bool(true)]),
+        Op::Implies if to_bool(&lv)? == Some(false) => return Ok(smallvec![Item::Bool(true)]),
         _ => {}
     }
     let rv = eval(r, input, s)?;
-    let b = |x: Option<bool>| x.map(Item::Bool).into_iter().collect::<Vec<_>>();
+    let b = |x: Option<bool>| x.map(Item::Bool).into_iter().collect::<Coll<'a>>();
     Ok(match op {
         Op::And => {
             let (a, c) = (to_bool(&lv)?, to_bool(&rv)?);
@@ -1063,13 +1065,13 @@ fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 
         Op::In | Op::Contains => {
             let (item, coll) = if op == Op::In { (lv, rv) } else { (rv, lv) };
             match single(&item, "in")? {
-                None => vec![],
-                Some(x) => vec![Item::Bool(coll.iter().any(|y| equal(x, y) == Some(true)))],
+                None => smallvec![],
+                Some(x) => smallvec![Item::Bool(coll.iter().any(|y| equal(x, y) == Some(true)))],
             }
         }
         Op::Eq | Op::Ne => {
             if lv.is_empty() || rv.is_empty() {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             }
             let eq = if lv.len() != rv.len() {
                 Some(false)
@@ -1092,11 +1094,11 @@ fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 
         Op::Equiv | Op::NotEquiv => {
             // Equivalence of collections ignores order.
             let eq = lv.len() == rv.len() && lv.iter().all(|x| rv.iter().any(|y| equivalent(x, y)));
-            vec![Item::Bool(if op == Op::Equiv { eq } else { !eq })]
+            smallvec![Item::Bool(if op == Op::Equiv { eq } else { !eq })]
         }
         Op::Lt | Op::Gt | Op::Le | Op::Ge => {
             let (Some(x), Some(y)) = (single(&lv, "comparison")?, single(&rv, "comparison")?) else {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             };
             b(compare(x, y)?.map(|o| match op {
                 Op::Lt => o == Ordering::Less,
@@ -1108,11 +1110,11 @@ fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 
         Op::Concat => {
             let x = single(&lv, "&")?.and_then(Item::as_str).unwrap_or("").to_string();
             let y = single(&rv, "&")?.and_then(Item::as_str).unwrap_or("");
-            vec![Item::Str(Cow::Owned(x + y))]
+            smallvec![Item::Str(Cow::Owned(x + y))]
         }
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::IntDiv | Op::Mod => {
             let (Some(x), Some(y)) = (single(&lv, "arithmetic")?, single(&rv, "arithmetic")?) else {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             };
             arithmetic(op, x, y)?.into_iter().collect()
         }
@@ -1284,7 +1286,7 @@ fn temporal_cmp(a: &str, b: &str) -> Option<Ordering> {
 }
 
 fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
-    let mut out: Coll<'a> = Vec::with_capacity(a.len() + b.len());
+    let mut out: Coll<'a> = Coll::with_capacity(a.len() + b.len());
     for x in a.into_iter().chain(b) {
         if !out.iter().any(|y| equal(&x, y) == Some(true)) {
             out.push(x);
@@ -1317,14 +1319,14 @@ fn call<'a>(
     s: &Scope<'_, 'a>,
 ) -> Result<Coll<'a>> {
     use Func::*;
-    let bool1 = |b: bool| vec![Item::Bool(b)];
+    let bool1 = |b: bool| smallvec![Item::Bool(b)];
     if func == Repeat {
-        let mut out: Coll<'a> = Vec::new();
+        let mut out: Coll<'a> = Coll::new();
         let mut frontier = base;
         while !frontier.is_empty() {
-            let mut next = Vec::new();
+            let mut next = Coll::new();
             for (i, item) in frontier.iter().enumerate() {
-                let one = vec![item.clone()];
+                let one = smallvec![item.clone()];
                 let scope = Scope { env: s.env, this: Some(item), index: Some(i) };
                 for r in eval(&args[0], &one, &scope)? {
                     if !out.iter().any(|y| equal(&r, y) == Some(true)) {
@@ -1338,9 +1340,9 @@ fn call<'a>(
         return Ok(out);
     }
     if func.iterates() && !args.is_empty() {
-        let mut kept = Vec::new();
+        let mut kept = Coll::new();
         for (i, item) in base.iter().enumerate() {
-            let one = vec![item.clone()];
+            let one = smallvec![item.clone()];
             let scope = Scope { env: s.env, this: Some(item), index: Some(i) };
             let r = eval(&args[0], &one, &scope)?;
             match func {
@@ -1377,11 +1379,11 @@ fn call<'a>(
         Where | Select => base,
         Not => match to_bool(&base)? {
             Some(b) => bool1(!b),
-            None => vec![],
+            None => smallvec![],
         },
-        Count => vec![Item::Int(base.len() as i64)],
+        Count => smallvec![Item::Int(base.len() as i64)],
         First => base.into_iter().take(1).collect(),
-        Last => base.into_iter().last().into_iter().collect(),
+        Last => base.into_iter().next_back().into_iter().collect(),
         Tail => base.into_iter().skip(1).collect(),
         Skip => {
             let n = int_arg(args, 0, input, s)?.unwrap_or(0).max(0) as usize;
@@ -1397,11 +1399,11 @@ fn call<'a>(
         },
         IsDistinct => {
             let n = base.len();
-            bool1(union(base, vec![]).len() == n)
+            bool1(union(base, smallvec![]).len() == n)
         }
-        Distinct => union(base, vec![]),
+        Distinct => union(base, smallvec![]),
         StartsWith | EndsWith | Contains => {
-            let (Some(t), Some(a)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(vec![]) };
+            let (Some(t), Some(a)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(smallvec![]) };
             bool1(match func {
                 StartsWith => t.starts_with(&a),
                 EndsWith => t.ends_with(&a),
@@ -1410,46 +1412,46 @@ fn call<'a>(
         }
         Matches => match (text()?, regex) {
             (Some(t), Some(r)) => bool1(r.is_match(&t)),
-            _ => vec![],
+            _ => smallvec![],
         },
         ReplaceMatches => {
             let (Some(t), Some(r), Some(with)) = (text()?, regex, string_arg(args, 1, input, s)?) else {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             };
-            vec![Item::Str(Cow::Owned(r.replace_all(&t, with.as_str()).into_owned()))]
+            smallvec![Item::Str(Cow::Owned(r.replace_all(&t, with.as_str()).into_owned()))]
         }
         Replace => {
             let (Some(t), Some(a), Some(b)) = (text()?, string_arg(args, 0, input, s)?, string_arg(args, 1, input, s)?)
             else {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             };
-            vec![Item::Str(Cow::Owned(t.replace(&a, &b)))]
+            smallvec![Item::Str(Cow::Owned(t.replace(&a, &b)))]
         }
         Length => text()?.map(|t| Item::Int(t.chars().count() as i64)).into_iter().collect(),
         Upper => text()?.map(|t| Item::Str(Cow::Owned(t.to_uppercase()))).into_iter().collect(),
         Lower => text()?.map(|t| Item::Str(Cow::Owned(t.to_lowercase()))).into_iter().collect(),
         IndexOf => {
-            let (Some(t), Some(a)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(vec![]) };
+            let (Some(t), Some(a)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(smallvec![]) };
             let at = t.find(&a).map(|b| t[..b].chars().count() as i64).unwrap_or(-1);
-            vec![Item::Int(at)]
+            smallvec![Item::Int(at)]
         }
         Substring => {
-            let Some(t) = text()? else { return Ok(vec![]) };
-            let Some(start) = int_arg(args, 0, input, s)? else { return Ok(vec![]) };
+            let Some(t) = text()? else { return Ok(smallvec![]) };
+            let Some(start) = int_arg(args, 0, input, s)? else { return Ok(smallvec![]) };
             let chars: Vec<char> = t.chars().collect();
             if start < 0 || start as usize >= chars.len() {
-                return Ok(vec![]);
+                return Ok(smallvec![]);
             }
             let len = match args.get(1) {
                 Some(_) => int_arg(args, 1, input, s)?.unwrap_or(0).max(0) as usize,
                 None => chars.len(),
             };
             let end = (start as usize).saturating_add(len).min(chars.len());
-            vec![Item::Str(Cow::Owned(chars[start as usize..end].iter().collect()))]
+            smallvec![Item::Str(Cow::Owned(chars[start as usize..end].iter().collect()))]
         }
         ToInteger | ConvertsToInteger => {
             let v = match single(&base, "toInteger()")?.map(Item::prim) {
-                None => return Ok(vec![]),
+                None => return Ok(smallvec![]),
                 Some(Prim::Int(i)) => Some(i),
                 Some(Prim::Bool(b)) => Some(i64::from(b)),
                 Some(Prim::Str(t)) => t.parse::<i64>().ok(),
@@ -1458,29 +1460,29 @@ fn call<'a>(
             if func == ConvertsToInteger { bool1(v.is_some()) } else { v.map(Item::Int).into_iter().collect() }
         }
         ToDecimal => match single(&base, "toDecimal()")?.map(Item::prim) {
-            Some(Prim::Int(i)) => vec![Item::Dec(i as f64)],
-            Some(Prim::Dec(d)) => vec![Item::Dec(d)],
+            Some(Prim::Int(i)) => smallvec![Item::Dec(i as f64)],
+            Some(Prim::Dec(d)) => smallvec![Item::Dec(d)],
             Some(Prim::Str(t)) => t.parse::<f64>().ok().map(Item::Dec).into_iter().collect(),
-            _ => vec![],
+            _ => smallvec![],
         },
         ToString => match single(&base, "toString()")?.map(Item::prim) {
-            Some(Prim::Str(t) | Prim::Temporal(t)) => vec![Item::Str(Cow::Owned(t.to_string()))],
-            Some(Prim::Int(i)) => vec![Item::Str(Cow::Owned(i.to_string()))],
-            Some(Prim::Dec(d)) => vec![Item::Str(Cow::Owned(d.to_string()))],
-            Some(Prim::Bool(b)) => vec![Item::Str(Cow::Owned(b.to_string()))],
-            _ => vec![],
+            Some(Prim::Str(t) | Prim::Temporal(t)) => smallvec![Item::Str(Cow::Owned(t.to_string()))],
+            Some(Prim::Int(i)) => smallvec![Item::Str(Cow::Owned(i.to_string()))],
+            Some(Prim::Dec(d)) => smallvec![Item::Str(Cow::Owned(d.to_string()))],
+            Some(Prim::Bool(b)) => smallvec![Item::Str(Cow::Owned(b.to_string()))],
+            _ => smallvec![],
         },
         HasValue => bool1(matches!(base.as_slice(), [Item::Node { v, .. }] if !v.is_null() && !v.is_object())),
         Trace => base,
         Children => {
-            let mut out = Vec::new();
+            let mut out = Coll::new();
             for i in &base {
                 children(i, &mut out);
             }
             out
         }
         Descendants => {
-            let mut out = Vec::new();
+            let mut out = Coll::new();
             for i in &base {
                 children(i, &mut out);
             }
@@ -1501,7 +1503,7 @@ fn call<'a>(
         Intersect => {
             let other = eval(&args[0], input, s)?;
             let kept = base.into_iter().filter(|x| other.iter().any(|y| equal(x, y) == Some(true))).collect();
-            union(kept, vec![])
+            union(kept, smallvec![])
         }
         Exclude => {
             let other = eval(&args[0], input, s)?;
@@ -1515,7 +1517,7 @@ fn call<'a>(
         Iif => {
             let cond = match single(&base, "iif()")? {
                 Some(item) => {
-                    let one = vec![item.clone()];
+                    let one = smallvec![item.clone()];
                     let scope = Scope { env: s.env, this: Some(item), index: None };
                     to_bool(&eval(&args[0], &one, &scope)?)?
                 }
@@ -1524,13 +1526,13 @@ fn call<'a>(
             match (cond, args.get(2)) {
                 (Some(true), _) => eval(&args[1], &base, s)?,
                 (_, Some(other)) => eval(other, &base, s)?,
-                _ => vec![],
+                _ => smallvec![],
             }
         }
         HtmlChecks => bool1(base.iter().all(|i| i.as_str().is_none_or(|d| super::narrative::check(d).is_ok()))),
         Extension => {
-            let Some(url) = string_arg(args, 0, input, s)? else { return Ok(vec![]) };
-            let mut exts = Vec::new();
+            let Some(url) = string_arg(args, 0, input, s)? else { return Ok(smallvec![]) };
+            let mut exts = Coll::new();
             for i in &base {
                 member(i, "extension", s.env.choices, &mut exts);
             }
@@ -1541,7 +1543,7 @@ fn call<'a>(
         OfType | As => base.into_iter().filter(|i| i.is_type(type_name.unwrap_or_default())).collect(),
         Is => match single(&base, "is()")? {
             Some(i) => bool1(i.is_type(type_name.unwrap_or_default())),
-            None => vec![],
+            None => smallvec![],
         },
         Repeat => unreachable!("handled above"),
         Trim => text()?.map(|t| Item::Str(Cow::Owned(t.trim().to_string()))).into_iter().collect(),
@@ -1549,7 +1551,7 @@ fn call<'a>(
             text()?.map(|t| t.chars().map(|c| Item::Str(Cow::Owned(c.to_string()))).collect()).unwrap_or_default()
         }
         Split => {
-            let (Some(t), Some(sep)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(vec![]) };
+            let (Some(t), Some(sep)) = (text()?, string_arg(args, 0, input, s)?) else { return Ok(smallvec![]) };
             t.split(sep.as_str()).map(|p| Item::Str(Cow::Owned(p.to_string()))).collect()
         }
         Join => {
@@ -1558,15 +1560,15 @@ fn call<'a>(
                 None => String::new(),
             };
             let parts: Vec<String> = base.iter().filter_map(|i| i.as_str().map(str::to_string)).collect();
-            vec![Item::Str(Cow::Owned(parts.join(&sep)))]
+            smallvec![Item::Str(Cow::Owned(parts.join(&sep)))]
         }
         MatchesFull => match (text()?, regex) {
             (Some(t), Some(r)) => bool1(r.is_match(&t)),
-            _ => vec![],
+            _ => smallvec![],
         },
         ToBoolean | ConvertsToBoolean => {
             let v = match single(&base, "toBoolean()")?.map(Item::prim) {
-                None => return Ok(vec![]),
+                None => return Ok(smallvec![]),
                 Some(Prim::Bool(b)) => Some(b),
                 Some(Prim::Int(i)) if i == 0 || i == 1 => Some(i == 1),
                 Some(Prim::Dec(d)) if d == 0.0 || d == 1.0 => Some(d == 1.0),
@@ -1580,22 +1582,22 @@ fn call<'a>(
             if func == ConvertsToBoolean { bool1(v.is_some()) } else { v.map(Item::Bool).into_iter().collect() }
         }
         ConvertsToString => match single(&base, "convertsToString()")?.map(Item::prim) {
-            None => vec![],
+            None => smallvec![],
             Some(Prim::Complex(_) | Prim::Null) => bool1(false),
             Some(_) => bool1(true),
         },
         ConvertsToDecimal => match single(&base, "convertsToDecimal()")?.map(Item::prim) {
-            None => vec![],
+            None => smallvec![],
             Some(Prim::Int(_) | Prim::Dec(_) | Prim::Bool(_)) => bool1(true),
             Some(Prim::Str(t)) => bool1(t.parse::<f64>().is_ok() && !t.contains(['e', 'E', 'i', 'n', 'N'])),
             Some(_) => bool1(false),
         },
         Abs | Ceiling | Floor | Round | Truncate | Sqrt | Exp | Ln | Log | Power => {
-            let Some(x) = single(&base, "a math function")? else { return Ok(vec![]) };
+            let Some(x) = single(&base, "a math function")? else { return Ok(smallvec![]) };
             let arg = match args.first() {
                 Some(a) => match single(&eval(a, input, s)?, "argument")?.map(Item::prim) {
                     Some(p) => number(&p),
-                    None => return Ok(vec![]),
+                    None => return Ok(smallvec![]),
                 },
                 None => None,
             };
@@ -1603,11 +1605,11 @@ fn call<'a>(
             let int = matches!(p, Prim::Int(_));
             let Some(n) = number(&p) else { return Err(eval_err("a math function on a value that is not a number")) };
             let r = match func {
-                Abs if int => return Ok(vec![Item::Int((n as i64).abs())]),
+                Abs if int => return Ok(smallvec![Item::Int((n as i64).abs())]),
                 Abs => n.abs(),
-                Ceiling => return Ok(vec![Item::Int(n.ceil() as i64)]),
-                Floor => return Ok(vec![Item::Int(n.floor() as i64)]),
-                Truncate => return Ok(vec![Item::Int(n.trunc() as i64)]),
+                Ceiling => return Ok(smallvec![Item::Int(n.ceil() as i64)]),
+                Floor => return Ok(smallvec![Item::Int(n.floor() as i64)]),
+                Truncate => return Ok(smallvec![Item::Int(n.trunc() as i64)]),
                 Round => {
                     let k = 10f64.powi(arg.unwrap_or(0.0) as i32);
                     (n * k).round() / k
@@ -1617,11 +1619,11 @@ fn call<'a>(
                 Ln => n.ln(),
                 Log => n.log(arg.unwrap_or(10.0)),
                 _ if int && arg.is_some_and(|a| a.fract() == 0.0 && a >= 0.0) => {
-                    return Ok(vec![Item::Int(n.powf(arg.unwrap_or(1.0)) as i64)]);
+                    return Ok(smallvec![Item::Int(n.powf(arg.unwrap_or(1.0)) as i64)]);
                 }
                 _ => n.powf(arg.unwrap_or(1.0)),
             };
-            if r.is_finite() { vec![Item::Dec(r)] } else { vec![] }
+            if r.is_finite() { smallvec![Item::Dec(r)] } else { smallvec![] }
         }
         AllTrue | AnyTrue | AllFalse | AnyFalse => {
             let bools: Vec<bool> = base.iter().map(|i| matches!(i.prim(), Prim::Bool(true))).collect();
