@@ -23,8 +23,8 @@ use std::cmp::Ordering;
 
 use regex::Regex;
 use rustc_hash::FxHashSet;
-use smallvec::{SmallVec, smallvec};
 use serde_json::Value;
+use smallvec::{SmallVec, smallvec};
 
 /// Why an expression cannot be parsed or evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -936,16 +936,13 @@ fn member<'a>(item: &Item<'a>, name: &str, choices: &FxHashSet<String>, out: &mu
     }
 }
 
-/// The `_name` twin of a property, looked up without allocating.
+/// The `_name` twin of a property. Most objects have no `_` keys at all, so a scan of the
+/// keys' first bytes spares the (SipHash) lookup; the key is built in a stack buffer.
 fn twin_of<'a>(o: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    let mut buf = [0u8; 72];
-    let n = name.len();
-    if n + 1 > buf.len() {
-        return o.get(&format!("_{name}"));
+    if !o.keys().any(|k| k.starts_with('_')) {
+        return None;
     }
-    buf[0] = b'_';
-    buf[1..=n].copy_from_slice(name.as_bytes());
-    std::str::from_utf8(&buf[..=n]).ok().and_then(|k| o.get(k))
+    o.iter().find(|(k, _)| k.len() == name.len() + 1 && k.starts_with('_') && &k[1..] == name).map(|(_, v)| v)
 }
 
 fn push_values<'a>(x: &'a Value, twin: Option<&'a Value>, ty: Option<&'a str>, out: &mut Coll<'a>) {

@@ -561,8 +561,9 @@ impl<'v> ProfileCheck<'_, 'v> {
                     found.push((k.as_str(), bare, x));
                 }
             }
-        } else if let Some((k, x)) = o.get_key_value(&step.name).or_else(|| o.get_key_value(&format!("_{}", step.name)))
-        {
+        } else if let Some((k, x)) = o.get_key_value(&step.name).or_else(|| {
+            o.iter().find(|(k, _)| k.len() == step.name.len() + 1 && k.starts_with('_') && k[1..] == step.name)
+        }) {
             found.push((k.as_str(), step.name.as_str(), x));
         }
         for (k, bare, x) in found {

@@ -721,19 +721,16 @@ static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), c
 
 /// Append `[i]` to a path without the formatting machinery (it runs once per array item).
 pub(super) fn push_index(path: &mut String, i: usize) {
-    let mut digits = [0u8; 20];
+    path.push('[');
+    let start = path.len();
     let mut n = i;
-    let mut k = digits.len();
     loop {
-        k -= 1;
-        digits[k] = b'0' + (n % 10) as u8;
+        path.insert(start, char::from(b'0' + (n % 10) as u8));
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    path.push('[');
-    path.push_str(std::str::from_utf8(&digits[k..]).unwrap_or("0"));
     path.push(']');
 }
 
