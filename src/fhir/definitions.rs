@@ -164,6 +164,8 @@ pub struct TypeDef {
     pub elements: Vec<ElementDef>,
     /// Child element indexes by parent path.
     pub children: FxHashMap<String, Vec<usize>>,
+    /// By parent path: each non-choice child's name → its position in `children`.
+    pub named: FxHashMap<String, FxHashMap<String, usize>>,
 }
 
 impl TypeDef {
@@ -281,7 +283,22 @@ impl Definitions {
             for e in &mut elements {
                 e.has_children = children.contains_key(&e.path);
             }
-            types.insert(name.clone(), TypeDef { name, kind: t.kind, is_abstract: t.is_abstract, elements, children });
+            let named = children
+                .iter()
+                .map(|(parent, kids)| {
+                    let by_name = kids
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, i)| !elements[**i].choice)
+                        .map(|(k, &i)| (elements[i].name.clone(), k))
+                        .collect();
+                    (parent.clone(), by_name)
+                })
+                .collect();
+            types.insert(
+                name.clone(),
+                TypeDef { name, kind: t.kind, is_abstract: t.is_abstract, elements, children, named },
+            );
         }
         // Resolve every type reference's class once, so the walk needs no lookups for it.
         let classes: FxHashMap<String, TypeClass> = types

@@ -16,6 +16,7 @@
 //! (`Patient`, "Patient.name: minimum required = 1, but only found 0"), everything else at the
 //! element itself.
 
+use rustc_hash::FxHashMap;
 use serde_json::{Map, Value};
 
 use super::definitions::{Constraint, Definitions, ElementDef, TypeClass, TypeDef, TypeRef};
@@ -193,6 +194,7 @@ impl<'v> Walker<'_, 'v> {
             self.error(IssueCode::EmptyElement, expr.to_string(), "an element must have a value or children");
         }
         let kids = td.children_of(elem_path);
+        let named = td.named.get(elem_path);
         // Occurrences per child element; on the stack for all but the widest definitions.
         let mut small = [0usize; 96];
         let mut large = Vec::new();
@@ -213,7 +215,7 @@ impl<'v> Walker<'_, 'v> {
                 Some(n) => (n, true),
                 None => (key.as_str(), false),
             };
-            let Some((k, ty)) = self.find_child(td, kids, name) else {
+            let Some((k, ty)) = self.find_child(td, kids, named, name) else {
                 self.error(
                     IssueCode::UnknownElement,
                     expr.to_string(),
@@ -304,15 +306,18 @@ impl<'v> Walker<'_, 'v> {
     }
 
     /// The child definition a JSON property names, and the type it takes.
-    fn find_child<'t>(&self, td: &'t TypeDef, kids: &[usize], name: &str) -> Option<(usize, &'t TypeRef)> {
+    fn find_child<'t>(
+        &self,
+        td: &'t TypeDef,
+        kids: &[usize],
+        named: Option<&FxHashMap<String, usize>>,
+        name: &str,
+    ) -> Option<(usize, &'t TypeRef)> {
+        if let Some(&k) = named.and_then(|m| m.get(name)) {
+            return Some((k, td.elements[kids[k]].types.first().unwrap_or(&BACKBONE)));
+        }
         for (k, &i) in kids.iter().enumerate() {
             let el = &td.elements[i];
-            if !el.choice && el.name == name {
-                return match el.types.first() {
-                    Some(t) => Some((k, t)),
-                    None => Some((k, &BACKBONE)),
-                };
-            }
             if el.choice
                 && let Some(suffix) = name.strip_prefix(el.name.as_str())
                 && let Some(t) = el.types.iter().find(|t| is_type_suffix(suffix, &t.code))
