@@ -71,8 +71,11 @@ enum Discriminator {
     Value(String),
     /// The item matches the slice's pattern at the path (`$this`: the item itself).
     Pattern(String),
-    /// `type`, `profile` and `exists` discriminators, which Signpost does not evaluate: slices
-    /// of such a slicing are not checked (rather than guessed).
+    /// `type` on `$this`: the item's type (a choice element's type suffix, or a resource's
+    /// `resourceType`) is the slice's type.
+    Type,
+    /// `type` on other paths, `profile` and `exists` discriminators, which Signpost does not
+    /// evaluate: slices of such a slicing are not checked (rather than guessed).
     Unsupported,
 }
 
@@ -170,6 +173,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
                 match d.get("type")?.as_str()? {
                     "value" => Some(Discriminator::Value(path)),
                     "pattern" => Some(Discriminator::Pattern(path)),
+                    "type" if path == "$this" => Some(Discriminator::Type),
                     _ => Some(Discriminator::Unsupported),
                 }
             })
@@ -512,7 +516,7 @@ impl<'v> ProfileCheck<'_, 'v> {
                     && !discs.iter().any(|d| matches!(d, Discriminator::Unsupported))
                 {
                     for (ipath, item) in &items {
-                        if !self.in_any_slice(&el.id, item) {
+                        if !self.in_any_slice(&el.id, ipath, item) {
                             self.issues.push(
                                 Issue::error(
                                     IssueCode::NotInSlice,
@@ -581,7 +585,7 @@ impl<'v> ProfileCheck<'_, 'v> {
         if let Some(slice) = &step.slice {
             let sliced_id = id_of(steps, false);
             let slice_id = format!("{sliced_id}:{slice}");
-            out.retain(|(_, item)| self.in_slice(&sliced_id, &slice_id, item));
+            out.retain(|(at, item)| self.in_slice(&sliced_id, &slice_id, at, item));
         }
         out
     }
@@ -598,17 +602,17 @@ impl<'v> ProfileCheck<'_, 'v> {
         })
     }
 
-    fn in_any_slice(&self, sliced_id: &str, item: &Value) -> bool {
+    fn in_any_slice(&self, sliced_id: &str, at: &str, item: &Value) -> bool {
         let prefix = format!("{sliced_id}:");
         self.profile
             .elements
             .iter()
             .filter(|e| e.id.strip_prefix(&prefix).is_some_and(|rest| !rest.contains('.')))
-            .any(|e| self.in_slice(sliced_id, &e.id, item))
+            .any(|e| self.in_slice(sliced_id, &e.id, at, item))
     }
 
-    /// Whether `item` belongs to the slice `slice_id` of the element `sliced_id`.
-    fn in_slice(&self, sliced_id: &str, slice_id: &str, item: &Value) -> bool {
+    /// Whether `item` (at `at`) belongs to the slice `slice_id` of the element `sliced_id`.
+    fn in_slice(&self, sliced_id: &str, slice_id: &str, at: &str, item: &Value) -> bool {
         let p = self.profile;
         // Extensions are sliced by url even where a differential leaves the slicing implicit.
         static BY_URL: OnceLock<Vec<Discriminator>> = OnceLock::new();
@@ -620,6 +624,19 @@ impl<'v> ProfileCheck<'_, 'v> {
             None => return false,
         };
         discs.iter().all(|d| {
+            if let Discriminator::Type = d {
+                let Some(want) = p.by_id.get(slice_id).and_then(|&i| p.elements[i].types.first()) else { return false };
+                // A resource's type, or the type suffix of a choice property (`valueQuantity`).
+                let have = match item.get("resourceType").and_then(Value::as_str) {
+                    Some(t) => t,
+                    None => {
+                        let last = at.rsplit('.').next().unwrap_or(at);
+                        let last = last.split('[').next().unwrap_or(last);
+                        last.trim_start_matches(|c: char| c.is_ascii_lowercase())
+                    }
+                };
+                return want.0.eq_ignore_ascii_case(have);
+            }
             let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d else { return false };
             // The values at the discriminator path (through repeating elements).
             let (el_id, values) = if path == "$this" {
@@ -807,6 +824,30 @@ mod tests {
         );
         let wrong_type = json!({ "resourceType": "Task", "meta": claims, "status": "draft", "intent": "order" });
         assert_eq!(check(wrong_type), vec![(IssueCode::ProfileUnknown, "Task".to_string())]);
+    }
+
+    #[test]
+    fn type_discriminators_on_choice_elements() {
+        let sd = json!({ "resourceType": "StructureDefinition", "url": "http://example.org/sd/typed", "type": "Observation",
+            "differential": { "element": [
+                { "id": "Observation.value[x]", "path": "Observation.value[x]", "slicing": { "discriminator": [{ "type": "type", "path": "$this" }], "rules": "closed" } },
+                { "id": "Observation.value[x]:valueQuantity", "path": "Observation.value[x]", "sliceName": "valueQuantity", "min": 1, "type": [{ "code": "Quantity" }] }
+            ] } });
+        let profiles = Profiles::load(vec![sd]).unwrap();
+        let p = profiles.get("http://example.org/sd/typed").unwrap();
+        let run = |obs: Value| {
+            let mut issues = Vec::new();
+            profiles.check(&obs, "Observation", false, &[p], &mut issues);
+            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        assert_eq!(run(json!({ "resourceType": "Observation", "valueQuantity": { "value": 1 } })), vec![]);
+        assert_eq!(
+            run(json!({ "resourceType": "Observation", "valueString": "high" })),
+            vec![
+                (IssueCode::NotInSlice, "Observation.valueString".to_string()),
+                (IssueCode::Cardinality, "Observation".to_string()),
+            ]
+        );
     }
 
     #[test]
