@@ -12,7 +12,7 @@ src/fhir/definitions.rs:
 - r4/definitions.json: every datatype and resource StructureDefinition snapshot: element path,
   cardinality, types (with reference targets), bindings, fixed/pattern values, constraints;
   and the regex of every primitive type.
-- r4/valuesets.json: the codes of each value set bound (required or extensible) in those
+- r4/valuesets.json: the codes of each value set bound (required, extensible or preferred) in those
   definitions, from the official pre-expanded value sets; sets over 5,000 codes are left out
   (reported as not checked).
 """
@@ -143,7 +143,7 @@ def main():
             elements = [compact_element(name, sd["kind"], el) for el in sd["snapshot"]["element"]]
             for el in sd["snapshot"]["element"]:
                 b = el.get("binding")
-                if b and b.get("valueSet") and b.get("strength") in ("required", "extensible"):
+                if b and b.get("valueSet") and b.get("strength") in ("required", "extensible", "preferred"):
                     bound.add(b["valueSet"].split("|")[0])
                 if sd["kind"] == "primitive-type" and el["path"] == f"{name}.value":
                     rx = ext_value(el["type"][0], REGEX_EXT)

@@ -3,9 +3,10 @@
 //! Every Signpost profile derives directly from an R4 resource, so an instance conforms when
 //! it passes the base definition (the validator) and the profile's differential, which is what
 //! this module checks: cardinality, fixed and pattern values, bindings (required: error,
-//! extensible: warning) against Signpost's and R4's value sets, allowed types and reference
-//! targets, FHIRPath constraints, and slicing with `value` and `pattern` discriminators (slice
-//! cardinality; `closed` slicing refuses items no slice matches).
+//! extensible and preferred: warning) against Signpost's and R4's value sets, allowed types and
+//! reference targets, FHIRPath constraints, and slicing with `value`, `pattern` and `type`
+//! (on `$this`) discriminators (slice cardinality; `closed` slicing refuses items no slice
+//! matches; slices of other discriminators are not checked).
 //!
 //! Which profiles apply: those the resource claims in `meta.profile` (an unknown one is a
 //! warning, not checked), the profile Signpost requires for the resource type (the route
@@ -191,7 +192,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
             let vs = b.get("valueSet")?.as_str()?.to_string();
             match strength {
                 "required" => Some((true, vs)),
-                "extensible" => Some((false, vs)),
+                "extensible" | "preferred" => Some((false, vs)),
                 _ => None,
             }
         }),

@@ -659,7 +659,7 @@ impl<'v> Walker<'_, 'v> {
         let Some(b) = &el.binding else { return };
         let required = match b.strength.as_str() {
             "required" => true,
-            "extensible" => false,
+            "extensible" | "preferred" => false,
             _ => return,
         };
         let defs = self.defs;
@@ -696,7 +696,7 @@ impl<'v> Walker<'_, 'v> {
             } else {
                 Issue::warning(
                     IssueCode::CodeNotInValueSet,
-                    format!("no code is from the extensible value set {vs_name}"),
+                    format!("no code is from the {} value set {vs_name}", b.strength),
                 )
             };
             self.issues.push(issue.at(at.to_string()));
@@ -876,6 +876,16 @@ mod tests {
         let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>" } });
         assert_eq!(keys(script), vec![("Patient.text.div".to_string(), "txt-1".to_string())]);
+    }
+
+    #[test]
+    fn preferred_bindings_warn() {
+        let lang = |code: &str| json!({ "resourceType": "Patient", "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": code }] } }] });
+        assert!(validate(&lang("en-GB")).is_empty());
+        let issues = validate(&lang("xx-QQ"));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].severity, crate::fhir::outcome::Severity::Warning);
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.communication[0].language"));
     }
 
     #[test]
