@@ -64,6 +64,8 @@ struct Step {
     name: String,
     choice: bool,
     slice: Option<String>,
+    /// For a slice step: the sliced element's id and the slice's id, built once.
+    ids: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,16 +132,25 @@ pub struct Profiles {
 }
 
 fn parse_steps(id: &str) -> Vec<Step> {
-    id.split('.')
+    let mut steps = id
+        .split('.')
         .map(|s| {
             let (name, slice) = match s.split_once(':') {
                 Some((n, sl)) => (n, Some(sl.to_string())),
                 None => (s, None),
             };
             let choice = name.ends_with("[x]");
-            Step { name: name.trim_end_matches("[x]").to_string(), choice, slice }
+            Step { name: name.trim_end_matches("[x]").to_string(), choice, slice, ids: None }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    for k in 0..steps.len() {
+        if let Some(slice) = &steps[k].slice {
+            let sliced = id_of(&steps[..=k], false);
+            let slice_id = format!("{sliced}:{slice}");
+            steps[k].ids = Some((sliced, slice_id));
+        }
+    }
+    steps
 }
 
 fn compile_element(raw: &Value) -> Option<Element> {
@@ -584,9 +595,16 @@ impl<'v> ProfileCheck<'_, 'v> {
             }
         }
         if let Some(slice) = &step.slice {
-            let sliced_id = id_of(steps, false);
-            let slice_id = format!("{sliced_id}:{slice}");
-            out.retain(|(at, item)| self.in_slice(&sliced_id, &slice_id, at, item));
+            let owned;
+            let (sliced_id, slice_id) = match &step.ids {
+                Some((a, b)) => (a.as_str(), b.as_str()),
+                None => {
+                    let sliced = id_of(steps, false);
+                    owned = (format!("{sliced}:{slice}"), sliced);
+                    (owned.1.as_str(), owned.0.as_str())
+                }
+            };
+            out.retain(|(at, item)| self.in_slice(sliced_id, slice_id, at, item));
         }
         out
     }
@@ -641,7 +659,7 @@ impl<'v> ProfileCheck<'_, 'v> {
             let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d else { return false };
             // The values at the discriminator path (through repeating elements).
             let (el_id, values) = if path == "$this" {
-                (slice_id.to_string(), vec![item])
+                (std::borrow::Cow::Borrowed(slice_id), vec![item])
             } else {
                 let mut values = vec![item];
                 for k in path.split('.') {
@@ -654,9 +672,9 @@ impl<'v> ProfileCheck<'_, 'v> {
                         })
                         .collect();
                 }
-                (format!("{slice_id}.{path}"), values)
+                (std::borrow::Cow::Owned(format!("{slice_id}.{path}")), values)
             };
-            let Some(el) = p.by_id.get(&el_id).map(|&i| &p.elements[i]) else { return false };
+            let Some(el) = p.by_id.get(&*el_id).map(|&i| &p.elements[i]) else { return false };
             values.iter().any(|value| match (&el.fixed, &el.pattern) {
                 (Some(f), _) => *value == f,
                 (None, Some(pat)) => matches_pattern(value, pat),

@@ -477,9 +477,11 @@ impl<'v> Walker<'_, 'v> {
             "xhtml" => return,
             _ => {}
         }
-        if let Some(rx) = self.defs.regexes.get(ty)
-            && !rx.is_match(&text)
-        {
+        let valid = match lexical_fast_path(ty, &text) {
+            Some(ok) => ok,
+            None => self.defs.regexes.get(ty).is_none_or(|rx| rx.is_match(&text)),
+        };
+        if !valid {
             self.error(IssueCode::InvalidValue, at.to_string(), format!("the value is not a valid {ty}"));
             return;
         }
@@ -735,6 +737,23 @@ const DEFINITIONAL: &[&str] = &[
 
 static BACKBONE: TypeRef = TypeRef { code: String::new(), targets: Vec::new(), class: TypeClass::Complex };
 
+/// The FHIR regexes of the commonest primitives, as byte checks (the regex engine costs more
+/// than the rest of a string's validation). `None`: use the regex. Equivalent to R4's regexes
+/// with ASCII classes, for a non-empty value: string and markdown `[ \r\n\t\S]+` exclude only
+/// vertical tab and form feed; uri, url and canonical `\S*` exclude ASCII whitespace; code
+/// `[^\s]+(\s[^\s]+)*` is single spaces between runs; id `[A-Za-z0-9\-\.]{1,64}`.
+fn lexical_fast_path(ty: &str, text: &str) -> Option<bool> {
+    let b = text.as_bytes();
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C);
+    Some(match ty {
+        "string" | "markdown" => !b.iter().any(|c| matches!(c, 0x0B | 0x0C)),
+        "uri" | "url" | "canonical" => !b.iter().any(ws),
+        "code" => !b.is_empty() && !ws(&b[0]) && !ws(&b[b.len() - 1]) && !b.windows(2).any(|w| ws(&w[0]) && ws(&w[1])),
+        "id" => (1..=64).contains(&b.len()) && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.'),
+        _ => return None,
+    })
+}
+
 /// Append `[i]` to a path without the formatting machinery (it runs once per array item).
 pub(super) fn push_index(path: &mut String, i: usize) {
     path.push('[');
@@ -887,6 +906,37 @@ mod tests {
         let script = json!({ "resourceType": "Patient", "text": { "status": "generated",
             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>" } });
         assert_eq!(keys(script), vec![("Patient.text.div".to_string(), "txt-1".to_string())]);
+    }
+
+    #[test]
+    fn lexical_fast_paths_agree_with_the_fhir_regexes() {
+        let defs = Definitions::shared();
+        let samples = [
+            "a",
+            "abc def",
+            "a  b",
+            " a",
+            "a ",
+            "a\u{b}b",
+            "a\u{c}",
+            "x\ty",
+            "line\nbreak",
+            "é-ü",
+            "A.b-9",
+            "http://x/y z",
+            "urn:uuid:1",
+            "a\u{a0}b",
+            &"x".repeat(64),
+            &"x".repeat(65),
+            "-",
+            "a..b",
+        ];
+        for ty in ["string", "markdown", "uri", "url", "canonical", "code", "id"] {
+            let rx = defs.regexes.get(ty).unwrap();
+            for s in samples {
+                assert_eq!(lexical_fast_path(ty, s), Some(rx.is_match(s)), "{ty} {s:?}");
+            }
+        }
     }
 
     #[test]
