@@ -82,11 +82,12 @@ CODE_SYSTEMS = {
 }
 
 
-def code_system(name, title, description, concepts):
+def header(resource_type, name, title, description):
+    """The metadata every Signpost conformance resource carries."""
     return {
-        "resourceType": "CodeSystem",
+        "resourceType": resource_type,
         "id": name,
-        "url": f"{BASE}/CodeSystem/{name}",
+        "url": f"{BASE}/{resource_type}/{name}",
         "version": "0.1.0",
         "name": "".join(w.capitalize() for w in name.split("-")),
         "title": title,
@@ -94,6 +95,12 @@ def code_system(name, title, description, concepts):
         "experimental": False,
         "publisher": "Signpost",
         "description": description,
+    }
+
+
+def code_system(name, title, description, concepts):
+    return {
+        **header("CodeSystem", name, title, description),
         "caseSensitive": True,
         "valueSet": f"{BASE}/ValueSet/{name}",
         "content": "complete",
@@ -104,16 +111,7 @@ def code_system(name, title, description, concepts):
 
 def value_set(name, title, description):
     return {
-        "resourceType": "ValueSet",
-        "id": name,
-        "url": f"{BASE}/ValueSet/{name}",
-        "version": "0.1.0",
-        "name": "".join(w.capitalize() for w in name.split("-")),
-        "title": title,
-        "status": "active",
-        "experimental": False,
-        "publisher": "Signpost",
-        "description": description,
+        **header("ValueSet", name, title, description),
         "compose": {"include": [{"system": f"{BASE}/CodeSystem/{name}"}]},
     }
 
@@ -278,16 +276,7 @@ def snapshot_of(pkg, base_type, differential):
 
 def structure_definition(pkg, name, base_type, title, description, differential, kind="resource", context=None):
     sd = {
-        "resourceType": "StructureDefinition",
-        "id": name,
-        "url": f"{BASE}/StructureDefinition/{name}",
-        "version": "0.1.0",
-        "name": "".join(w.capitalize() for w in name.split("-")),
-        "title": title,
-        "status": "active",
-        "experimental": False,
-        "publisher": "Signpost",
-        "description": description,
+        **header("StructureDefinition", name, title, description),
         "fhirVersion": "4.0.1",
         "kind": kind,
         "abstract": False,

@@ -7,6 +7,7 @@
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
+use super::items;
 use super::outcome::{Issue, IssueCode};
 
 /// Find a canonical resource: `#id` among `resource`'s contained ones, else by `lookup`.
@@ -21,12 +22,13 @@ fn resolve<'a>(resource: &'a Value, canonical: &str, lookup: &dyn Fn(&str) -> Op
     }
 }
 
-fn items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
-    v.get("item").and_then(Value::as_array).into_iter().flatten().enumerate()
+/// A Questionnaire('s) or response's `item`s, numbered.
+fn question_items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    items(v, "item").enumerate()
 }
 
 fn link_ids<'a>(v: &'a Value, out: &mut FxHashSet<&'a str>) {
-    for (_, item) in items(v) {
+    for (_, item) in question_items(v) {
         if let Some(id) = item.get("linkId").and_then(Value::as_str) {
             out.insert(id);
         }
@@ -48,7 +50,7 @@ pub fn questionnaire_response<'a>(
     let mut known = FxHashSet::default();
     link_ids(q, &mut known);
     fn walk(v: &Value, at: &str, known: &FxHashSet<&str>, issues: &mut Vec<Issue>) {
-        for (i, item) in items(v) {
+        for (i, item) in question_items(v) {
             let here = format!("{at}.item[{i}]");
             match item.get("linkId").and_then(Value::as_str) {
                 Some(id) if !known.contains(id) => issues.push(
@@ -61,7 +63,7 @@ pub fn questionnaire_response<'a>(
                 _ => {}
             }
             walk(item, &here, known, issues);
-            for (k, answer) in item.get("answer").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (k, answer) in items(item, "answer").enumerate() {
                 walk(answer, &format!("{here}.answer[{k}]"), known, issues);
             }
         }
@@ -84,8 +86,8 @@ pub fn measure_report<'a>(
         .pointer("/scoring/coding")
         .and_then(Value::as_array)
         .is_some_and(|cs| cs.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("cohort")));
-    let measure_groups: Vec<&Value> = measure.get("group").and_then(Value::as_array).into_iter().flatten().collect();
-    for (i, group) in report.get("group").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    let measure_groups: Vec<&Value> = items(measure, "group").collect();
+    for (i, group) in items(report, "group").enumerate() {
         let at = format!("{path}.group[{i}]");
         if cohort && group.get("measureScore").is_some() {
             issues.push(
@@ -110,11 +112,11 @@ pub fn measure_report<'a>(
 /// A report group's stratifiers match its Measure group's, by code: each reported one is
 /// defined, and each defined one is reported.
 fn stratifiers(group: &Value, defined: &Value, at: &str, issues: &mut Vec<Issue>) {
-    let wanted: Vec<&Value> = defined.get("stratifier").and_then(Value::as_array).into_iter().flatten().collect();
+    let wanted: Vec<&Value> = items(defined, "stratifier").collect();
     if wanted.is_empty() {
         return;
     }
-    let reported: Vec<&Value> = group.get("stratifier").and_then(Value::as_array).into_iter().flatten().collect();
+    let reported: Vec<&Value> = items(group, "stratifier").collect();
     let matches = |r: &Value, w: &Value| {
         w.get("code").is_some_and(|code| r.get("code").and_then(Value::as_array).is_some_and(|cs| cs.contains(code)))
     };
@@ -208,11 +210,7 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
     let kind = bundle.get("type").and_then(Value::as_str);
     let document = matches!(kind, Some("document" | "message"));
     let processed = matches!(kind, Some("transaction" | "batch"));
-    let entries: Vec<(usize, &Value, Option<&str>)> = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let entries: Vec<(usize, &Value, Option<&str>)> = items(bundle, "entry")
         .enumerate()
         .filter_map(|(i, e)| Some((i, e.get("resource")?, e.get("fullUrl").and_then(Value::as_str))))
         .collect();

@@ -938,7 +938,7 @@ fn member<'a>(item: &Item<'a>, name: &str, choices: &FxHashSet<String>, out: &mu
 
 /// The `_name` twin of a property. Most objects have no `_` keys at all, so a scan of the
 /// keys' first bytes spares the (SipHash) lookup; the key is built in a stack buffer.
-fn twin_of<'a>(o: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn twin_of<'a>(o: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
     if !o.keys().any(|k| k.starts_with('_')) {
         return None;
     }
@@ -1017,47 +1017,13 @@ fn single<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>>
 
 fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 'a>) -> Result<Coll<'a>> {
     let lv = eval(l, input, s)?;
-    // Short-circuit boolean operators where the left side decides.
-    match op {
-        Op::And if to_bool(&lv)? == Some(false) => return Ok(smallvec![Item::Bool(false)]),
-        Op::Or if to_bool(&lv)? == Some(true) => return Ok(smallvec![Item::Bool(true)]),
-        Op::Implies if to_bool(&lv)? == Some(false) => return Ok(smallvec![Item::Bool(true)]),
-        _ => {}
+    if matches!(op, Op::And | Op::Or | Op::Xor | Op::Implies) {
+        return logic(op, to_bool(&lv)?, || to_bool(&eval(r, input, s)?));
     }
     let rv = eval(r, input, s)?;
     let b = |x: Option<bool>| x.map(Item::Bool).into_iter().collect::<Coll<'a>>();
     Ok(match op {
-        Op::And => {
-            let (a, c) = (to_bool(&lv)?, to_bool(&rv)?);
-            b(match (a, c) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            })
-        }
-        Op::Or => {
-            let (a, c) = (to_bool(&lv)?, to_bool(&rv)?);
-            b(match (a, c) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
-            })
-        }
-        Op::Xor => {
-            let (a, c) = (to_bool(&lv)?, to_bool(&rv)?);
-            b(match (a, c) {
-                (Some(x), Some(y)) => Some(x != y),
-                _ => None,
-            })
-        }
-        Op::Implies => {
-            let (a, c) = (to_bool(&lv)?, to_bool(&rv)?);
-            b(match (a, c) {
-                (Some(false), _) | (_, Some(true)) => Some(true),
-                (Some(true), Some(false)) => Some(false),
-                _ => None,
-            })
-        }
+        Op::And | Op::Or | Op::Xor | Op::Implies => unreachable!("handled above"),
         Op::Union => union(lv, rv),
         Op::In | Op::Contains => {
             let (item, coll) = if op == Op::In { (lv, rv) } else { (rv, lv) };
@@ -1116,6 +1082,41 @@ fn binary<'a>(op: Op, l: &'a Expr, r: &'a Expr, input: &Coll<'a>, s: &Scope<'_, 
             arithmetic(op, x, y)?.into_iter().collect()
         }
     })
+}
+
+/// Three-valued `and`, `or`, `xor`, `implies` (`None` is empty); the right side is evaluated
+/// only when the left does not decide.
+fn logic<'a>(op: Op, a: Option<bool>, right: impl FnOnce() -> Result<Option<bool>>) -> Result<Coll<'a>> {
+    let decided = match (op, a) {
+        (Op::And, Some(false)) => Some(false),
+        (Op::Or, Some(true)) | (Op::Implies, Some(false)) => Some(true),
+        _ => None,
+    };
+    let result = match decided {
+        Some(d) => Some(d),
+        None => {
+            let c = right()?;
+            match op {
+                Op::And => match (a, c) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                },
+                Op::Or => match (a, c) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
+                Op::Xor => a.zip(c).map(|(x, y)| x != y),
+                _ => match (a, c) {
+                    (_, Some(true)) => Some(true),
+                    (Some(true), Some(false)) => Some(false),
+                    _ => None,
+                },
+            }
+        }
+    };
+    Ok(result.map(Item::Bool).into_iter().collect())
 }
 
 fn arithmetic<'a>(op: Op, x: &Item<'a>, y: &Item<'a>) -> Result<Option<Item<'a>>> {

@@ -96,6 +96,11 @@ pub fn check_referral_rules<R: referral_rules::Records>(
     Ok(())
 }
 
+/// The items of an array property (none when it is absent or not an array).
+pub fn items<'v>(v: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// How a search parameter's values are read from a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {

@@ -74,11 +74,17 @@ const ALLOWED: &[&str] = &[
     "var",
 ];
 
-fn safe(name: &str) -> &str {
-    if name.len() <= 20 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-') {
-        name
-    } else {
-        "(unreadable)"
+/// HTML elements a narrative may not use, named in diagnostics; any other tag is described
+/// without its name (a malformed tag could carry narrative text, which is patient data).
+const REFUSED: &[&str] = &[
+    "script", "style", "form", "input", "button", "select", "textarea", "iframe", "frame", "frameset", "object",
+    "embed", "applet", "link", "meta", "base", "head", "body", "html", "title", "noscript", "svg", "math",
+];
+
+fn describe(local: &str) -> String {
+    match REFUSED.iter().find(|r| **r == local) {
+        Some(r) => format!("the element <{r}>"),
+        None => "an element that is not basic HTML formatting".to_string(),
     }
 }
 
@@ -113,13 +119,15 @@ pub fn check(div: &str) -> Result<(), Fault> {
         let name = parts.next().unwrap_or("");
         let local = name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase();
         if !ALLOWED.contains(&local.as_str()) {
-            return Err(Fault::Markup(format!("the element <{}> is not allowed in a narrative", safe(name))));
+            return Err(Fault::Markup(format!("{} is not allowed in a narrative", describe(&local))));
         }
         has_image |= local == "img";
         let attrs = &tag[name.len()..];
         for attr in attribute_names(attrs) {
             if attr.len() > 2 && attr[..2].eq_ignore_ascii_case("on") {
-                return Err(Fault::Markup(format!("the attribute {} is not allowed in a narrative", safe(attr))));
+                return Err(Fault::Markup(
+                    "event-handler attributes (on...) are not allowed in a narrative".to_string(),
+                ));
             }
         }
         if first {

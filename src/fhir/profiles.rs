@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::definitions::{Constraint, Definitions};
 use super::fhirpath;
+use super::items;
 use super::outcome::{Issue, IssueCode};
 use super::validator::{coding_key, matches_pattern};
 
@@ -158,11 +159,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
     // Some differentials give only the path (no slices then): the id is the path.
     let id = o.get("id").or_else(|| o.get("path"))?.as_str()?.to_string();
     let get = |prefix: &str| o.iter().find(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone());
-    let constraints = o
-        .get("constraint")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let constraints = items(raw, "constraint")
         .filter_map(|c| {
             let expression = c.get("expression")?.as_str()?.to_string();
             Some(Constraint {
@@ -175,11 +172,7 @@ fn compile_element(raw: &Value) -> Option<Element> {
         })
         .collect();
     let slicing = o.get("slicing").map(|s| {
-        let discs = s
-            .get("discriminator")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        let discs = items(s, "discriminator")
             .filter_map(|d| {
                 let path = d.get("path")?.as_str()?.to_string();
                 match d.get("type")?.as_str()? {
@@ -207,20 +200,10 @@ fn compile_element(raw: &Value) -> Option<Element> {
                 _ => None,
             }
         }),
-        types: o
-            .get("type")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        types: items(raw, "type")
             .filter_map(|t| {
                 let code = t.get("code")?.as_str()?.to_string();
-                let targets = t
-                    .get("targetProfile")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect();
+                let targets = items(t, "targetProfile").filter_map(|p| p.as_str().map(str::to_string)).collect();
                 Some((code, targets))
             })
             .collect(),
@@ -268,29 +251,20 @@ impl Profiles {
                     let by_id = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
                     let type_name = v.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
                     let base = v.get("baseDefinition").and_then(Value::as_str).map(str::to_string);
-                    let contexts = v
-                        .get("context")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
+                    let contexts = items(v, "context")
                         .filter(|c| c.get("type").and_then(Value::as_str) == Some("element"))
                         .filter_map(|c| c.get("expression")?.as_str().map(str::to_string))
                         .collect();
                     by_url.insert(url.clone(), Arc::new(Profile { url, type_name, base, contexts, elements, by_id }));
                 }
                 Some("CodeSystem") => {
-                    let codes = v
-                        .get("concept")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
-                        .collect();
+                    let codes =
+                        items(v, "concept").filter_map(|c| c.get("code")?.as_str().map(str::to_string)).collect();
                     systems.insert(url, codes);
                 }
                 Some("ValueSet") => valuesets.push(v),
                 Some("ImplementationGuide") => {
-                    for g in v.get("global").and_then(Value::as_array).into_iter().flatten() {
+                    for g in items(v, "global") {
                         if let (Some(t), Some(p)) =
                             (g.get("type").and_then(Value::as_str), g.get("profile").and_then(Value::as_str))
                         {
@@ -308,13 +282,8 @@ impl Profiles {
             for inc in vs.pointer("/compose/include").and_then(Value::as_array).into_iter().flatten() {
                 let system = inc.get("system").and_then(Value::as_str).unwrap_or_default();
                 // Listed codes, or every code of a system we hold (others are not checked).
-                let listed: Vec<String> = inc
-                    .get("concept")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
-                    .collect();
+                let listed: Vec<String> =
+                    items(inc, "concept").filter_map(|c| c.get("code")?.as_str().map(str::to_string)).collect();
                 let codes = if listed.is_empty() { systems.get(system).cloned().unwrap_or_default() } else { listed };
                 for code in codes {
                     set.insert(format!("{system}|{code}"));
@@ -389,10 +358,10 @@ impl Profiles {
         applied.extend(extra.iter().copied());
         let applied: Vec<&Profile> = applied.into_iter().flat_map(|p| self.lineage(p)).collect();
         let mut seen = FxHashSet::default();
-        for p in applied {
-            if p.type_name == ty && seen.insert(p.url.as_str()) {
+        for p in applied.into_iter().filter(|p| seen.insert(p.url.as_str())) {
+            if p.type_name == ty {
                 ProfileCheck { profile: p, terms: self, resource, issues }.run(path);
-            } else if p.type_name != ty && seen.insert(p.url.as_str()) {
+            } else {
                 issues.push(
                     Issue::error(IssueCode::ProfileUnknown, format!("the profile is for {}, not {ty}", p.type_name))
                         .at(path.to_string()),
@@ -411,7 +380,7 @@ impl Profiles {
             _ => {}
         }
         if ty == "Bundle" {
-            for (i, e) in resource.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (i, e) in items(resource, "entry").enumerate() {
                 if let Some(r) = e.get("resource") {
                     self.check(r, &format!("{path}.entry[{i}].resource"), route, &[], issues);
                 }
@@ -499,7 +468,7 @@ impl<'v> ProfileCheck<'_, 'v> {
             }
             for (ppath, parent) in self.select(&el.steps[..el.steps.len() - 1], root) {
                 let last = &el.steps[el.steps.len() - 1];
-                let items = self.children(&ppath, parent, last, &el.steps);
+                let items = self.children(&ppath, parent, last);
                 let n = items.len() as u32;
                 let shown = el.id.as_str();
                 if let Some(min) = el.min
@@ -549,10 +518,10 @@ impl<'v> ProfileCheck<'_, 'v> {
     /// The nodes an id's steps lead to from the root.
     fn select(&self, steps: &[Step], root: &str) -> Vec<Node<'v>> {
         let mut nodes: Vec<Node<'v>> = vec![(root.to_string(), self.resource)];
-        for (k, step) in steps.iter().enumerate().skip(1) {
+        for step in steps.iter().skip(1) {
             let mut next = Vec::new();
             for (path, v) in &nodes {
-                next.extend(self.children(path, v, step, &steps[..=k]));
+                next.extend(self.children(path, v, step));
             }
             nodes = next;
         }
@@ -560,7 +529,7 @@ impl<'v> ProfileCheck<'_, 'v> {
     }
 
     /// The children of `v` a step names (in its slice, if the step is a slice).
-    fn children(&self, path: &str, v: &'v Value, step: &Step, steps: &[Step]) -> Vec<Node<'v>> {
+    fn children(&self, path: &str, v: &'v Value, step: &Step) -> Vec<Node<'v>> {
         let Some(o) = v.as_object() else { return Vec::new() };
         let mut out: Vec<Node<'v>> = Vec::new();
         // A primitive carried only by its `_twin` (extensions, no value) still counts, as a
@@ -577,10 +546,10 @@ impl<'v> ProfileCheck<'_, 'v> {
                     found.push((k.as_str(), bare, x));
                 }
             }
-        } else if let Some((k, x)) = o.get_key_value(&step.name).or_else(|| {
-            o.iter().find(|(k, _)| k.len() == step.name.len() + 1 && k.starts_with('_') && k[1..] == step.name)
-        }) {
-            found.push((k.as_str(), step.name.as_str(), x));
+        } else if let Some(x) = o.get(&step.name) {
+            found.push((step.name.as_str(), step.name.as_str(), x));
+        } else if let Some(t) = fhirpath::twin_of(o, &step.name) {
+            found.push(("_", step.name.as_str(), t));
         }
         for (k, bare, x) in found {
             match x {
@@ -594,16 +563,8 @@ impl<'v> ProfileCheck<'_, 'v> {
                 x => out.push((format!("{path}.{bare}"), x)),
             }
         }
-        if let Some(slice) = &step.slice {
-            let owned;
-            let (sliced_id, slice_id) = match &step.ids {
-                Some((a, b)) => (a.as_str(), b.as_str()),
-                None => {
-                    let sliced = id_of(steps, false);
-                    owned = (format!("{sliced}:{slice}"), sliced);
-                    (owned.1.as_str(), owned.0.as_str())
-                }
-            };
+        // A slice step (its ids built in `parse_steps`) keeps only the slice's items.
+        if let Some((sliced_id, slice_id)) = &step.ids {
             out.retain(|(at, item)| self.in_slice(sliced_id, slice_id, at, item));
         }
         out

@@ -18,6 +18,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::items;
 use super::outcome::{Issue, IssueCode};
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -200,7 +201,7 @@ pub fn nhs_number_valid(value: &str) -> bool {
 }
 
 fn array<'v>(v: &'v Value, key: &str) -> impl Iterator<Item = (usize, &'v Value)> {
-    v.get(key).and_then(Value::as_array).into_iter().flatten().enumerate()
+    items(v, key).enumerate()
 }
 
 fn nhs_number(r: &Referral<'_>, issues: &mut Vec<Issue>) {
@@ -311,10 +312,11 @@ fn consent_fault(c: &Value, now: DateTime<Utc>) -> Option<&'static str> {
 }
 
 fn consent(r: &Referral<'_>, issues: &mut Vec<Issue>) {
-    if r.consents.iter().any(|c| consent_fault(c, r.now).is_none()) {
+    let faults: Vec<Option<&str>> = r.consents.iter().map(|c| consent_fault(c, r.now)).collect();
+    if faults.contains(&None) {
         return;
     }
-    let fault = r.consents.iter().find_map(|c| consent_fault(c, r.now));
+    let fault = faults.into_iter().flatten().next();
     if r.consents_elsewhere && r.consents.is_empty() {
         issues.push(
             Issue::warning(

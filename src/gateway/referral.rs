@@ -4,14 +4,46 @@
 use serde_json::Value;
 
 use crate::auth::{Principal, Role};
+use crate::config::ValidationMode;
+use crate::error::ApiError;
+use crate::fhir::outcome::{Issue, has_errors};
 use crate::fhir::parse_reference;
 use crate::fhir::referral_rules::{Lookup, Records};
 use crate::fhir::search::Criteria;
 use crate::store::{DbConn, StoreError, resources};
 
-pub(super) struct StoreRecords<'c> {
-    pub conn: &'c mut DbConn,
-    pub principal: &'c Principal,
+struct StoreRecords<'c> {
+    conn: &'c mut DbConn,
+    principal: &'c Principal,
+}
+
+/// Add the referral rules' issues for a submission (a ServiceRequest or a Bundle), looking
+/// up the Patient and Consents it points to as `principal` may see them.
+pub(super) fn referral_issues(
+    conn: &mut DbConn,
+    principal: &Principal,
+    resource: &Value,
+    root: &str,
+    mode: ValidationMode,
+    issues: &mut Vec<Issue>,
+) -> Result<(), StoreError> {
+    crate::fhir::check_referral_rules(resource, root, mode, &mut StoreRecords { conn, principal }, issues)
+}
+
+/// Refuse a write (422) whose referral rules fail.
+pub(super) fn enforce_referral_rules(
+    conn: &mut DbConn,
+    principal: &Principal,
+    resource: &Value,
+    root: &str,
+    mode: ValidationMode,
+) -> Result<(), ApiError> {
+    let mut issues = Vec::new();
+    referral_issues(conn, principal, resource, root, mode, &mut issues)?;
+    if has_errors(&issues) {
+        return Err(ApiError::issues(422, issues));
+    }
+    Ok(())
 }
 
 impl StoreRecords<'_> {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::referral::StoreRecords;
+use super::referral::enforce_referral_rules;
 use super::write::{
     check_create, check_sender_task, create_routed_tasks, insert_resource, performer_facts, rewrite_references,
     validate_structure,
@@ -129,12 +129,7 @@ impl Gateway {
 
         self.run_write(ctx, opts, |conn| {
             // Business rules first, on the Bundle as sent (its fullUrls link the entries).
-            let mut rules = Vec::new();
-            let mut records = StoreRecords { conn: &mut *conn, principal: p };
-            crate::fhir::check_referral_rules(&bundle_value, "Bundle", self.validation, &mut records, &mut rules)?;
-            if has_errors(&rules) {
-                return Err(ApiError::issues(422, rules));
-            }
+            enforce_referral_rules(conn, p, &bundle_value, "Bundle", self.validation)?;
             let mut plan: Vec<Planned> = planned
                 .iter()
                 .map(|e| Planned { index: e.index, ty: e.ty, id: e.id.clone(), resource: e.resource.clone(), existing: e.existing })

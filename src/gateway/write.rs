@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::referral::StoreRecords;
+use super::referral::{enforce_referral_rules, referral_issues};
 use super::{Ctx, Gateway, Reply, WriteOpts, can_see, resource_reply, served_type};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
@@ -285,8 +285,7 @@ impl Gateway {
         crate::fhir::validate_with_profiles(&resource, &root, self.validation, &extra, &mut issues);
         if !has_errors(&issues) {
             let mut conn = self.conn()?;
-            let mut records = StoreRecords { conn: &mut conn, principal: &ctx.principal };
-            crate::fhir::check_referral_rules(&resource, &root, self.validation, &mut records, &mut issues)?;
+            referral_issues(&mut conn, &ctx.principal, &resource, &root, self.validation, &mut issues)?;
         }
         if issues.is_empty() {
             issues.push(Issue {
@@ -351,12 +350,7 @@ impl Gateway {
             let mut routes = Vec::new();
             match spec.name {
                 "ServiceRequest" => {
-                    let mut rules = Vec::new();
-                    let mut records = StoreRecords { conn: &mut *conn, principal: p };
-                    crate::fhir::check_referral_rules(&body, spec.name, self.validation, &mut records, &mut rules)?;
-                    if has_errors(&rules) {
-                        return Err(ApiError::issues(422, rules));
-                    }
+                    enforce_referral_rules(conn, p, &body, spec.name, self.validation)?;
                     let facts = performer_facts(conn, &body)?;
                     routes = routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?;
                 }
