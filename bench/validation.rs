@@ -7,7 +7,7 @@
 //! `cargo bench --bench validation`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use signpost::config::ValidationMode::Enforce;
+use signpost::fhir::ValidationMode::Enforce;
 use signpost::fhir::json::{Limits, parse};
 use signpost::fhir::profiles::Profiles;
 use signpost::fhir::referral_rules::Offline;
@@ -16,7 +16,7 @@ use signpost::fhir::validator;
 use std::hint::black_box;
 
 fn corpus(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../shared/corpus/referrals/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!("{}/tests/fixtures/referrals/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

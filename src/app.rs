@@ -10,10 +10,11 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer};
 
 use crate::api;
-use crate::config::Settings;
+use crate::config::{RunMode, Settings};
 use crate::fhir::TYPES;
 use crate::fhir::schema::StructureValidator;
 use crate::gateway::{Gateway, directory};
+use crate::sandbox;
 use crate::store::{self, Pool, clients};
 
 /// A built, bound, not yet running server.
@@ -33,21 +34,77 @@ pub fn open_database(settings: &Settings) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
-/// Create or replace the API clients declared in the settings.
-pub fn register_config_clients(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
+/// The id prefix of clients declared in the configuration.
+const CONFIG_CLIENT_PREFIX: &str = "config-";
+
+/// Bring the registered clients in line with the settings: the clients declared in the
+/// configuration are created or replaced and those no longer declared are removed; the public
+/// sandbox clients are registered in sandbox mode and removed in production mode. Clients added
+/// with `signpost client add` are left alone.
+pub fn register_clients(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
     let mut conn = pool.get()?;
+    let now = crate::fhir::now_ms();
     for c in &settings.clients {
         clients::upsert_by_name(
             &mut conn,
             &clients::ClientRow {
-                id: format!("config-{}", c.name),
+                id: format!("{CONFIG_CLIENT_PREFIX}{}", c.name),
                 name: c.name.clone(),
                 role: c.role.as_str().to_string(),
                 organization_id: c.organization.clone(),
                 key_hash: c.key_sha256.clone(),
-                created_at: crate::fhir::now_ms(),
+                created_at: now,
             },
         )?;
+    }
+    let declared: Vec<&str> = settings.clients.iter().map(|c| c.name.as_str()).collect();
+    let dropped = clients::remove_stale(&mut conn, CONFIG_CLIENT_PREFIX, &declared)?;
+    if dropped > 0 {
+        tracing::info!(dropped, "clients no longer in the configuration removed");
+    }
+    let sandbox_names: Vec<&str> = match settings.mode {
+        RunMode::Sandbox => {
+            for c in sandbox::CLIENTS {
+                clients::upsert_by_name(
+                    &mut conn,
+                    &clients::ClientRow {
+                        id: format!("{}{}", sandbox::CLIENT_ID_PREFIX, c.name),
+                        name: c.name.to_string(),
+                        role: c.role.as_str().to_string(),
+                        organization_id: c.organization.to_string(),
+                        key_hash: crate::auth::hash_key(c.key),
+                        created_at: now,
+                    },
+                )?;
+            }
+            sandbox::CLIENTS.iter().map(|c| c.name).collect()
+        }
+        RunMode::Production => Vec::new(),
+    };
+    let removed = clients::remove_stale(&mut conn, sandbox::CLIENT_ID_PREFIX, &sandbox_names)?;
+    if removed > 0 {
+        tracing::warn!(removed, "public sandbox clients removed (production mode)");
+    }
+    Ok(())
+}
+
+/// Load the directory: the configured folder (which must exist), else in sandbox mode the
+/// embedded example directory, else nothing.
+pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
+    let dir = &settings.directory.path;
+    if !dir.as_os_str().is_empty() {
+        if !dir.is_dir() {
+            anyhow::bail!("directory.path: the folder {} does not exist", dir.display());
+        }
+        let changed = directory::load(pool, dir)?;
+        tracing::info!(path = %dir.display(), changed, "directory loaded");
+    } else if settings.mode == RunMode::Sandbox {
+        let files: Vec<(String, String)> = sandbox::DIRECTORY
+            .iter()
+            .map(|(name, text)| (format!("examples/directory/{name}"), text.to_string()))
+            .collect();
+        let changed = directory::load_files(pool, &files)?;
+        tracing::info!(changed, "example directory loaded (sandbox mode)");
     }
     Ok(())
 }
@@ -55,6 +112,12 @@ pub fn register_config_clients(pool: &Pool, settings: &Settings) -> anyhow::Resu
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let started = Instant::now();
+        if settings.mode == RunMode::Sandbox {
+            tracing::warn!(
+                "SANDBOX MODE: the example directory and the PUBLIC sandbox API keys printed in the README are \
+                 active; listening on loopback only. Use a configuration file (mode = \"production\") for real data"
+            );
+        }
         let validator = StructureValidator::shared();
         let types: Vec<&str> = TYPES.iter().map(|t| t.name).chain(["Bundle"]).collect();
         validator.warm(&types).map_err(anyhow::Error::msg)?;
@@ -64,12 +127,8 @@ impl Application {
             let settings = settings.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<Pool> {
                 let pool = open_database(&settings)?;
-                register_config_clients(&pool, &settings)?;
-                let dir = &settings.directory.path;
-                if !dir.as_os_str().is_empty() {
-                    let changed = directory::load(&pool, dir)?;
-                    tracing::info!(path = %dir.display(), changed, "directory loaded");
-                }
+                load_directory(&pool, &settings)?;
+                register_clients(&pool, &settings)?;
                 Ok(pool)
             })
             .await??
@@ -77,7 +136,8 @@ impl Application {
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
-        let state = api::state(Gateway::new(pool.clone(), settings.limits, settings.validation.mode));
+        let base = format!("{}/fhir", settings.server.base_url(port));
+        let state = api::state(Gateway::new(pool.clone(), settings.limits, settings.validation.mode), base);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

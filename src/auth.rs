@@ -8,6 +8,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// How long a running instance trusts a key it has looked up before asking the database again:
+/// a revoked key or a changed role takes effect on every instance within this time.
+pub const CACHE_SECS: u64 = 5;
+
 /// What a client may do (PRODUCT.md §1, §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,6 +1,8 @@
-//! The `signpost` command line: `serve`, `migrate`, `client add`.
+//! The `signpost` command line: `serve`, `migrate`, `client add|list|revoke|set-role`,
+//! `validate`, `issue-codes`. Nothing is read from the working folder unless named: the
+//! configuration comes from `--config` (or `SIGNPOST_CONFIG`) and the environment only.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -9,14 +11,11 @@ use crate::auth::{self, Role};
 use crate::config::{LogFormat, Settings};
 use crate::store::clients;
 
-/// The example configuration used when no `--config` is given and the file exists (it holds
-/// the sandbox API keys shown in the README).
-pub const EXAMPLE_CONFIG: &str = "examples/signpost.toml";
-
 #[derive(Parser, Debug)]
 #[command(name = "signpost", version, about = "FHIR R4 referral gateway between care and charities")]
 pub struct Cli {
-    /// TOML configuration file (default: examples/signpost.toml when present).
+    /// TOML configuration file (production mode unless it says otherwise). Without one,
+    /// Signpost runs as a sandbox.
     #[arg(long, global = true, env = "SIGNPOST_CONFIG")]
     config: Option<PathBuf>,
     /// Database URL (sqlite://PATH or postgres://...), overriding the configuration.
@@ -77,19 +76,24 @@ enum ClientCommand {
         /// referrer, charity or operator.
         #[arg(long)]
         role: String,
-        /// The Organization id the client acts for.
+        /// The Organization id the client acts for (it must be in the directory).
         #[arg(long)]
         organization: String,
+    },
+    /// List the registered clients (name, role, Organization; never keys).
+    List,
+    /// Remove a client: its key stops working on every running instance within seconds.
+    Revoke { name: String },
+    /// Change a client's role (takes effect on every running instance within seconds).
+    SetRole {
+        name: String,
+        /// referrer, charity or operator.
+        role: String,
     },
 }
 
 fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let file = match &cli.config {
-        Some(p) => Some(p.clone()),
-        None if Path::new(EXAMPLE_CONFIG).is_file() => Some(PathBuf::from(EXAMPLE_CONFIG)),
-        None => None,
-    };
-    let mut settings = Settings::load(file.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(url) = &cli.database {
         settings.database.url = url.clone();
     }
@@ -133,15 +137,39 @@ pub fn run() -> anyhow::Result<()> {
             println!("migrations up to date");
             Ok(())
         }
-        Command::Client { command: ClientCommand::Add { name, role, organization } } => {
-            let role =
-                Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be referrer, charity or operator"))?;
+        Command::Client { command } => client_command(&settings, command),
+        Command::Validate { .. } => unreachable!("handled before the settings are loaded"),
+        Command::IssueCodes { fhir } => {
+            if fhir {
+                println!("{}", serde_json::to_string_pretty(&crate::fhir::outcome::catalogue_codesystem())?);
+            } else {
+                print!("{}", crate::fhir::outcome::catalogue_markdown());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_role(role: &str) -> anyhow::Result<Role> {
+    Role::parse(role).ok_or_else(|| anyhow::anyhow!("the role must be referrer, charity or operator"))
+}
+
+fn client_command(settings: &Settings, command: ClientCommand) -> anyhow::Result<()> {
+    let pool = app::open_database(settings)?;
+    let mut conn = pool.get()?;
+    match command {
+        ClientCommand::Add { name, role, organization } => {
+            let role = parse_role(&role)?;
             if !crate::fhir::is_valid_id(&organization) {
                 anyhow::bail!("--organization must be an Organization id");
             }
-            let pool = app::open_database(&settings)?;
+            if crate::store::resources::get(&mut conn, "Organization", &organization)?.is_none() {
+                anyhow::bail!(
+                    "Organization/{organization} is not in the directory: add it to the directory first \
+                     (the directory.path folder, or PUT /fhir/Organization/{organization} as an operator)"
+                );
+            }
             let key = auth::new_key();
-            let mut conn = pool.get()?;
             clients::insert(
                 &mut conn,
                 &clients::ClientRow {
@@ -159,16 +187,30 @@ pub fn run() -> anyhow::Result<()> {
             })?;
             println!("{key}");
             eprintln!("client {name} registered; store this key now, it will not be shown again");
-            Ok(())
         }
-        Command::Validate { .. } => unreachable!("handled before the settings are loaded"),
-        Command::IssueCodes { fhir } => {
-            if fhir {
-                println!("{}", serde_json::to_string_pretty(&crate::fhir::outcome::catalogue_codesystem())?);
-            } else {
-                print!("{}", crate::fhir::outcome::catalogue_markdown());
+        ClientCommand::List => {
+            println!("{:<40} {:<9} organization", "name", "role");
+            for c in clients::list(&mut conn)? {
+                println!("{:<40} {:<9} {}", c.name, c.role, c.organization_id);
             }
-            Ok(())
+        }
+        ClientCommand::Revoke { name } => {
+            if !clients::revoke(&mut conn, &name)? {
+                anyhow::bail!("no client named {name}");
+            }
+            eprintln!("client {name} revoked; running instances refuse its key within {} seconds", auth::CACHE_SECS);
+        }
+        ClientCommand::SetRole { name, role } => {
+            let role = parse_role(&role)?;
+            if !clients::set_role(&mut conn, &name, role.as_str())? {
+                anyhow::bail!("no client named {name}");
+            }
+            eprintln!(
+                "client {name} is now a {}; running instances apply it within {} seconds",
+                role.as_str(),
+                auth::CACHE_SECS
+            );
         }
     }
+    Ok(())
 }

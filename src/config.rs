@@ -1,23 +1,29 @@
-//! Settings: defaults, then an optional TOML file, then `SIGNPOST__...` environment variables
+//! Settings: defaults, then an optional TOML file (`--config FILE` or `SIGNPOST_CONFIG`; no file is
+//! ever picked up from the working folder), then `SIGNPOST__...` environment variables
 //! (`SIGNPOST__DATABASE__URL` sets `database.url`). Unknown keys and bad values fail start-up
 //! with the key named.
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `server.host` | `127.0.0.1` | address to listen on |
+//! | `mode` | `sandbox` without a config file, `production` with one | `sandbox` loads the example directory and the public sandbox keys embedded in the binary and listens on loopback only; `production` never loads either |
+//! | `server.host` | `127.0.0.1` | address to listen on (sandbox mode: a loopback address) |
 //! | `server.port` | `8080` | port (0 = any free port) |
 //! | `server.workers` | `2` | HTTP worker threads |
-//! | `database.url` | `sqlite://data/signpost.db` | `sqlite://PATH` or `postgres://...` |
+//! | `server.public_base_url` | `http://{host}:{port}` | the base URL clients reach Signpost at (behind a proxy: its public URL); `Location`, `fullUrl` and paging links are built from it, never from `Host` or `Forwarded` headers |
+//! | `database.url` | `sqlite://$XDG_DATA_HOME/signpost/signpost.db` (`~/.local/share/signpost/signpost.db`) | `sqlite://PATH` or `postgres://...` |
 //! | `database.pool_size` | `8` | connections in the pool |
-//! | `directory.path` | `examples/directory` | folder of directory Bundles loaded at start (empty = none) |
-//! | `limits.max_body_bytes` | `1048576` | request body limit (413 above) |
+//! | `directory.path` | none | folder of directory files loaded at start; it must exist (sandbox mode without it: the embedded example directory) |
+//! | `limits.max_body_bytes` | `1048576` | request body limit, after decompression (413 above) |
 //! | `limits.max_depth` | `32` | JSON nesting limit (400 above) |
 //! | `limits.max_bundle_entries` | `100` | Bundle entry limit (422 above) |
 //! | `limits.max_string_bytes` | `65536` | longest JSON string (400 above) |
+//! | `limits.max_issues` | `100` | issues in one OperationOutcome; one more issue says how many were left out |
+//! | `limits.body_timeout_secs` | `10` | time allowed to send a request body (408 after) |
+//! | `limits.max_concurrent_writes` | `16` | writes and validations in progress at once; more wait briefly, then get 503 with `Retry-After` |
 //! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
-//! | `clients` | none | API clients: `name`, `role`, `organization`, `key_sha256` |
+//! | `clients` | none | API clients: `name`, `role`, `organization`, `key_sha256`; a client dropped from the list stops working at the next start |
 
 use std::path::{Path, PathBuf};
 
@@ -26,11 +32,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
+pub use crate::fhir::ValidationMode;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[derive(Default)]
 pub struct Settings {
+    pub mode: RunMode,
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub directory: DirectorySettings,
@@ -40,17 +48,15 @@ pub struct Settings {
     pub clients: Vec<ClientSettings>,
 }
 
-/// How strictly writes are validated (PRODUCT.md §3).
+/// Sandbox (public example data and keys, loopback only) or production (PRODUCT.md §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ValidationMode {
-    /// Only the R4 JSON Schema structure check.
-    Off,
-    /// The full validator runs; its errors are logged and returned as warnings, not refused.
-    Log,
-    /// Every error refuses the write.
+pub enum RunMode {
+    /// The example directory and the public sandbox keys, embedded in the binary.
     #[default]
-    Enforce,
+    Sandbox,
+    /// Only the configured directory and clients.
+    Production,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -65,6 +71,8 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub workers: usize,
+    /// Empty: `http://{host}:{port}` as bound.
+    pub public_base_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +95,9 @@ pub struct LimitSettings {
     pub max_depth: usize,
     pub max_bundle_entries: usize,
     pub max_string_bytes: usize,
+    pub max_issues: usize,
+    pub body_timeout_secs: u64,
+    pub max_concurrent_writes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,25 +127,44 @@ pub struct ClientSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 8080, workers: 2 }
+        Self { host: "127.0.0.1".into(), port: 8080, workers: 2, public_base_url: String::new() }
     }
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "sqlite://data/signpost.db".into(), pool_size: 8 }
+        Self { url: default_database_url(), pool_size: 8 }
     }
 }
 
 impl Default for DirectorySettings {
     fn default() -> Self {
-        Self { path: PathBuf::from("examples/directory") }
+        Self { path: PathBuf::new() }
+    }
+}
+
+/// The default SQLite file: `$XDG_DATA_HOME/signpost/signpost.db`, else
+/// `$HOME/.local/share/signpost/signpost.db`, else `signpost.db` in the working folder.
+pub fn default_database_url() -> String {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = env("XDG_DATA_HOME").or_else(|| env("HOME").map(|h| h.join(".local/share")));
+    match dir {
+        Some(d) => format!("sqlite://{}", d.join("signpost").join("signpost.db").display()),
+        None => "sqlite://signpost.db".into(),
     }
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, max_depth: 32, max_bundle_entries: 100, max_string_bytes: 64 * 1024 }
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_depth: 32,
+            max_bundle_entries: 100,
+            max_string_bytes: 64 * 1024,
+            max_issues: 100,
+            body_timeout_secs: 10,
+            max_concurrent_writes: 16,
+        }
     }
 }
 
@@ -150,14 +180,15 @@ impl Default for LogSettings {
 pub struct ConfigError(pub String);
 
 impl Settings {
-    /// Load from defaults, then `file` (if given; it must exist), then the environment.
+    /// Load from defaults, then `file` (if given; it must exist), then the environment. Without
+    /// a file the default mode is `sandbox`; with one it is `production`.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError(format!("config file {} does not exist", path.display())));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            figment = figment.merge(Serialized::default("mode", RunMode::Production)).merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("SIGNPOST__").split("__"));
         let settings: Settings = figment.extract().map_err(|e| {
@@ -182,6 +213,22 @@ impl Settings {
         if self.limits.max_depth < 2 || self.limits.max_body_bytes < 1024 || self.limits.max_bundle_entries == 0 {
             return fail("limits", "limits are too small to accept a referral");
         }
+        if self.mode == RunMode::Sandbox && !is_loopback(&self.server.host) {
+            return fail(
+                "server.host",
+                "sandbox mode serves public keys and listens on loopback only (127.0.0.1, ::1 or localhost); \
+                 set mode = \"production\" to listen elsewhere",
+            );
+        }
+        if !self.server.public_base_url.is_empty() {
+            let u = &self.server.public_base_url;
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['?', '#', ' ']) {
+                return fail("server.public_base_url", "must be an http:// or https:// URL without query or fragment");
+            }
+        }
+        if self.limits.max_issues == 0 || self.limits.body_timeout_secs == 0 || self.limits.max_concurrent_writes == 0 {
+            return fail("limits", "max_issues, body_timeout_secs and max_concurrent_writes must be at least 1");
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return fail("log.level", "is not a valid tracing filter");
         }
@@ -196,6 +243,22 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl ServerSettings {
+    /// The public base URL (without `/fhir`) for a server bound to `port`.
+    pub fn base_url(&self, port: u16) -> String {
+        if self.public_base_url.is_empty() {
+            let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+            format!("http://{host}:{port}")
+        } else {
+            self.public_base_url.trim_end_matches('/').to_string()
+        }
     }
 }
 
@@ -223,6 +286,19 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.server.port, 9999);
         assert_eq!(s.log.format, LogFormat::Json);
-        assert_eq!(s.database.url, "sqlite://data/signpost.db");
+        assert_eq!(s.database.url, default_database_url());
+        assert_eq!(s.mode, RunMode::Production, "a config file means production unless it says otherwise");
+    }
+
+    #[test]
+    fn sandbox_mode_listens_on_loopback_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.toml");
+        std::fs::write(&path, "mode = \"sandbox\"\n[server]\nhost = \"0.0.0.0\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("server.host"), "{err}");
+        std::fs::write(&path, "mode = \"production\"\n[server]\nhost = \"0.0.0.0\"\n").unwrap();
+        assert!(Settings::load(Some(&path)).is_ok());
+        assert_eq!(Settings::load(None).unwrap().mode, RunMode::Sandbox);
     }
 }

@@ -88,6 +88,11 @@ impl From<StoreError> for ApiError {
             {
                 ApiError::Unavailable(info.message().to_string())
             }
+            // A concurrent request created or changed the same resource first.
+            StoreError::Unique => ApiError::new(
+                409,
+                Issue::error(IssueCode::Conflict, "a concurrent request wrote the same resource; read it and retry"),
+            ),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -104,5 +109,7 @@ mod tests {
         let text = format!("{:?}", e.to_issues("corr-1"));
         assert!(!text.contains("resources_pkey") && text.contains("corr-1"));
         assert_eq!(ApiError::from(StoreError::Unavailable("down".into())).status(), 503);
+        assert_eq!(ApiError::from(StoreError::Unique).status(), 409);
+        assert_eq!(ApiError::from(StoreError::Corrupt("Organization/x version 1".into())).status(), 500);
     }
 }

@@ -10,7 +10,7 @@
 //! | [`lifecycle`] | the Task state machine |
 //! | [`store`] | diesel over SQLite and PostgreSQL |
 //! | [`auth`] | API keys, roles |
-//! | [`config`], [`telemetry`], [`app`], [`cli`] | start-up and operations |
+//! | [`config`], [`telemetry`], [`app`], [`cli`], [`sandbox`] | start-up and operations |
 
 pub mod api;
 pub mod app;
@@ -22,6 +22,7 @@ pub mod fhir;
 pub mod gateway;
 pub mod lifecycle;
 pub mod routing;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod validate_cli;

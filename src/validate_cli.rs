@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::config::ValidationMode;
+use crate::fhir::ValidationMode;
 use crate::fhir::json::{Limits, parse};
 use crate::fhir::outcome::{Issue, Severity, has_errors, operation_outcome};
 use crate::fhir::profiles::Profiles;

@@ -9,7 +9,9 @@ use crate::fhir::{ParamKind, TYPES, TypeClass, instant, now_ms};
 
 /// Build the CapabilityStatement for the server at `base`.
 pub fn capability_statement(base: &str) -> Value {
-    let type_level: Vec<&str> = ROUTES.iter().filter(|r| r.2 != Action::Transaction).map(|r| r.3).collect();
+    // Interaction codes only: operations ($validate) are listed under `operation`.
+    let type_level: Vec<&str> =
+        ROUTES.iter().filter(|r| !matches!(r.2, Action::Transaction | Action::Validate)).map(|r| r.3).collect();
     let resources: Vec<Value> = TYPES
         .iter()
         .map(|t| {
@@ -30,6 +32,7 @@ pub fn capability_statement(base: &str) -> Value {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
+                "operation": [{ "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" }],
             });
             // The profile every write of this type is checked against.
             if let Some(p) = crate::fhir::profiles::Profiles::shared().route_profile(t.name) {
@@ -73,10 +76,10 @@ pub fn capability_statement(base: &str) -> Value {
     })
 }
 
-pub async fn metadata(req: HttpRequest) -> HttpResponse {
+pub async fn metadata(req: HttpRequest, state: actix_web::web::Data<super::AppState>) -> HttpResponse {
     if let Err(e) = super::request::check_format(&req) {
         return super::error_response(&req, e);
     }
-    let body = capability_statement(&super::request::base_url(&req));
+    let body = capability_statement(&state.base);
     HttpResponse::Ok().content_type(FHIR_JSON).body(body.to_string())
 }

@@ -11,7 +11,7 @@ mod request;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,11 +23,14 @@ use tracing::Instrument;
 
 use crate::auth::{self, Principal, Role};
 use crate::error::ApiError;
-use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
+use crate::fhir::outcome::{Issue, IssueCode, capped, operation_outcome};
 use crate::gateway::{Change, Ctx, Gateway, Reply};
 use crate::store::clients;
 
 pub use request::CorrelationId;
+
+/// How long a write waits for a free slot (`limits.max_concurrent_writes`) before 503.
+const HEAVY_WAIT: Duration = Duration::from_secs(2);
 
 /// FHIR JSON media type of every response.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -35,13 +38,19 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// Shared state of the HTTP workers.
 pub struct AppState {
     pub gateway: Gateway,
-    /// Clients already authenticated, by key hash (a key never changes its client).
-    known_keys: RwLock<HashMap<String, Principal>>,
+    /// Clients recently authenticated, by key hash, with the time they were looked up: a
+    /// revoked key or a changed role takes effect within [`auth::CACHE_SECS`].
+    known_keys: RwLock<HashMap<String, (Principal, Instant)>>,
+    /// The public FHIR base URL (`server.public_base_url` + `/fhir`).
+    pub base: String,
+    /// Writes and validations in progress at once (`limits.max_concurrent_writes`).
+    heavy: tokio::sync::Semaphore,
 }
 
 impl AppState {
-    pub fn new(gateway: Gateway) -> Self {
-        Self { gateway, known_keys: RwLock::new(HashMap::new()) }
+    pub fn new(gateway: Gateway, base: String) -> Self {
+        let heavy = tokio::sync::Semaphore::new(gateway.limits.max_concurrent_writes);
+        Self { gateway, known_keys: RwLock::new(HashMap::new()), base, heavy }
     }
 }
 
@@ -108,14 +117,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// template-free, status, time; never bodies or query strings, which may carry identifiers).
 pub async fn correlate(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let cid = request::correlation_id(req.headers());
     req.extensions_mut().insert(CorrelationId(cid.clone()));
     let span = tracing::info_span!("request", method = %req.method(), path = %req.path(), correlation_id = %cid);
     let start = Instant::now();
     async move {
-        let mut res = next.call(req).await?;
+        let res = next.call(req).await?;
+        // Anything the framework answered on its own (a bare 4xx/5xx without a body type) is
+        // turned into an OperationOutcome: everything a client sees is FHIR.
+        let bare = (res.status().is_client_error() || res.status().is_server_error())
+            && !res.headers().contains_key(actix_web::http::header::CONTENT_TYPE);
+        let mut res = if bare {
+            let status = res.status();
+            let (http_req, _) = res.into_parts();
+            let outcome = error_response(&http_req, framework_error(status));
+            ServiceResponse::new(http_req, outcome).map_into_right_body()
+        } else {
+            res.map_into_left_body()
+        };
         if let Ok(v) = HeaderValue::from_str(&cid) {
             res.headers_mut().insert(HeaderName::from_static("x-correlation-id"), v);
         }
@@ -124,6 +145,18 @@ pub async fn correlate(
     }
     .instrument(span)
     .await
+}
+
+/// The OperationOutcome for a status the framework chose itself.
+fn framework_error(status: StatusCode) -> ApiError {
+    let (code, diag) = match status.as_u16() {
+        413 => (IssueCode::BodyTooLarge, "the request is larger than Signpost accepts"),
+        414 | 431 => (IssueCode::HeaderTooLarge, "the request's URL or headers are too long"),
+        408 => (IssueCode::BodyTimeout, "the request did not arrive in time"),
+        s if s >= 500 => (IssueCode::Internal, "internal error; nothing was changed"),
+        _ => (IssueCode::BadRequest, "the HTTP request is malformed"),
+    };
+    ApiError::new(status.as_u16(), Issue::error(code, diag))
 }
 
 async fn livez() -> HttpResponse {
@@ -156,7 +189,10 @@ async fn authenticate(req: &HttpRequest, state: &web::Data<AppState>) -> Result<
     let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(unauthenticated)?;
     let key = auth::bearer(header).ok_or_else(unauthenticated)?;
     let hash = auth::hash_key(key);
-    if let Some(p) = state.known_keys.read().ok().and_then(|m| m.get(&hash).cloned()) {
+    let fresh = std::time::Duration::from_secs(auth::CACHE_SECS);
+    if let Some((p, _)) =
+        state.known_keys.read().ok().and_then(|m| m.get(&hash).filter(|(_, at)| at.elapsed() < fresh).cloned())
+    {
         return Ok(p);
     }
     let pool = state.gateway.pool.clone();
@@ -167,11 +203,20 @@ async fn authenticate(req: &HttpRequest, state: &web::Data<AppState>) -> Result<
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let row = row.ok_or_else(unauthenticated)?;
+    let Some(row) = row else {
+        if let Ok(mut m) = state.known_keys.write() {
+            m.remove(&hash);
+        }
+        return Err(unauthenticated());
+    };
     let role = Role::parse(&row.role).ok_or_else(unauthenticated)?;
     let principal = Principal { client_id: row.id, name: row.name, role, org_id: row.organization_id };
     if let Ok(mut m) = state.known_keys.write() {
-        m.insert(hash, principal.clone());
+        // Bounded: entries of revoked or idle keys are dropped once stale.
+        if m.len() > 10_000 {
+            m.retain(|_, (_, at)| at.elapsed() < fresh);
+        }
+        m.insert(hash, (principal.clone(), Instant::now()));
     }
     Ok(principal)
 }
@@ -193,10 +238,11 @@ async fn handle_inner(
     let principal = authenticate(req, &state).await?;
     let ctx = Ctx {
         principal,
-        base: request::base_url(req),
+        base: state.base.clone(),
         prefer_return: request::prefer_return(req),
         strict: request::prefer_strict(req),
         correlation_id: request::correlation_of(req),
+        max_issues: state.gateway.limits.max_issues,
     };
     let ty = req.match_info().get("type").unwrap_or_default().to_string();
     let id = req.match_info().get("id").unwrap_or_default().to_string();
@@ -205,10 +251,23 @@ async fn handle_inner(
     let gw = state.gateway.clone();
     let writes =
         matches!(action, Action::Validate | Action::Transaction | Action::Create | Action::Update | Action::Patch);
+    let mut permit = None;
     let (body, opts) = if writes {
         let patch = action == Action::Patch;
         request::check_content_type(req, patch)?;
-        let bytes = request::read_body(req, payload, limits.max_body_bytes).await?;
+        let timeout = Duration::from_secs(limits.body_timeout_secs);
+        let bytes = request::read_body(req, payload, limits.max_body_bytes, timeout).await?;
+        // Parsing, validation and the write are the heavy part: a bounded number run at once,
+        // so that health checks, reads and other clients keep answering under a flood.
+        permit = Some(match tokio::time::timeout(HEAVY_WAIT, state.heavy.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ApiError::new(
+                    503,
+                    Issue::error(IssueCode::Overloaded, "Signpost is busy with other writes; retry shortly"),
+                ));
+            }
+        });
         let opts = request::write_opts(req, &bytes)?;
         let value = crate::fhir::json::parse(
             &bytes,
@@ -220,7 +279,7 @@ async fn handle_inner(
         (None, Default::default())
     };
     let query = request::query_pairs(req)?;
-    web::block(move || match action {
+    let result = web::block(move || match action {
         Action::Validate => {
             let profile = query.iter().find(|(k, _)| k == "profile").map(|(_, v)| v.clone());
             gw.validate(&ctx, (!ty.is_empty()).then_some(ty.as_str()), body.unwrap_or_default(), profile)
@@ -243,7 +302,9 @@ async fn handle_inner(
         Action::Vread => gw.vread(&ctx, &ty, &id, &vid),
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()));
+    drop(permit);
+    result?
 }
 
 fn reply_response(req: &HttpRequest, reply: Reply) -> HttpResponse {
@@ -279,12 +340,16 @@ pub fn error_response(req: &HttpRequest, err: ApiError) -> HttpResponse {
         res.insert_header(("WWW-Authenticate", "Bearer"));
     }
     if status == StatusCode::SERVICE_UNAVAILABLE || status.as_u16() == 425 {
-        res.insert_header(("Retry-After", "5"));
+        res.insert_header(("Retry-After", if status.as_u16() == 503 { "2" } else { "5" }));
     }
-    res.content_type(FHIR_JSON).body(operation_outcome(&err.to_issues(&cid)).to_string())
+    if status == StatusCode::REQUEST_TIMEOUT {
+        res.insert_header(("Connection", "close"));
+    }
+    let max = req.app_data::<web::Data<AppState>>().map(|s| s.gateway.limits.max_issues).unwrap_or(100);
+    res.content_type(FHIR_JSON).body(operation_outcome(&capped(err.to_issues(&cid), max)).to_string())
 }
 
 /// Build the state shared by all workers.
-pub fn state(gateway: Gateway) -> web::Data<AppState> {
-    web::Data::from(Arc::new(AppState::new(gateway)))
+pub fn state(gateway: Gateway, base: String) -> web::Data<AppState> {
+    web::Data::from(Arc::new(AppState::new(gateway, base)))
 }

@@ -29,12 +29,6 @@ pub fn correlation_of(req: &HttpRequest) -> String {
     req.extensions().get::<CorrelationId>().map(|c| c.0.clone()).unwrap_or_default()
 }
 
-/// The FHIR base URL as this client reached it.
-pub fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}/fhir", info.scheme(), info.host())
-}
-
 fn prefer_tokens(req: &HttpRequest) -> Vec<String> {
     req.headers()
         .get_all("prefer")
@@ -107,15 +101,79 @@ pub fn check_content_type(req: &HttpRequest, patch: bool) -> Result<(), ApiError
     }
 }
 
-/// Read the body, refusing more than `limit` bytes (413) before reading it all.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large =
-        || ApiError::new(413, Issue::error(IssueCode::BodyTooLarge, format!("the body is larger than {limit} bytes")));
+/// Read the body within `timeout` (408 after), refusing more than `limit` bytes (413) before
+/// reading it all. A `Content-Encoding` of gzip or deflate is decoded, with the limit applied
+/// to the decoded bytes too; any other encoding is refused (415).
+pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<web::Bytes, ApiError> {
+    let encoding = content_encoding(req)?;
+    let raw = match tokio::time::timeout(timeout, read_raw(req, payload, limit)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::new(
+                408,
+                Issue::error(
+                    IssueCode::BodyTimeout,
+                    format!("the request body did not arrive within {} seconds", timeout.as_secs()),
+                ),
+            ));
+        }
+    };
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        Encoding::Gzip => decode(flate2::read::GzDecoder::new(&raw[..]), limit),
+        Encoding::Deflate => decode(flate2::read::ZlibDecoder::new(&raw[..]), limit),
+    }
+}
+
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
+    let Some(value) = req.headers().get("content-encoding") else { return Ok(Encoding::Identity) };
+    let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match value.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "deflate" => Ok(Encoding::Deflate),
+        _ => Err(ApiError::new(
+            415,
+            Issue::error(IssueCode::UnsupportedMediaType, "Content-Encoding must be gzip, deflate or identity"),
+        )),
+    }
+}
+
+/// Decompress at most `limit` bytes: a body that inflates beyond it is refused (413) without
+/// inflating the rest.
+fn decode(decoder: impl std::io::Read, limit: usize) -> Result<web::Bytes, ApiError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|_| {
+        ApiError::new(400, Issue::error(IssueCode::JsonMalformed, "the body does not decode with its Content-Encoding"))
+    })?;
+    if out.len() > limit {
+        return Err(too_large(limit));
+    }
+    Ok(out.into())
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(413, Issue::error(IssueCode::BodyTooLarge, format!("the body is larger than {limit} bytes")))
+}
+
+async fn read_raw(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     if let Some(len) =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -123,7 +181,7 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
             ApiError::new(400, Issue::error(IssueCode::JsonMalformed, "the request body could not be read"))
         })?;
         if body.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }

@@ -15,24 +15,33 @@ pub mod search;
 pub mod validator;
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// How strictly writes are validated (PRODUCT.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationMode {
+    /// Only the R4 JSON Schema structure check.
+    Off,
+    /// The full validator runs; its errors are logged and returned as warnings, not refused.
+    Log,
+    /// Every error refuses the write.
+    #[default]
+    Enforce,
+}
 
 /// Validate a resource as every write is validated (PRODUCT.md §3, layers 2–3): the R4
 /// validator over the bundled definitions, which names every fault in one pass; then, when it
 /// found no error, the official R4 JSON Schema as an independent cross-check. `path` is the
 /// resource's FHIRPath root.
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<outcome::Issue>) {
-    validate_with_mode(resource, path, crate::config::ValidationMode::Enforce, issues);
+    validate_with_mode(resource, path, ValidationMode::Enforce, issues);
 }
 
 /// [`validate_resource`] under a validation mode: `Log` turns the validator's errors into
 /// warnings (the JSON Schema check still refuses), `Off` runs the JSON Schema check only.
-pub fn validate_with_mode(
-    resource: &Value,
-    path: &str,
-    mode: crate::config::ValidationMode,
-    issues: &mut Vec<outcome::Issue>,
-) {
+pub fn validate_with_mode(resource: &Value, path: &str, mode: ValidationMode, issues: &mut Vec<outcome::Issue>) {
     validate_with_profiles(resource, path, mode, &[], issues);
 }
 
@@ -42,11 +51,10 @@ pub fn validate_with_mode(
 pub fn validate_with_profiles(
     resource: &Value,
     path: &str,
-    mode: crate::config::ValidationMode,
+    mode: ValidationMode,
     extra: &[&profiles::Profile],
     issues: &mut Vec<outcome::Issue>,
 ) {
-    use crate::config::ValidationMode;
     let start = issues.len();
     if mode != ValidationMode::Off {
         validator::validate_resource(resource, path, issues);
@@ -81,16 +89,16 @@ fn accept_for_log(issues: &mut [outcome::Issue]) {
 pub fn check_referral_rules<R: referral_rules::Records>(
     resource: &Value,
     path: &str,
-    mode: crate::config::ValidationMode,
+    mode: ValidationMode,
     records: &mut R,
     issues: &mut Vec<outcome::Issue>,
 ) -> Result<(), R::Error> {
-    if mode == crate::config::ValidationMode::Off {
+    if mode == ValidationMode::Off {
         return Ok(());
     }
     let start = issues.len();
     issues.extend(referral_rules::check_submission(resource, path, records, Utc::now())?);
-    if mode == crate::config::ValidationMode::Log {
+    if mode == ValidationMode::Log {
         accept_for_log(&mut issues[start..]);
     }
     Ok(())

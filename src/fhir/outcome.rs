@@ -94,6 +94,7 @@ catalogue! {
     OutputRequired => ("output-required", "required", "Completing a Task needs an output recording the outcome.", "Add Task.output with the outcome."),
     FieldNotChangeable => ("field-not-changeable", "business-rule", "You changed an element your role may not change.", "Change only the elements your role may edit (a charity: status, businessStatus, statusReason, output, note, executionPeriod, lastModified)."),
     VersionConflict => ("version-conflict", "conflict", "The resource changed since the version named in If-Match.", "Read the resource again and retry with its current ETag."),
+    Conflict => ("conflict", "conflict", "A concurrent request created or changed the same resource first.", "Read the resource again and retry."),
     DuplicateRequest => ("duplicate-request", "duplicate", "The request id was used before with a different body.", "Use a new X-Request-Id for a new request."),
     RequestInFlight => ("request-in-flight", "transient", "A request with this id is still being processed.", "Retry later with the same X-Request-Id."),
     ConditionalMultiple => ("conditional-multiple-matches", "multiple-matches", "If-None-Exist matched more than one resource.", "Make the identifier criteria specific."),
@@ -109,6 +110,11 @@ catalogue! {
     MethodNotAllowed => ("method-not-allowed", "not-supported", "This endpoint does not support the HTTP method.", "See /fhir/metadata for the interactions."),
     UnsupportedMediaType => ("unsupported-media-type", "not-supported", "The Content-Type is not one Signpost accepts here.", "Send application/fhir+json (application/json-patch+json for PATCH)."),
     NotAcceptable => ("not-acceptable", "not-supported", "The requested format is not supported.", "Ask for application/fhir+json (JSON only)."),
+    BadRequest => ("bad-request", "invalid", "The HTTP request is malformed: a header, the URL or the body framing cannot be read.", "Send a well-formed HTTP/1.1 request."),
+    HeaderTooLarge => ("header-too-large", "too-costly", "The request's headers or URL are longer than Signpost accepts.", "Send shorter headers and URLs; search with POST-free short queries."),
+    BodyTimeout => ("body-timeout", "timeout", "The request body was not received in time.", "Send the whole body promptly; retry with the same X-Request-Id."),
+    Overloaded => ("overloaded", "throttled", "Signpost is busy with other writes.", "Retry after the number of seconds in Retry-After, with the same X-Request-Id."),
+    TooManyIssues => ("too-many-issues", "too-costly", "The OperationOutcome was cut short: more issues were found than it lists.", "Fix the issues listed, then validate again to see the rest."),
     Unavailable => ("unavailable", "transient", "Signpost cannot reach its database right now.", "Retry later with the same X-Request-Id."),
     Internal => ("internal", "exception", "Signpost failed unexpectedly; nothing was changed.", "Retry later; report the correlation id if it persists."),
     Accepted => ("accepted", "informational", "The request succeeded.", "Nothing to fix."),
@@ -176,6 +182,29 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
     })
 }
 
+/// At most `max` issues, errors first, then one issue saying how many more were found (the
+/// rest are left out so that one request cannot produce an unbounded response).
+pub fn capped(mut issues: Vec<Issue>, max: usize) -> Vec<Issue> {
+    if issues.len() <= max {
+        return issues;
+    }
+    let more = issues.len() - max;
+    // Stable: errors keep their order ahead of warnings and information.
+    issues.sort_by_key(|i| match i.severity {
+        Severity::Fatal | Severity::Error => 0,
+        Severity::Warning => 1,
+        Severity::Information => 2,
+    });
+    issues.truncate(max);
+    issues.push(Issue {
+        severity: if has_errors(&issues) { Severity::Error } else { Severity::Warning },
+        code: IssueCode::TooManyIssues,
+        expression: None,
+        diagnostics: format!("{more} more issues were found and are not listed"),
+    });
+    issues
+}
+
 /// Whether any issue is an error or fatal.
 pub fn has_errors(issues: &[Issue]) -> bool {
     issues.iter().any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
@@ -232,6 +261,19 @@ mod tests {
         let j = operation_outcome(&[i]);
         assert_eq!(j["issue"][0]["details"]["coding"][0]["system"], ISSUE_SYSTEM);
         assert_eq!(j["issue"][0]["expression"][0], "Bundle.entry[2].resource.subject");
+    }
+
+    #[test]
+    fn long_outcomes_are_capped_errors_first() {
+        let mut issues: Vec<Issue> = (0..5).map(|_| Issue::warning(IssueCode::CodeNotInValueSet, "w")).collect();
+        issues.extend((0..300).map(|_| Issue::error(IssueCode::UnknownElement, "e")));
+        let capped = capped(issues, 100);
+        assert_eq!(capped.len(), 101);
+        assert!(capped[..100].iter().all(|i| i.severity == Severity::Error));
+        assert_eq!(capped[100].code, IssueCode::TooManyIssues);
+        assert!(capped[100].diagnostics.starts_with("205 more"));
+        let few = vec![Issue::warning(IssueCode::CodeNotInValueSet, "w")];
+        assert_eq!(super::capped(few.clone(), 100), few);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use serde_json::Value;
 use super::outcome::{Issue, IssueCode};
 use super::{ParamKind, ParamSpec, TypeSpec, parse_reference};
 
+/// The deepest page a search may ask for (`_offset`); deeper paging narrows the search instead
+/// (by `_lastUpdated`), which also keeps every page cheap.
+pub const MAX_OFFSET: i64 = 1_000_000;
+
 /// Largest page a client may ask for.
 pub const MAX_COUNT: i64 = 100;
 /// Page size when the client names none.
@@ -144,8 +148,8 @@ pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Resul
                 c.offset = value
                     .parse()
                     .ok()
-                    .filter(|n: &i64| *n >= 0)
-                    .ok_or_else(|| bad("_offset must be a whole number"))?;
+                    .filter(|n: &i64| (0..=MAX_OFFSET).contains(n))
+                    .ok_or_else(|| bad("_offset must be a whole number from 0 to 1000000"))?;
                 continue;
             }
             "_sort" => {

@@ -1,5 +1,6 @@
-//! The example/production directory: charity Organizations, HealthcareServices and Endpoints
-//! loaded from a folder of FHIR JSON files (Bundles or single resources) at start-up.
+//! The directory: charity Organizations, HealthcareServices and Endpoints loaded at start-up
+//! from a folder of FHIR JSON files (Bundles or single resources), or in sandbox mode from the
+//! example directory embedded in the binary.
 //!
 //! Loading is idempotent: an entry whose content is unchanged keeps its version; a changed
 //! one gets a new version. An invalid file stops start-up with its name and the issues.
@@ -14,20 +15,31 @@ use crate::fhir::{TypeClass, now_ms, stamp_meta, type_spec};
 use crate::store::resources::{self, StoredResource};
 use crate::store::{self, Pool};
 
-/// Load every `*.json` under `dir`; returns how many resources were created or changed.
+/// Load every `*.json` under `dir` (the `directory.path` setting); returns how many resources
+/// were created or changed.
 pub fn load(pool: &Pool, dir: &Path) -> anyhow::Result<usize> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot read directory folder {}: {e}", dir.display()))?
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("directory.path: cannot read the folder {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
-    files.sort();
+    paths.sort();
+    let mut files = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        files.push((path.display().to_string(), text));
+    }
+    load_files(pool, &files)
+}
+
+/// Load directory files given as (name, JSON text); returns how many resources were created
+/// or changed.
+pub fn load_files(pool: &Pool, files: &[(String, String)]) -> anyhow::Result<usize> {
     let mut conn = pool.get()?;
     let mut changed = 0;
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    for (file, text) in files {
+        let value: Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         let mut issues = Vec::new();
         let root = value.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
         // The full validation a write gets: base R4, Signpost's charity HealthcareService and
@@ -38,7 +50,7 @@ pub fn load(pool: &Pool, dir: &Path) -> anyhow::Result<usize> {
                 .iter()
                 .map(|i| format!("{} {}", i.expression.clone().unwrap_or_default(), i.diagnostics))
                 .collect();
-            anyhow::bail!("{} is not valid FHIR R4: {}", file.display(), list.join("; "));
+            anyhow::bail!("{file} is not valid FHIR R4: {}", list.join("; "));
         }
         let resources: Vec<Value> = if root == "Bundle" {
             value
@@ -52,13 +64,10 @@ pub fn load(pool: &Pool, dir: &Path) -> anyhow::Result<usize> {
         for resource in resources {
             let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
             let Some(spec) = type_spec(ty).filter(|s| s.class == TypeClass::Directory) else {
-                anyhow::bail!(
-                    "{}: only Organization, HealthcareService and Endpoint belong in the directory",
-                    file.display()
-                );
+                anyhow::bail!("{file}: only Organization, HealthcareService and Endpoint belong in the directory");
             };
             let Some(id) = resource.get("id").and_then(Value::as_str).map(str::to_string) else {
-                anyhow::bail!("{}: every directory resource needs an id", file.display());
+                anyhow::bail!("{file}: every directory resource needs an id");
             };
             let done = store::write_txn(&mut conn, |conn| -> anyhow::Result<bool> {
                 let now = now_ms();

@@ -6,6 +6,7 @@
 //! in the same transaction) → one write transaction (resources, Tasks, search index, access
 //! grants, idempotency record) → reply.
 
+mod access;
 pub mod directory;
 mod read;
 mod referral;
@@ -14,12 +15,13 @@ mod write;
 
 use serde_json::{Value, json};
 
-use crate::auth::{Principal, Role};
-use crate::config::{LimitSettings, ValidationMode};
+use crate::auth::Principal;
+use crate::config::LimitSettings;
 use crate::error::ApiError;
-use crate::fhir::outcome::{Issue, IssueCode, Severity, operation_outcome};
-use crate::fhir::{TypeClass, TypeSpec, http_date, now_ms, type_spec};
-use crate::store::resources::{self, StoredResource};
+use crate::fhir::ValidationMode;
+use crate::fhir::outcome::{Issue, IssueCode, Severity, capped, operation_outcome};
+use crate::fhir::{TypeSpec, http_date, now_ms, type_spec};
+use crate::store::resources::StoredResource;
 use crate::store::{self, DbConn, Pool, StoreError, idempotency};
 
 pub use write::Change;
@@ -43,6 +45,8 @@ pub struct Ctx {
     /// `Prefer: handling=strict`.
     pub strict: bool,
     pub correlation_id: String,
+    /// `limits.max_issues`: the most issues one OperationOutcome lists.
+    pub max_issues: usize,
 }
 
 /// Request facts that make a write conditional or idempotent.
@@ -173,20 +177,14 @@ pub fn served_type(name: &str) -> Result<&'static TypeSpec, ApiError> {
     })
 }
 
-/// Whether the principal may see the resource.
-fn can_see(conn: &mut DbConn, p: &Principal, spec: &TypeSpec, id: &str) -> Result<bool, ApiError> {
-    if spec.class == TypeClass::Directory || p.role == Role::Operator {
-        return Ok(true);
-    }
-    Ok(resources::is_visible(conn, spec.name, id, &p.org_id)?)
-}
-
 fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
 }
 
-/// Headers and body for a written or read resource, following `Prefer: return`.
-fn resource_reply(ctx: &Ctx, status: u16, r: &StoredResource, with_location: bool) -> Reply {
+/// Headers and body for a written or read resource, following `Prefer: return`. `warnings`
+/// (validation warnings and information of a write) come back under
+/// `Prefer: return=OperationOutcome`.
+fn resource_reply(ctx: &Ctx, status: u16, r: &StoredResource, with_location: bool, warnings: &[Issue]) -> Reply {
     let mut headers =
         vec![("ETag".to_string(), etag(r.version_id)), ("Last-Modified".to_string(), http_date(r.last_updated))];
     if with_location {
@@ -198,15 +196,16 @@ fn resource_reply(ctx: &Ctx, status: u16, r: &StoredResource, with_location: boo
     let body = match ctx.prefer_return {
         Return::Representation => Some(r.body.clone()),
         Return::Minimal => None,
-        Return::OperationOutcome => Some(
-            operation_outcome(&[Issue {
+        Return::OperationOutcome => {
+            let mut issues = warnings.to_vec();
+            issues.push(Issue {
                 severity: Severity::Information,
                 code: IssueCode::Accepted,
                 expression: None,
                 diagnostics: format!("{}/{} version {} stored", r.resource_type, r.id, r.version_id),
-            }])
-            .to_string(),
-        ),
+            });
+            Some(operation_outcome(&capped(issues, ctx.max_issues)).to_string())
+        }
     };
     Reply { status, headers, body }
 }

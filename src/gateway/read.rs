@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Ctx, Gateway, Reply, bundle, can_see, resource_reply, served_type};
+use super::access::can_see;
+use super::{Ctx, Gateway, Reply, bundle, resource_reply, served_type};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
@@ -19,7 +20,7 @@ impl Gateway {
         if !can_see(&mut conn, &ctx.principal, spec, id)? {
             return Err(ApiError::not_found());
         }
-        let mut reply = resource_reply(ctx, 200, &r, false);
+        let mut reply = resource_reply(ctx, 200, &r, false, &[]);
         reply.body = Some(r.body);
         Ok(reply)
     }
@@ -33,7 +34,7 @@ impl Gateway {
             return Err(ApiError::not_found());
         }
         let r = resources::get_version(&mut conn, spec.name, id, version)?.ok_or_else(ApiError::not_found)?;
-        let mut reply = resource_reply(ctx, 200, &r, false);
+        let mut reply = resource_reply(ctx, 200, &r, false, &[]);
         reply.body = Some(r.body);
         Ok(reply)
     }
@@ -53,9 +54,9 @@ impl Gateway {
         let entries = versions
             .iter()
             .map(|v| {
-                let resource: Value = serde_json::from_str(&v.body).unwrap_or(Value::Null);
+                let resource = v.json()?;
                 let (method, status) = if v.version_id == oldest { ("POST", "201 Created") } else { ("PUT", "200 OK") };
-                json!({
+                Ok(json!({
                     "fullUrl": format!("{}/{}/{}", ctx.base, v.resource_type, v.id),
                     "resource": resource,
                     "request": {
@@ -67,9 +68,9 @@ impl Gateway {
                         "etag": super::etag(v.version_id),
                         "lastModified": instant(v.last_updated)
                     }
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<Value>, crate::store::StoreError>>()?;
         let total = versions.len() as i64;
         let self_link = format!("{}/{}/{}/_history", ctx.base, spec.name, id);
         Ok(Reply::json(200, &bundle("history", Some(total), vec![("self", self_link)], entries)))
@@ -100,22 +101,19 @@ impl Gateway {
             format!("{}/{}?{}", ctx.base, spec.name, q.join("&"))
         };
         let mut links = vec![("self", link(criteria.offset))];
-        if criteria.count > 0 && criteria.offset + criteria.count < total {
-            links.push(("next", link(criteria.offset + criteria.count)));
-        }
-        if criteria.offset > 0 && criteria.count > 0 {
-            links.push(("previous", link((criteria.offset - criteria.count).max(0))));
+        for (rel, offset) in page_links(criteria.offset, criteria.count, total) {
+            links.push((rel, link(offset)));
         }
         let mut entries: Vec<Value> = rows
             .iter()
             .map(|r| {
-                json!({
+                Ok(json!({
                     "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
-                    "resource": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+                    "resource": r.json()?,
                     "search": { "mode": "match" }
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, crate::store::StoreError>>()?;
         if !parsed.ignored.is_empty() {
             let names: Vec<String> =
                 parsed.ignored.iter().map(|n| n.chars().filter(|c| c.is_ascii_graphic()).collect()).collect();
@@ -142,4 +140,44 @@ fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// `next` and `previous` links, only where they lead to a page with results: `next` when
+/// results follow this page, `previous` when results come before it (from a page past the end,
+/// `previous` leads to the last page).
+fn page_links(offset: i64, count: i64, total: i64) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    if count <= 0 || total <= 0 {
+        return out;
+    }
+    let end = offset.saturating_add(count);
+    if end < total && end <= search::MAX_OFFSET {
+        out.push(("next", end));
+    }
+    if offset > 0 {
+        let last_page = ((total - 1) / count) * count;
+        out.push(("previous", offset.saturating_sub(count).clamp(0, last_page.min(search::MAX_OFFSET))));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_links;
+
+    #[test]
+    fn paging_links_lead_to_results_and_never_loop() {
+        assert_eq!(page_links(0, 10, 25), vec![("next", 10)]);
+        assert_eq!(page_links(10, 10, 25), vec![("next", 20), ("previous", 0)]);
+        assert_eq!(page_links(20, 10, 25), vec![("previous", 10)]);
+        assert_eq!(page_links(0, 10, 0), vec![], "an empty result has no links");
+        assert_eq!(page_links(5, 10, 0), vec![], "no previous on an empty search");
+        assert_eq!(page_links(90, 10, 25), vec![("previous", 20)], "past the end: back to the last page");
+        assert_eq!(page_links(0, 0, 25), vec![], "_summary=count pages nowhere");
+        for (offset, count, total) in [(i64::MAX - 5, 10, i64::MAX), (1_000_000, 100, 5_000_000)] {
+            for (_, to) in page_links(offset, count, total) {
+                assert!((0..=super::search::MAX_OFFSET).contains(&to), "{offset} {count} {total} -> {to}");
+            }
+        }
+    }
 }

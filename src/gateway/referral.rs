@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use crate::auth::{Principal, Role};
-use crate::config::ValidationMode;
 use crate::error::ApiError;
+use crate::fhir::ValidationMode;
 use crate::fhir::outcome::{Issue, has_errors};
 use crate::fhir::parse_reference;
 use crate::fhir::referral_rules::{Lookup, Records};
@@ -30,31 +30,26 @@ pub(super) fn referral_issues(
     crate::fhir::check_referral_rules(resource, root, mode, &mut StoreRecords { conn, principal }, issues)
 }
 
-/// Refuse a write (422) whose referral rules fail.
+/// Refuse a write (422) whose referral rules fail; otherwise their warnings.
 pub(super) fn enforce_referral_rules(
     conn: &mut DbConn,
     principal: &Principal,
     resource: &Value,
     root: &str,
     mode: ValidationMode,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Issue>, ApiError> {
     let mut issues = Vec::new();
     referral_issues(conn, principal, resource, root, mode, &mut issues)?;
     if has_errors(&issues) {
         return Err(ApiError::issues(422, issues));
     }
-    Ok(())
+    Ok(issues)
 }
 
 impl StoreRecords<'_> {
     fn visible_to(&self) -> Option<String> {
         (self.principal.role != Role::Operator).then(|| self.principal.org_id.clone())
     }
-}
-
-/// Stored bodies were serialised by Signpost itself.
-fn body(r: &resources::StoredResource) -> Value {
-    serde_json::from_str(&r.body).unwrap_or(Value::Null)
 }
 
 impl Records for StoreRecords<'_> {
@@ -68,7 +63,7 @@ impl Records for StoreRecords<'_> {
             return Ok(Lookup::Missing);
         }
         Ok(match resources::get(self.conn, "Patient", id)? {
-            Some(r) => Lookup::Found(body(&r)),
+            Some(r) => Lookup::Found(r.json()?),
             None => Lookup::Missing,
         })
     }
@@ -82,6 +77,6 @@ impl Records for StoreRecords<'_> {
             ..Default::default()
         };
         let (_, found) = resources::search(self.conn, &criteria)?;
-        Ok(Lookup::Found(found.iter().map(body).collect()))
+        Ok(Lookup::Found(found.iter().map(resources::StoredResource::json).collect::<Result<_, _>>()?))
     }
 }

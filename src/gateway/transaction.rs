@@ -6,37 +6,52 @@
 //! knows by its charity number or ODS code) rather than created: charities are managed in the
 //! directory, not by referrers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
+use super::access;
 use super::referral::enforce_referral_rules;
 use super::write::{
-    check_create, check_sender_task, create_routed_tasks, insert_resource, performer_facts, rewrite_references,
+    conditional_identifier, create_routed_tasks, insert_resource, performer_facts, rewrite_references,
     validate_structure,
 };
 use super::{Ctx, Gateway, Reply, WriteOpts, bundle, etag};
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::fhir::outcome::{Issue, IssueCode, has_errors};
+use crate::fhir::outcome::{Issue, IssueCode, Severity, has_errors, operation_outcome};
 use crate::fhir::search::Criteria;
-use crate::fhir::{instant, now_ms, reference_of, type_spec};
+use crate::fhir::{TypeClass, instant, now_ms, reference_of, type_spec};
 use crate::routing;
 use crate::store::resources;
 use crate::store::{DbConn, StoreError};
 
+/// How one entry is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// Created with a new id (POST) or, for operators, the id in `request.url` (PUT).
+    Create,
+    /// An Organization matched to the directory by identifier rather than created.
+    DirectoryMatch,
+    /// `request.ifNoneExist`: the existing resource if one matches, else created.
+    Conditional(String),
+}
+
 /// One entry after the first pass.
+#[derive(Clone)]
 struct Planned {
     index: usize,
     ty: &'static str,
     id: String,
     resource: Value,
-    /// Resolved to an existing directory entry instead of being created.
+    kind: Kind,
+    /// Resolved to an existing resource: nothing is written for it.
     existing: bool,
 }
 
 impl Gateway {
-    /// `POST /fhir` with a transaction Bundle.
+    /// `POST /fhir` with a transaction Bundle. Warnings never refuse it: they come back in each
+    /// entry's `response.outcome` (those about the Bundle as a whole in the first entry's).
     pub fn transaction(&self, ctx: &Ctx, bundle_value: Value, opts: &WriteOpts) -> Result<Reply, ApiError> {
         let bad =
             |diag: &str| ApiError::new(400, Issue::error(IssueCode::BadTransaction, diag.to_string()).at("Bundle"));
@@ -64,16 +79,17 @@ impl Gateway {
                 .at("Bundle.entry"),
             ));
         }
-        let mut issues = Vec::new();
-        validate_structure(self.validation, &bundle_value, "Bundle", &mut issues);
-        if has_errors(&issues) {
-            return Err(ApiError::issues(400, issues));
+        let mut warnings = Vec::new();
+        validate_structure(self.validation, &bundle_value, "Bundle", &mut warnings);
+        if has_errors(&warnings) {
+            return Err(ApiError::issues(400, warnings));
         }
 
         // First pass: methods, types, permissions and the ids each entry will get.
         let p = &ctx.principal;
         let mut planned = Vec::new();
         let mut ids: HashMap<String, String> = HashMap::new();
+        let mut issues = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("Bundle.entry[{i}]");
             let Some(resource) = entry.get("resource").filter(|r| r.is_object()) else {
@@ -90,10 +106,10 @@ impl Gateway {
             };
             let method = entry.pointer("/request/method").and_then(Value::as_str).unwrap_or_default();
             let url = entry.pointer("/request/url").and_then(Value::as_str).unwrap_or_default();
-            let id = match method {
-                "POST" => uuid::Uuid::new_v4().to_string(),
+            let (id, mut kind) = match method {
+                "POST" => (uuid::Uuid::new_v4().to_string(), Kind::Create),
                 "PUT" => match url.split_once('/') {
-                    Some((t, id)) if t == ty && crate::fhir::is_valid_id(id) => id.to_string(),
+                    Some((t, id)) if t == ty && crate::fhir::is_valid_id(id) => (id.to_string(), Kind::Create),
                     _ => {
                         issues.push(
                             Issue::error(IssueCode::BadTransaction, "a PUT entry's request.url must be Type/id")
@@ -110,47 +126,125 @@ impl Gateway {
                     continue;
                 }
             };
-            let mut existing = false;
             if spec.name == "Organization" && method == "POST" && p.role != Role::Operator {
                 // Match the charity (or practice) to the directory by identifier.
-                existing = true;
-            } else if let Err(e) = check_create(p, spec) {
+                kind = Kind::DirectoryMatch;
+            } else if let Err(e) = access::check_create(p, spec) {
                 issues.extend(e.to_issues(&ctx.correlation_id).into_iter().map(|i| i.at(format!("{path}.resource"))));
                 continue;
+            }
+            if method == "POST"
+                && let Some(query) = entry.pointer("/request/ifNoneExist").and_then(Value::as_str)
+                && kind == Kind::Create
+            {
+                match conditional_identifier(query) {
+                    Ok(ident) => kind = Kind::Conditional(ident),
+                    Err(e) => {
+                        issues.extend(
+                            e.to_issues(&ctx.correlation_id)
+                                .into_iter()
+                                .map(|i| i.at(format!("{path}.request.ifNoneExist"))),
+                        );
+                        continue;
+                    }
+                }
             }
             if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
                 ids.insert(full_url.to_string(), format!("{}/{id}", spec.name));
             }
-            planned.push(Planned { index: i, ty: spec.name, id, resource: resource.clone(), existing });
+            planned.push(Planned { index: i, ty: spec.name, id, resource: resource.clone(), kind, existing: false });
         }
-        if !issues.is_empty() {
+        if has_errors(&issues) {
             return Err(ApiError::issues(422, issues));
         }
 
         self.run_write(ctx, opts, |conn| {
             // Business rules first, on the Bundle as sent (its fullUrls link the entries).
-            enforce_referral_rules(conn, p, &bundle_value, "Bundle", self.validation)?;
-            let mut plan: Vec<Planned> = planned
-                .iter()
-                .map(|e| Planned { index: e.index, ty: e.ty, id: e.id.clone(), resource: e.resource.clone(), existing: e.existing })
-                .collect();
+            let mut warnings = warnings.clone();
+            warnings.extend(enforce_referral_rules(conn, p, &bundle_value, "Bundle", self.validation)?);
+            let mut plan = planned.clone();
             let mut ids = ids.clone();
             let mut issues = Vec::new();
-            for e in plan.iter_mut().filter(|e| e.existing) {
-                match match_directory_org(conn, &e.resource)? {
-                    Some(found) => {
-                        if let Some(full) = entries[e.index].get("fullUrl").and_then(Value::as_str) {
-                            ids.insert(full.to_string(), format!("Organization/{found}"));
+            for e in plan.iter_mut() {
+                let full_url = entries[e.index].get("fullUrl").and_then(Value::as_str);
+                let found = match &e.kind {
+                    Kind::Create => {
+                        // PUT: operators may create with their own id; nobody updates through a
+                        // transaction. A resource you cannot see answers as a missing one.
+                        let exists = resources::get(conn, e.ty, &e.id)?.is_some();
+                        let spec = type_spec(e.ty).expect("planned types are served");
+                        let visible = exists && access::can_see(conn, p, spec, &e.id)?;
+                        let put = entries[e.index].pointer("/request/method").and_then(Value::as_str) == Some("PUT");
+                        if put && visible {
+                            return Err(ApiError::new(
+                                422,
+                                Issue::error(
+                                    IssueCode::BadTransaction,
+                                    "a PUT entry names an existing resource; update it with PUT /fhir/Type/id",
+                                )
+                                .at(format!("Bundle.entry[{}].request.url", e.index)),
+                            ));
                         }
-                        e.id = found;
+                        if put && (exists || p.role != Role::Operator) {
+                            return Err(ApiError::new(
+                                404,
+                                Issue::error(IssueCode::NotFound, "no such resource, or not one you may see")
+                                    .at(format!("Bundle.entry[{}].request.url", e.index)),
+                            ));
+                        }
+                        None
                     }
-                    None => issues.push(
-                        Issue::error(
-                            IssueCode::UnknownReference,
-                            "this Organization is not in the directory (matched by identifier); charities are added by operators",
-                        )
-                        .at(format!("Bundle.entry[{}].resource.identifier", e.index)),
-                    ),
+                    Kind::DirectoryMatch => match match_directory_org(conn, &e.resource)? {
+                        Some(found) => Some(found),
+                        None => {
+                            issues.push(
+                                Issue::error(
+                                    IssueCode::UnknownReference,
+                                    "this Organization is not in the directory (matched by identifier); charities are added by operators",
+                                )
+                                .at(format!("Bundle.entry[{}].resource.identifier", e.index)),
+                            );
+                            continue;
+                        }
+                    },
+                    Kind::Conditional(ident) => {
+                        let spec = type_spec(e.ty).expect("planned types are served");
+                        let mut criteria = Criteria {
+                            resource_type: e.ty.to_string(),
+                            params: vec![("identifier".into(), vec![ident.clone()])],
+                            count: 2,
+                            ..Default::default()
+                        };
+                        if spec.class == TypeClass::Referral && p.role != Role::Operator {
+                            criteria.visible_to = Some(p.org_id.clone());
+                        }
+                        let (total, found) = resources::search(conn, &criteria)?;
+                        if total > 1 {
+                            return Err(ApiError::new(
+                                412,
+                                Issue::error(IssueCode::ConditionalMultiple, "ifNoneExist matched more than one resource")
+                                    .at(format!("Bundle.entry[{}].request.ifNoneExist", e.index)),
+                            ));
+                        }
+                        match found.into_iter().next() {
+                            Some(r) => Some(r.id),
+                            None => {
+                                let key = format!("{}:identifier={ident}", p.org_id);
+                                match resources::claim_conditional(conn, e.ty, &key, &e.id) {
+                                    Err(StoreError::Unique) => return Err(ApiError::ConditionalRace),
+                                    other => other?,
+                                }
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some(found) = found {
+                    if let Some(full) = full_url {
+                        ids.insert(full.to_string(), format!("{}/{found}", e.ty));
+                    }
+                    e.id = found;
+                    e.existing = true;
                 }
             }
             for e in plan.iter_mut() {
@@ -159,23 +253,24 @@ impl Gateway {
                     obj.insert("id".into(), Value::String(e.id.clone()));
                 }
             }
-            // Sender-chosen routes: Tasks in the Bundle.
-            let bundle_srs: HashSet<String> =
-                plan.iter().filter(|e| e.ty == "ServiceRequest").map(|e| e.id.clone()).collect();
+            // Sender-chosen routes: new Tasks in the Bundle.
+            let bundle_srs: HashMap<String, Value> = plan
+                .iter()
+                .filter(|e| e.ty == "ServiceRequest" && !e.existing)
+                .map(|e| (e.id.clone(), e.resource.clone()))
+                .collect();
             let mut routed_by_sender: HashMap<String, Vec<String>> = HashMap::new();
-            for e in plan.iter().filter(|e| e.ty == "Task") {
+            for e in plan.iter().filter(|e| e.ty == "Task" && !e.existing) {
                 let path = format!("Bundle.entry[{}].resource", e.index);
-                if p.role != Role::Operator {
-                    issues.extend(check_sender_task(conn, p, &e.resource, &bundle_srs, &path)?);
-                }
+                issues.extend(access::check_sender_task(conn, p, &e.resource, &bundle_srs, &path)?);
                 if let (Some(("ServiceRequest", sr)), Some(owner)) =
-                    (e.resource.get("focus").and_then(reference_of), super::write::owner_org(conn, &e.resource)?)
+                    (e.resource.get("focus").and_then(reference_of), access::owner_org(conn, &e.resource)?)
                 {
                     routed_by_sender.entry(sr.to_string()).or_default().push(owner);
                 }
             }
             let mut routes = HashMap::new();
-            for e in plan.iter().filter(|e| e.ty == "ServiceRequest") {
+            for e in plan.iter().filter(|e| e.ty == "ServiceRequest" && !e.existing) {
                 let facts = performer_facts(conn, &e.resource)?;
                 let already = routed_by_sender.get(&e.id).cloned().unwrap_or_default();
                 match routing::route(&e.resource, &facts, &already) {
@@ -187,41 +282,67 @@ impl Gateway {
                     ),
                 }
             }
-            if !issues.is_empty() {
+            if has_errors(&issues) {
                 return Err(ApiError::issues(422, issues));
             }
 
             let now = now_ms();
             let mut responses = vec![Value::Null; entries.len()];
+            let mut tasks: Vec<(String, Value)> = Vec::new();
             for e in plan.iter_mut() {
                 let spec = type_spec(e.ty).expect("planned types are served");
                 if e.existing {
-                    let r = resources::get(conn, e.ty, &e.id)?.ok_or_else(|| ApiError::Internal("directory entry vanished".into()))?;
-                    responses[e.index] = entry_response(ctx, "200 OK", &r);
+                    let r = resources::get(conn, e.ty, &e.id)?
+                        .ok_or_else(|| ApiError::Internal("matched resource vanished".into()))?;
+                    responses[e.index] = entry_response(ctx, "200 OK", &r)?;
                     continue;
                 }
-                let stored = if resources::get(conn, e.ty, &e.id)?.is_some() {
-                    return Err(ApiError::new(
-                        409,
-                        Issue::error(IssueCode::BadTransaction, "a PUT entry names an existing resource; update it with PUT /fhir/Type/id")
-                            .at(format!("Bundle.entry[{}].request.url", e.index)),
-                    ));
-                } else {
-                    insert_resource(conn, p, spec, &e.id, &mut e.resource, &p.org_id, now)?
-                };
+                let stored = insert_resource(conn, p, spec, &e.id, &mut e.resource, &p.org_id, now)?;
+                if e.ty == "Task" {
+                    tasks.push((e.id.clone(), e.resource.clone()));
+                }
                 if e.ty == "ServiceRequest" {
                     let r = routes.get(&e.id).cloned().unwrap_or_default();
-                    create_routed_tasks(conn, p, &e.id, &e.resource, &r, now)?;
+                    for t in create_routed_tasks(conn, p, &e.id, &e.resource, &r, now)? {
+                        tasks.push((t.id.clone(), t.json()?));
+                    }
                 }
-                responses[e.index] = entry_response(ctx, "201 Created", &stored);
+                responses[e.index] = entry_response(ctx, "201 Created", &stored)?;
             }
+            // Owners' grants last: everything the Tasks point to is stored by now.
+            for (id, task) in &tasks {
+                access::grant_task(conn, id, task)?;
+            }
+            attach_outcomes(&mut responses, &warnings, ctx.max_issues);
             let body = bundle("transaction-response", None, Vec::new(), responses);
             Ok(Reply::json(200, &body))
         })
     }
 }
 
-fn entry_response(ctx: &Ctx, status: &str, r: &resources::StoredResource) -> Value {
+/// Put each warning in the `response.outcome` of the entry it concerns (by its expression,
+/// `Bundle.entry[i]...`); warnings about the Bundle as a whole go to the first entry.
+fn attach_outcomes(responses: &mut [Value], warnings: &[Issue], max_issues: usize) {
+    let mut per_entry: HashMap<usize, Vec<Issue>> = HashMap::new();
+    for w in warnings.iter().filter(|w| w.severity != Severity::Error && w.severity != Severity::Fatal) {
+        let index = w
+            .expression
+            .as_deref()
+            .and_then(|e| e.strip_prefix("Bundle.entry["))
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(n, _)| n.parse::<usize>().ok())
+            .filter(|i| *i < responses.len())
+            .unwrap_or(0);
+        per_entry.entry(index).or_default().push(w.clone());
+    }
+    for (index, issues) in per_entry {
+        if let Some(response) = responses.get_mut(index).and_then(|r| r.get_mut("response")) {
+            response["outcome"] = operation_outcome(&crate::fhir::outcome::capped(issues, max_issues));
+        }
+    }
+}
+
+fn entry_response(ctx: &Ctx, status: &str, r: &resources::StoredResource) -> Result<Value, StoreError> {
     let mut e = json!({
         "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
         "response": {
@@ -232,9 +353,9 @@ fn entry_response(ctx: &Ctx, status: &str, r: &resources::StoredResource) -> Val
         }
     });
     if ctx.prefer_return == super::Return::Representation {
-        e["resource"] = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        e["resource"] = r.json()?;
     }
-    e
+    Ok(e)
 }
 
 /// The directory Organization with one of this Organization's identifiers.

@@ -1,20 +1,21 @@
 //! Writes: create (with routing), update and patch (with the Task lifecycle), and the pieces
 //! the transaction Bundle shares.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::access;
 use super::referral::{enforce_referral_rules, referral_issues};
-use super::{Ctx, Gateway, Reply, WriteOpts, can_see, resource_reply, served_type};
+use super::{Ctx, Gateway, Reply, WriteOpts, resource_reply, served_type};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, has_errors};
 use crate::fhir::search::index_values;
-use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, reference_of, stamp_meta, type_spec};
+use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, stamp_meta, type_spec};
 use crate::lifecycle::{self, Actor, Needs};
-use crate::routing::{self, DirectoryEntry, DirectoryFacts};
-use crate::store::resources::{self, Grant, StoredResource};
+use crate::routing::{self, DirectoryFacts};
+use crate::store::resources::{self, StoredResource};
 use crate::store::{DbConn, StoreError};
 
 /// How an update changes the stored resource.
@@ -26,22 +27,10 @@ pub enum Change {
     Patch(json_patch::Patch),
 }
 
-/// May this principal create resources of this type?
-pub(super) fn check_create(p: &Principal, spec: &TypeSpec) -> Result<(), ApiError> {
-    match (p.role, spec.class) {
-        (Role::Operator, _) => Ok(()),
-        (Role::Referrer, TypeClass::Referral) => Ok(()),
-        (Role::Referrer, TypeClass::Directory) => Err(ApiError::forbidden("only operators change the directory")),
-        (Role::Charity, _) => {
-            Err(ApiError::forbidden("charities update the Tasks they own; they do not create resources"))
-        }
-    }
-}
-
 /// Validation of a resource to be stored, under the configured mode; `path` is the
 /// resource's FHIRPath root.
 pub(super) fn validate_structure(
-    mode: crate::config::ValidationMode,
+    mode: crate::fhir::ValidationMode,
     resource: &Value,
     path: &str,
     issues: &mut Vec<Issue>,
@@ -60,124 +49,20 @@ pub(super) fn expect_type(resource: &Value, ty: &str) -> Result<(), ApiError> {
     }
 }
 
-/// What the directory says about `ty/id` (a HealthcareService or an Organization).
-pub(super) fn directory_entry(conn: &mut DbConn, ty: &str, id: &str) -> Result<Option<DirectoryEntry>, StoreError> {
-    let Some(r) = resources::get(conn, ty, id)? else { return Ok(None) };
-    let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    let active = body.get("active").and_then(Value::as_bool).unwrap_or(true);
-    let entry = match ty {
-        "Organization" => DirectoryEntry { active, org_id: Some(id.to_string()), org_active: active },
-        _ => {
-            let org = body.get("providedBy").and_then(reference_of).filter(|(t, _)| *t == "Organization");
-            match org {
-                Some((_, org_id)) => {
-                    let org_active = match resources::get(conn, "Organization", org_id)? {
-                        Some(o) => serde_json::from_str::<Value>(&o.body)
-                            .ok()
-                            .and_then(|o| o.get("active").and_then(Value::as_bool))
-                            .unwrap_or(true),
-                        None => false,
-                    };
-                    DirectoryEntry { active, org_id: Some(org_id.to_string()), org_active }
-                }
-                None => DirectoryEntry { active, org_id: None, org_active: false },
-            }
-        }
-    };
-    Ok(Some(entry))
-}
-
 /// Load the directory facts a ServiceRequest's performers name.
 pub(super) fn performer_facts(conn: &mut DbConn, sr: &Value) -> Result<DirectoryFacts, StoreError> {
     let mut facts = DirectoryFacts::new();
     for (_, ty, id) in routing::performer_targets(sr) {
-        if let Some(entry) = directory_entry(conn, &ty, &id)? {
+        if let Some(entry) = access::directory_entry(conn, &ty, &id)? {
             facts.insert((ty, id), entry);
         }
     }
     Ok(facts)
 }
 
-/// The charity Organization that owns a Task (from `Task.owner`).
-pub(super) fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
-    let Some((ty, id)) = task.get("owner").and_then(reference_of) else { return Ok(None) };
-    if !routing::DIRECTORY_TARGETS.contains(&ty) {
-        return Ok(None);
-    }
-    Ok(directory_entry(conn, ty, id)?.and_then(|e| e.org_id))
-}
-
-/// A Task sent by a referrer is its own route: `focus` must be a ServiceRequest the sender can
-/// see (or one in the same Bundle, listed in `bundle_srs`), `owner` an active directory
-/// charity. `path` is the Task's FHIRPath root.
-pub(super) fn check_sender_task(
-    conn: &mut DbConn,
-    p: &Principal,
-    task: &Value,
-    bundle_srs: &HashSet<String>,
-    path: &str,
-) -> Result<Vec<Issue>, ApiError> {
-    let mut issues = Vec::new();
-    match task.get("focus").and_then(reference_of) {
-        Some(("ServiceRequest", id)) => {
-            let known = bundle_srs.contains(id)
-                || (resources::get(conn, "ServiceRequest", id)?.is_some()
-                    && can_see(conn, p, type_spec("ServiceRequest").expect("served"), id)?);
-            if !known {
-                issues.push(
-                    Issue::error(
-                        IssueCode::UnknownReference,
-                        "Task.focus names a ServiceRequest that does not exist or that you cannot see",
-                    )
-                    .at(format!("{path}.focus")),
-                );
-            }
-        }
-        _ => issues.push(
-            Issue::error(IssueCode::FocusRequired, "Task.focus must reference the ServiceRequest")
-                .at(format!("{path}.focus")),
-        ),
-    }
-    match task.get("owner").and_then(reference_of) {
-        Some((ty, id)) if routing::DIRECTORY_TARGETS.contains(&ty) => {
-            let mut facts = DirectoryFacts::new();
-            if let Some(e) = directory_entry(conn, ty, id)? {
-                facts.insert((ty.to_string(), id.to_string()), e);
-            }
-            if let Err(issue) = routing::resolve(&facts, ty, id, &format!("{path}.owner")) {
-                issues.push(issue);
-            }
-        }
-        _ => issues.push(
-            Issue::error(IssueCode::FocusRequired, "Task.owner must reference a charity Organization in the directory")
-                .at(format!("{path}.owner")),
-        ),
-    }
-    Ok(issues)
-}
-
-/// Who may see a Task's parts: its owner sees the Task, its ServiceRequest(s) and patient.
-fn task_grants(task_id: &str, task: &Value, owner: Option<&str>) -> Vec<Grant> {
-    let Some(org) = owner else { return Vec::new() };
-    let grant = |ty: &str, id: &str| Grant { resource_type: ty.into(), resource_id: id.into(), org_id: org.into() };
-    let mut out = vec![grant("Task", task_id)];
-    let mut refs: Vec<&Value> = Vec::new();
-    refs.extend(task.get("focus"));
-    refs.extend(task.get("for"));
-    if let Some(based_on) = task.get("basedOn").and_then(Value::as_array) {
-        refs.extend(based_on.iter());
-    }
-    for r in refs {
-        if let Some((ty, id)) = reference_of(r)
-            && matches!(ty, "ServiceRequest" | "Patient")
-        {
-            out.push(grant(ty, id));
-        }
-    }
-    out
-}
-
-/// Store a new resource (version 1) with its index and grants. Sets `id` and `meta`.
+/// Store a new resource (version 1) with its index and its sender's grant. Sets `id` and
+/// `meta`. A Task's owner grants are written by [`access::grant_task`] once everything the
+/// Task points to is stored.
 pub(super) fn insert_resource(
     conn: &mut DbConn,
     p: &Principal,
@@ -197,19 +82,13 @@ pub(super) fn insert_resource(
         body: body.to_string(),
     };
     resources::insert_new(conn, &stored, &index_values(spec, body))?;
-    if spec.class == TypeClass::Referral {
-        let sender = Grant { resource_type: spec.name.into(), resource_id: id.into(), org_id: sender_org.into() };
-        resources::replace_grants(conn, &format!("sender:{}/{id}", spec.name), &[sender])?;
-    }
-    if spec.name == "Task" {
-        let owner = owner_org(conn, body)?;
-        resources::replace_grants(conn, &format!("task:{id}"), &task_grants(id, body, owner.as_deref()))?;
-    }
+    access::grant_sender(conn, spec, id, sender_org)?;
     tracing::info!(resource_type = spec.name, id, version = 1, client = %p.name, "created");
     Ok(stored)
 }
 
-/// Create the Tasks routing decided for a stored ServiceRequest.
+/// Create the Tasks routing decided for a stored ServiceRequest (their owners' grants are the
+/// caller's to write, with [`access::grant_task`]).
 pub(super) fn create_routed_tasks(
     conn: &mut DbConn,
     p: &Principal,
@@ -295,21 +174,24 @@ impl Gateway {
                 diagnostics: "no issues found".into(),
             });
         }
-        Ok(Reply::json(200, &crate::fhir::outcome::operation_outcome(&issues)))
+        Ok(Reply::json(
+            200,
+            &crate::fhir::outcome::operation_outcome(&crate::fhir::outcome::capped(issues, ctx.max_issues)),
+        ))
     }
 
     /// `POST /fhir/{type}`.
     pub fn create(&self, ctx: &Ctx, ty: &str, mut resource: Value, opts: &WriteOpts) -> Result<Reply, ApiError> {
         let spec = served_type(ty)?;
-        check_create(&ctx.principal, spec)?;
+        access::check_create(&ctx.principal, spec)?;
         expect_type(&resource, spec.name)?;
         if let Some(obj) = resource.as_object_mut() {
             obj.shift_remove("id");
         }
-        let mut issues = Vec::new();
-        validate_structure(self.validation, &resource, spec.name, &mut issues);
-        if has_errors(&issues) {
-            return Err(ApiError::issues(400, issues));
+        let mut warnings = Vec::new();
+        validate_structure(self.validation, &resource, spec.name, &mut warnings);
+        if has_errors(&warnings) {
+            return Err(ApiError::issues(400, warnings));
         }
         let conditional = match &opts.if_none_exist {
             Some(q) => Some(conditional_identifier(q)?),
@@ -335,7 +217,7 @@ impl Gateway {
                     ));
                 }
                 if let Some(existing) = found.first() {
-                    return Ok(resource_reply(ctx, 200, existing, true));
+                    return Ok(resource_reply(ctx, 200, existing, true, &warnings));
                 }
             }
             let now = now_ms();
@@ -348,14 +230,15 @@ impl Gateway {
             }
             let mut body = resource.clone();
             let mut routes = Vec::new();
+            let mut warnings = warnings.clone();
             match spec.name {
                 "ServiceRequest" => {
-                    enforce_referral_rules(conn, p, &body, spec.name, self.validation)?;
+                    warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?);
                     let facts = performer_facts(conn, &body)?;
                     routes = routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?;
                 }
-                "Task" if p.role != Role::Operator => {
-                    let issues = check_sender_task(conn, p, &body, &HashSet::new(), "Task")?;
+                "Task" => {
+                    let issues = access::check_sender_task(conn, p, &body, &HashMap::new(), "Task")?;
                     if !issues.is_empty() {
                         return Err(ApiError::issues(422, issues));
                     }
@@ -364,9 +247,14 @@ impl Gateway {
             }
             let stored = insert_resource(conn, p, spec, &id, &mut body, &p.org_id, now)?;
             if spec.name == "ServiceRequest" {
-                create_routed_tasks(conn, p, &id, &body, &routes, now)?;
+                for task in create_routed_tasks(conn, p, &id, &body, &routes, now)? {
+                    access::grant_task(conn, &task.id, &task.json()?)?;
+                }
             }
-            Ok(resource_reply(ctx, 201, &stored, true))
+            if spec.name == "Task" {
+                access::grant_task(conn, &id, &body)?;
+            }
+            Ok(resource_reply(ctx, 201, &stored, true, &warnings))
         })
     }
 
@@ -399,12 +287,12 @@ impl Gateway {
                         }
                         let mut body = resource.clone();
                         let stored = insert_resource(conn, p, spec, id, &mut body, &p.org_id, now_ms())?;
-                        Ok(resource_reply(ctx, 201, &stored, true))
+                        Ok(resource_reply(ctx, 201, &stored, true, &issues))
                     }
                     _ => Err(ApiError::not_found()),
                 };
             };
-            if !can_see(conn, p, spec, id)? {
+            if !access::can_see(conn, p, spec, id)? {
                 return Err(ApiError::not_found());
             }
             if p.role == Role::Charity && spec.name != "Task" {
@@ -415,7 +303,7 @@ impl Gateway {
             {
                 return Err(version_conflict());
             }
-            let old: Value = serde_json::from_str(&current.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let old = current.json()?;
             let mut new = match &change {
                 Change::Replace(v) => v.clone(),
                 Change::Patch(patch) => {
@@ -468,12 +356,13 @@ impl Gateway {
             if !resources::update_if_version(conn, &stored, current.version_id, &index_values(spec, &new))? {
                 return Err(version_conflict());
             }
-            if spec.name == "Task" {
-                let owner = owner_org(conn, &new)?;
-                resources::replace_grants(conn, &format!("task:{id}"), &task_grants(id, &new, owner.as_deref()))?;
+            match spec.name {
+                "Task" => access::grant_task(conn, id, &new)?,
+                "ServiceRequest" => access::regrant_tasks_of(conn, id)?,
+                _ => {}
             }
             tracing::info!(resource_type = spec.name, id, version, client = %p.name, "updated");
-            Ok(resource_reply(ctx, 200, &stored, false))
+            Ok(resource_reply(ctx, 200, &stored, false, &issues))
         })
     }
 }
@@ -551,7 +440,7 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
 }
 
 /// `If-None-Exist: identifier=system|value` → the token to match.
-fn conditional_identifier(query: &str) -> Result<String, ApiError> {
+pub(super) fn conditional_identifier(query: &str) -> Result<String, ApiError> {
     let bad =
         || ApiError::new(400, Issue::error(IssueCode::BadConditional, "If-None-Exist must be identifier=system|value"));
     let pairs: Vec<(String, String)> =

@@ -36,3 +36,31 @@ pub fn upsert_by_name(conn: &mut DbConn, row: &ClientRow) -> Result<(), StoreErr
         insert(conn, row)
     })
 }
+
+/// Every registered client, by name.
+pub fn list(conn: &mut DbConn) -> Result<Vec<ClientRow>, StoreError> {
+    Ok(api_clients::table.order(api_clients::name.asc()).load(conn)?)
+}
+
+/// Remove the client of this name; `false` if there is none.
+pub fn revoke(conn: &mut DbConn, name: &str) -> Result<bool, StoreError> {
+    Ok(diesel::delete(api_clients::table.filter(api_clients::name.eq(name))).execute(conn)? > 0)
+}
+
+/// Change the role of the client of this name; `false` if there is none.
+pub fn set_role(conn: &mut DbConn, name: &str, role: &str) -> Result<bool, StoreError> {
+    Ok(diesel::update(api_clients::table.filter(api_clients::name.eq(name)))
+        .set(api_clients::role.eq(role))
+        .execute(conn)?
+        > 0)
+}
+
+/// Remove the clients whose id starts with `prefix` and whose name is not in `keep` (clients
+/// dropped from the configuration, or sandbox clients outside sandbox mode). Returns how many.
+pub fn remove_stale(conn: &mut DbConn, prefix: &str, keep: &[&str]) -> Result<usize, StoreError> {
+    let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+    Ok(diesel::delete(
+        api_clients::table.filter(api_clients::id.like(pattern).escape('\\')).filter(api_clients::name.ne_all(keep)),
+    )
+    .execute(conn)?)
+}

@@ -52,6 +52,9 @@ pub enum StoreError {
     Migration(String),
     #[error("invalid database URL: {0}")]
     Url(String),
+    /// A stored body is not the JSON Signpost wrote: never treated as an empty resource.
+    #[error("stored {0} is not valid JSON")]
+    Corrupt(String),
 }
 
 impl From<DieselError> for StoreError {

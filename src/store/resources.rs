@@ -61,6 +61,14 @@ pub fn get(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<StoredResour
         .optional()?)
 }
 
+impl StoredResource {
+    /// The stored body as JSON; a body that does not parse is [`StoreError::Corrupt`].
+    pub fn json(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&self.body)
+            .map_err(|_| StoreError::Corrupt(format!("{}/{} version {}", self.resource_type, self.id, self.version_id)))
+    }
+}
+
 /// One historical version.
 pub fn get_version(conn: &mut DbConn, ty: &str, rid: &str, version: i64) -> Result<Option<StoredResource>, StoreError> {
     Ok(resource_versions::table
@@ -191,6 +199,17 @@ pub fn is_visible(conn: &mut DbConn, ty: &str, rid: &str, org_id: &str) -> Resul
         .count()
         .get_result(conn)?;
     Ok(n > 0)
+}
+
+/// The Organization that sent a referral resource (its `sender:` grant), if any.
+pub fn sender_of(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<String>, StoreError> {
+    Ok(access_grants::table
+        .filter(access_grants::source.eq(format!("sender:{ty}/{rid}")))
+        .filter(access_grants::resource_type.eq(ty))
+        .filter(access_grants::resource_id.eq(rid))
+        .select(access_grants::org_id)
+        .first::<String>(conn)
+        .optional()?)
 }
 
 /// Record the resource created by a conditional create (`If-None-Exist`); the primary key

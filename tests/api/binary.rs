@@ -90,7 +90,10 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
     let url = fresh_database(dir.path());
     let config = dir.path().join("signpost.toml");
     let settings = test_settings(&url);
-    let mut toml = format!("[database]\nurl = \"{url}\"\n[server]\nport = 0\n[log]\nlevel = \"debug\"\n");
+    let directory = format!("{}/examples/directory", env!("CARGO_MANIFEST_DIR"));
+    let mut toml = format!(
+        "[database]\nurl = \"{url}\"\n[server]\nport = 0\n[log]\nlevel = \"debug\"\n[directory]\npath = \"{directory}\"\n"
+    );
     for c in &settings.clients {
         toml.push_str(&format!(
             "[[clients]]\nname = \"{}\"\nrole = \"{}\"\norganization = \"{}\"\nkey_sha256 = \"{}\"\n",
@@ -170,7 +173,7 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
 
 #[test]
 fn validate_command_reports_faults_offline_with_an_exit_code() {
-    let corpus = format!("{}/../shared/corpus/referrals", env!("CARGO_MANIFEST_DIR"));
+    let corpus = format!("{}/tests/fixtures/referrals", env!("CARGO_MANIFEST_DIR"));
     let bad = signpost().args(["validate", &format!("{corpus}/invalid/broken-status-code.json")]).output().unwrap();
     assert!(!bad.status.success());
     let text = String::from_utf8_lossy(&bad.stdout);
@@ -199,7 +202,7 @@ fn validate_command_reports_faults_offline_with_an_exit_code() {
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
 
     // --ig: an implementation guide's global profile applies to every Patient.
-    let cases = format!("{}/../shared/corpus/fhir-test-cases", env!("CARGO_MANIFEST_DIR"));
+    let cases = format!("{}/tests/fixtures/fhir-test-cases", env!("CARGO_MANIFEST_DIR"));
     let bad = format!("{cases}/patient-ig-bad.json");
     let plain = signpost().args(["validate", "--base-only", &bad]).output().unwrap();
     assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stdout));

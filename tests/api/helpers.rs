@@ -77,12 +77,24 @@ impl Resp {
     }
 }
 
+/// Checked on every response of the suite: a 4xx is an OperationOutcome holding at least one
+/// `error` or `fatal` issue (warnings alone never refuse a request).
+pub fn assert_refusal_is_an_error(status: u16, body: &Value) {
+    if (400..500).contains(&status) {
+        assert_eq!(body["resourceType"], "OperationOutcome", "a {status} must be an OperationOutcome: {body}");
+        assert!(
+            issues(body).iter().any(|i| i["severity"] == "error" || i["severity"] == "fatal"),
+            "a {status} OperationOutcome must hold an error or fatal issue: {body}"
+        );
+    }
+}
+
 fn issues(body: &Value) -> Vec<Value> {
     body["issue"].as_array().cloned().unwrap_or_default()
 }
 
 pub fn corpus(path: &str) -> Value {
-    let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))).unwrap()
 }
 
@@ -173,6 +185,7 @@ impl TestApp {
         let text = res.text().await.unwrap();
         let body =
             if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        assert_refusal_is_an_error(status, &body);
         Resp { status, headers, body }
     }
 

@@ -1,5 +1,5 @@
 //! Validation conformance: Signpost's validator against the HL7 Java reference validator's
-//! outcomes (`../shared/corpus/fhir-test-cases/`) and the official R4 examples.
+//! outcomes (`tests/fixtures/fhir-test-cases/`) and the official R4 examples.
 //!
 //! Every case not listed in `known-disagreements.txt` must reach the Java verdict (valid or
 //! invalid), so no case regresses once passing; the listed ones say why they differ.
@@ -14,7 +14,7 @@ use signpost::fhir::profiles::Profiles;
 use signpost::fhir::validator;
 
 fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn is_error(i: &Issue) -> bool {

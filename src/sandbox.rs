@@ -1,0 +1,78 @@
+//! Sandbox mode (PRODUCT.md §10–11): the example directory and the public sandbox API keys,
+//! embedded in the binary so that `signpost serve` works from any folder with no set-up.
+//!
+//! These keys are public (they are printed in the README). They are registered only in sandbox
+//! mode, which listens on loopback only; production mode removes them from the database at
+//! start-up, so a database that once ran as a sandbox never accepts them in production.
+
+use crate::auth::Role;
+
+/// A public sandbox client: name, role, Organization, key.
+pub struct SandboxClient {
+    pub name: &'static str,
+    pub role: Role,
+    pub organization: &'static str,
+    pub key: &'static str,
+}
+
+/// The sandbox clients, one per role (and a second charity).
+pub const CLIENTS: &[SandboxClient] = &[
+    SandboxClient {
+        name: "sandbox-riverside-gp",
+        role: Role::Referrer,
+        organization: "riverside-medical-practice",
+        key: "sp_sandbox_referrer_riverside",
+    },
+    SandboxClient {
+        name: "sandbox-stroke-association",
+        role: Role::Charity,
+        organization: "stroke-association",
+        key: "sp_sandbox_charity_stroke",
+    },
+    SandboxClient {
+        name: "sandbox-befriending-network-leeds",
+        role: Role::Charity,
+        organization: "befriending-network-leeds",
+        key: "sp_sandbox_charity_befriending",
+    },
+    SandboxClient {
+        name: "sandbox-operator",
+        role: Role::Operator,
+        organization: "signpost-operator",
+        key: "sp_sandbox_operator",
+    },
+];
+
+/// The id prefix of sandbox clients' database rows.
+pub const CLIENT_ID_PREFIX: &str = "sandbox-";
+
+/// The example directory (`examples/directory/`): file name and content.
+pub const DIRECTORY: &[(&str, &str)] = &[
+    ("befriending-network-leeds.json", include_str!("../examples/directory/befriending-network-leeds.json")),
+    ("blood-cancer-uk.json", include_str!("../examples/directory/blood-cancer-uk.json")),
+    ("breast-cancer-now.json", include_str!("../examples/directory/breast-cancer-now.json")),
+    ("diabetes-uk.json", include_str!("../examples/directory/diabetes-uk.json")),
+    ("operator.json", include_str!("../examples/directory/operator.json")),
+    ("mnd-association.json", include_str!("../examples/directory/mnd-association.json")),
+    ("ms-society.json", include_str!("../examples/directory/ms-society.json")),
+    ("prostate-cancer-uk.json", include_str!("../examples/directory/prostate-cancer-uk.json")),
+    ("referrers.json", include_str!("../examples/directory/referrers.json")),
+    ("rnid.json", include_str!("../examples/directory/rnid.json")),
+    ("sickle-cell-society.json", include_str!("../examples/directory/sickle-cell-society.json")),
+    ("stroke-association.json", include_str!("../examples/directory/stroke-association.json")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_directory_is_the_example_folder() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/directory");
+        let on_disk = std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json"))
+            .count();
+        assert_eq!(DIRECTORY.len(), on_disk, "every file of examples/directory is embedded");
+    }
+}
