@@ -20,6 +20,7 @@ impl Gateway {
         if !can_see(&mut conn, &ctx.principal, spec, id)? {
             return Err(ApiError::not_found());
         }
+        check_stored(&r)?;
         let mut reply = resource_reply(ctx, 200, &r, false, &[]);
         reply.body = Some(r.body);
         Ok(reply)
@@ -34,6 +35,7 @@ impl Gateway {
             return Err(ApiError::not_found());
         }
         let r = resources::get_version(&mut conn, spec.name, id, version)?.ok_or_else(ApiError::not_found)?;
+        check_stored(&r)?;
         let mut reply = resource_reply(ctx, 200, &r, false, &[]);
         reply.body = Some(r.body);
         Ok(reply)
@@ -127,6 +129,14 @@ impl Gateway {
         }
         Ok(Reply::json(200, &bundle("searchset", Some(total), links, entries)))
     }
+}
+
+/// A stored body is served as stored, once it is known to be JSON (a corrupt row is an
+/// internal error, never sent on).
+fn check_stored(r: &resources::StoredResource) -> Result<(), ApiError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(&r.body)
+        .map(|_| ())
+        .map_err(|_| ApiError::from(crate::store::StoreError::Corrupt(format!("{}/{}", r.resource_type, r.id))))
 }
 
 /// Percent-encode a query component.

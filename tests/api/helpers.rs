@@ -152,11 +152,24 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database(dir.path());
+    spawn_on(dir, db_url, adjust).await
+}
+
+/// A test server on an existing database (a restart), whose settings `adjust` changes first.
+pub async fn spawn_on(dir: tempfile::TempDir, db_url: String, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
     let mut settings = test_settings(&db_url);
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
     let port = app.spawn();
     TestApp { base: format!("http://127.0.0.1:{port}"), db_url, http: reqwest::Client::new(), _dir: dir }
+}
+
+impl TestApp {
+    /// Stop serving, keeping the database (for a restart with [`spawn_on`]).
+    pub fn into_database(self) -> (tempfile::TempDir, String) {
+        (self._dir, self.db_url)
+    }
 }
 
 impl TestApp {

@@ -10,5 +10,7 @@ mod lifecycle;
 mod referral_rules;
 mod rest;
 mod routing;
+mod security;
+mod strangers;
 mod transactions;
 mod validation;
