@@ -190,17 +190,21 @@ pub fn capped(mut issues: Vec<Issue>, max: usize) -> Vec<Issue> {
     }
     let more = issues.len() - max;
     // Stable: errors keep their order ahead of warnings and information.
-    issues.sort_by_key(|i| match i.severity {
-        Severity::Fatal | Severity::Error => 0,
-        Severity::Warning => 1,
-        Severity::Information => 2,
+    // A validator's own "stopped collecting" note is kept first, so the count it gives survives.
+    issues.sort_by_key(|i| {
+        let rank = match i.severity {
+            Severity::Fatal | Severity::Error => 1,
+            Severity::Warning => 2,
+            Severity::Information => 3,
+        };
+        if i.code == IssueCode::TooManyIssues { 0 } else { rank }
     });
     issues.truncate(max);
     issues.push(Issue {
         severity: if has_errors(&issues) { Severity::Error } else { Severity::Warning },
         code: IssueCode::TooManyIssues,
         expression: None,
-        diagnostics: format!("{more} more issues were found and are not listed"),
+        diagnostics: format!("{more} more issues are not listed"),
     });
     issues
 }

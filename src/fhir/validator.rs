@@ -27,8 +27,21 @@ use super::{fhirpath, narrative};
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
-    Walker { defs: Definitions::shared(), issues, frames: Vec::new(), twin_host: None }.resource(resource, &mut path);
+    let start = issues.len();
+    let mut walker =
+        Walker { defs: Definitions::shared(), issues, frames: Vec::new(), twin_host: None, start, dropped: 0 };
+    walker.resource(resource, &mut path);
+    if walker.dropped > 0 {
+        let dropped = walker.dropped;
+        walker.issues.push(Issue::error(
+            IssueCode::TooManyIssues,
+            format!("validation stopped collecting after {MAX_COLLECTED} issues; {dropped} more were found"),
+        ));
+    }
 }
+
+/// The most issues one validation keeps (the rest are counted).
+pub const MAX_COLLECTED: usize = 1000;
 
 /// Validate a top-level resource, returning its issues.
 pub fn validate(resource: &Value) -> Vec<Issue> {
@@ -47,6 +60,10 @@ struct Walker<'a, 'v> {
     /// Inside a primitive's `_element` twin: that primitive's element (`HumanName.family`)
     /// and type (`string`), the host of the extensions in the twin.
     twin_host: Option<(String, String)>,
+    /// Where this validation's issues start in `issues`.
+    start: usize,
+    /// Issues found past [`MAX_COLLECTED`].
+    dropped: usize,
 }
 
 /// The diagnostic for an unknown property. Its name is never repeated: a property name can
@@ -60,8 +77,18 @@ fn is_type_suffix(suffix: &str, code: &str) -> bool {
 }
 
 impl<'v> Walker<'_, 'v> {
+    /// Keep an issue; past [`MAX_COLLECTED`] only count it, so that a body built to produce
+    /// a flood of issues costs bounded memory.
+    fn push(&mut self, issue: Issue) {
+        if self.issues.len() - self.start < MAX_COLLECTED {
+            self.issues.push(issue);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
     fn error(&mut self, code: IssueCode, at: String, diag: impl Into<String>) {
-        self.issues.push(Issue::error(code, diag).at(at));
+        self.push(Issue::error(code, diag).at(at));
     }
 
     fn resource(&mut self, value: &'v Value, path: &mut String) {
@@ -103,7 +130,7 @@ impl<'v> Walker<'_, 'v> {
         let env = fhirpath::Env { resource, root, context: focus, choices: &self.defs.choice_names };
         for c in constraints {
             if let Some(issue) = c.check(focus, ty, env, at) {
-                self.issues.push(issue);
+                self.push(issue);
             }
         }
     }
@@ -483,7 +510,7 @@ impl<'v> Walker<'_, 'v> {
         let has_value = o.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
         let has_ext = o.get("extension").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
         if has_value == has_ext {
-            self.issues.push(
+            self.push(
                 Issue::error(
                     IssueCode::Invariant,
                     "Constraint failed: ext-1: 'Must have either extensions or value[x], not both'",
@@ -546,7 +573,7 @@ impl<'v> Walker<'_, 'v> {
             } else {
                 Issue::error(IssueCode::ExtensionContext, diag)
             };
-            self.issues.push(issue.at(host_at.to_string()));
+            self.push(issue.at(host_at.to_string()));
         }
     }
 
@@ -565,7 +592,7 @@ impl<'v> Walker<'_, 'v> {
                     } else {
                         Issue::error(IssueCode::Invariant, diag)
                     };
-                    self.issues.push(issue.at(at.to_string()));
+                    self.push(issue.at(at.to_string()));
                 }
             }
         }
@@ -578,7 +605,7 @@ impl<'v> Walker<'_, 'v> {
             ),
             // A warning: the HL7 reference does not check content, and official R4 examples
             // carry empty narratives.
-            Err(narrative::Fault::NoContent) => self.issues.push(
+            Err(narrative::Fault::NoContent) => self.push(
                 Issue::warning(
                     IssueCode::Invariant,
                     "Constraint failed: txt-2: 'The narrative SHALL have some non-whitespace content'",
@@ -635,7 +662,7 @@ impl<'v> Walker<'_, 'v> {
         // A warning, not an error: the official R4 examples themselves contain such references
         // (e.g. Observation.performer naming an Encounter), and they must stay valid.
         if self.defs.is_resource(target) && !ty.targets.iter().any(|t| t == target) {
-            self.issues.push(
+            self.push(
                 Issue::warning(
                     IssueCode::ReferenceType,
                     format!("a reference to {target} is not allowed here (allowed: {})", ty.targets.join(", ")),
@@ -659,7 +686,7 @@ impl<'v> Walker<'_, 'v> {
             // SNOMED CT): said, not guessed.
             if required || b.strength == "extensible" {
                 let vs_name = b.value_set.rsplit('/').next().unwrap_or("");
-                self.issues.push(Issue {
+                self.push(Issue {
                     severity: super::outcome::Severity::Information,
                     code: IssueCode::CodeNotChecked,
                     expression: Some(at.to_string()),
@@ -700,7 +727,7 @@ impl<'v> Walker<'_, 'v> {
                     format!("no code is from the {} value set {vs_name}", b.strength),
                 )
             };
-            self.issues.push(issue.at(at.to_string()));
+            self.push(issue.at(at.to_string()));
         }
     }
 }

@@ -117,8 +117,17 @@ impl Gateway {
             })
             .collect::<Result<_, crate::store::StoreError>>()?;
         if !parsed.ignored.is_empty() {
-            let names: Vec<String> =
-                parsed.ignored.iter().map(|n| n.chars().filter(|c| c.is_ascii_graphic()).collect()).collect();
+            // Only names shaped like FHIR search parameters are repeated: a query can carry
+            // anything, patient data included.
+            let names: Vec<String> = parsed
+                .ignored
+                .iter()
+                .map(|n| {
+                    let shaped = n.len() <= 40
+                        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_:.".contains(&b));
+                    if shaped { n.clone() } else { "(a parameter whose name is not repeated)".to_string() }
+                })
+                .collect();
             entries.push(json!({
                 "resource": operation_outcome(&[Issue::warning(
                     IssueCode::UnknownSearchParam,
