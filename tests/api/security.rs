@@ -430,3 +430,51 @@ async fn http_layer_parse_errors_are_refused_and_close_the_connection() {
     // The server keeps serving.
     assert_eq!(app.get(REFERRER, "/fhir/Patient").await.status, 200);
 }
+
+#[tokio::test]
+async fn writes_beyond_the_limit_get_503_while_health_checks_keep_answering() {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let app = spawn_with(|s| s.limits.max_concurrent_writes = 1).await;
+    // Hold the database's write lock, so that the one write slot stays taken.
+    let (lock_sql, mut lock): (&str, Box<dyn FnMut(&str)>) = match app.db_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut c = diesel::SqliteConnection::establish(path).unwrap();
+            ("BEGIN IMMEDIATE", Box::new(move |sql: &str| c.batch_execute(sql).unwrap()))
+        }
+        None => {
+            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
+            (
+                "BEGIN; LOCK TABLE resources IN SHARE ROW EXCLUSIVE MODE",
+                Box::new(move |sql: &str| c.batch_execute(sql).unwrap()),
+            )
+        }
+    };
+    lock(lock_sql);
+    let first = {
+        let http = app.http.clone();
+        let url = format!("{}/fhir/Patient", app.base);
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(REFERRER)
+                .header("Content-Type", "application/fhir+json")
+                .body(patient().to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = app.post(REFERRER, "/fhir/Patient", &patient()).await;
+    second.assert_outcome(503, "overloaded");
+    assert!(second.header("retry-after").is_some());
+    let started = Instant::now();
+    let live = app.http.get(format!("{}/livez", app.base)).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "health checks are not queued behind writes");
+    assert_eq!(app.get(REFERRER, "/fhir/Task").await.status, 200, "reads keep answering");
+    lock("COMMIT");
+    assert_eq!(first.await.unwrap(), 201, "the write holding the slot completes");
+}
