@@ -92,6 +92,30 @@ async fn a_reference_to_a_foreign_resource_grants_the_charity_nothing() {
     assert_eq!(r.status, 201, "{}", r.body);
     app.get(BEFRIENDING, &format!("/fhir/Condition/{cond}")).await.assert_outcome(404, "not-found");
     assert_eq!(app.get(BEFRIENDING, &format!("/fhir/Patient/{pid}")).await.status, 200);
+    // Nor does changing the referral's references afterwards, by PATCH or PUT.
+    let sr_id = r.id();
+    let ops =
+        json!([{ "op": "add", "path": "/supportingInfo", "value": [{ "reference": format!("Condition/{cond}") }] }]);
+    assert_eq!(app.patch(REFERRER_2, &format!("/fhir/ServiceRequest/{sr_id}"), &ops, None).await.status, 200);
+    let mut body = app.get(REFERRER_2, &format!("/fhir/ServiceRequest/{sr_id}")).await.body;
+    body["subject"] = json!({ "reference": format!("Patient/{foreign_pid}") });
+    assert_eq!(app.put(REFERRER_2, &format!("/fhir/ServiceRequest/{sr_id}"), &body, None).await.status, 200);
+    app.get(BEFRIENDING, &format!("/fhir/Condition/{cond}")).await.assert_outcome(404, "not-found");
+    app.get(BEFRIENDING, &format!("/fhir/Patient/{foreign_pid}")).await.assert_outcome(404, "not-found");
+    // A Condition the sender owns, added later, becomes visible to the charity.
+    let own = app
+        .post(
+            REFERRER_2,
+            "/fhir/Condition",
+            &json!({ "resourceType": "Condition", "code": { "text": "y" },
+            "subject": { "reference": format!("Patient/{pid}") } }),
+        )
+        .await
+        .id();
+    let ops =
+        json!([{ "op": "add", "path": "/reasonReference", "value": [{ "reference": format!("Condition/{own}") }] }]);
+    assert_eq!(app.patch(REFERRER_2, &format!("/fhir/ServiceRequest/{sr_id}"), &ops, None).await.status, 200);
+    assert_eq!(app.get(BEFRIENDING, &format!("/fhir/Condition/{own}")).await.status, 200);
 }
 
 /// The answer to a request as seen by an outsider, with what may differ (correlation ids) removed.
@@ -437,7 +461,8 @@ async fn writes_beyond_the_limit_get_503_while_health_checks_keep_answering() {
     use diesel::connection::SimpleConnection;
     let app = spawn_with(|s| s.limits.max_concurrent_writes = 1).await;
     // Hold the database's write lock, so that the one write slot stays taken.
-    let (lock_sql, mut lock): (&str, Box<dyn FnMut(&str)>) = match app.db_url.strip_prefix("sqlite://") {
+    type Exec = Box<dyn FnMut(&str)>;
+    let (lock_sql, mut lock): (&str, Exec) = match app.db_url.strip_prefix("sqlite://") {
         Some(path) => {
             let mut c = diesel::SqliteConnection::establish(path).unwrap();
             ("BEGIN IMMEDIATE", Box::new(move |sql: &str| c.batch_execute(sql).unwrap()))
