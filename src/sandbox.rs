@@ -48,18 +48,27 @@ pub const CLIENT_ID_PREFIX: &str = "sandbox-";
 
 /// The example directory (`examples/directory/`): file name and content.
 pub const DIRECTORY: &[(&str, &str)] = &[
+    ("age-uk-leeds.json", include_str!("../examples/directory/age-uk-leeds.json")),
+    ("alopecia-uk.json", include_str!("../examples/directory/alopecia-uk.json")),
     ("befriending-network-leeds.json", include_str!("../examples/directory/befriending-network-leeds.json")),
     ("blood-cancer-uk.json", include_str!("../examples/directory/blood-cancer-uk.json")),
     ("breast-cancer-now.json", include_str!("../examples/directory/breast-cancer-now.json")),
     ("diabetes-uk.json", include_str!("../examples/directory/diabetes-uk.json")),
-    ("operator.json", include_str!("../examples/directory/operator.json")),
+    ("fight-bladder-cancer.json", include_str!("../examples/directory/fight-bladder-cancer.json")),
+    ("kidney-care-uk.json", include_str!("../examples/directory/kidney-care-uk.json")),
+    ("macmillan.json", include_str!("../examples/directory/macmillan.json")),
+    ("meningitis-now.json", include_str!("../examples/directory/meningitis-now.json")),
+    ("migraine-trust.json", include_str!("../examples/directory/migraine-trust.json")),
     ("mnd-association.json", include_str!("../examples/directory/mnd-association.json")),
     ("ms-society.json", include_str!("../examples/directory/ms-society.json")),
+    ("operator.json", include_str!("../examples/directory/operator.json")),
+    ("pancreatic-cancer-uk.json", include_str!("../examples/directory/pancreatic-cancer-uk.json")),
     ("prostate-cancer-uk.json", include_str!("../examples/directory/prostate-cancer-uk.json")),
     ("referrers.json", include_str!("../examples/directory/referrers.json")),
     ("rnid.json", include_str!("../examples/directory/rnid.json")),
     ("sickle-cell-society.json", include_str!("../examples/directory/sickle-cell-society.json")),
     ("stroke-association.json", include_str!("../examples/directory/stroke-association.json")),
+    ("young-lives-vs-cancer.json", include_str!("../examples/directory/young-lives-vs-cancer.json")),
 ];
 
 #[cfg(test)]

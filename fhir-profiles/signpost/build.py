@@ -71,6 +71,27 @@ CODE_SYSTEMS = {
             ("any", "Any", "No preference."),
         ],
     ),
+    "service-capacity": (
+        "Service capacity",
+        "Whether a charity's service takes new referrals now (extension service-capacity on HealthcareService).",
+        [
+            ("open", "Open", "The service takes new referrals."),
+            ("waitlist", "Waiting list", "The service takes new referrals onto a waiting list; routing flags the Task as waitlisted."),
+            ("closed", "Closed", "The service takes no new referrals; routing skips it."),
+        ],
+    ),
+    "contact-mode": (
+        "Contact mode",
+        "How a charity's service can contact and support a patient (extension service-contact-mode on HealthcareService). Phone, letter and in-person are non-digital; sms, email and video are digital.",
+        [
+            ("phone", "Phone", "Phone calls (non-digital)."),
+            ("letter", "Letter", "Letters by post (non-digital)."),
+            ("in-person", "In person", "Face-to-face meetings or visits (non-digital)."),
+            ("sms", "Text message", "Text messages (digital)."),
+            ("email", "Email", "Email (digital)."),
+            ("video", "Video call", "Video calls (digital)."),
+        ],
+    ),
     "consent-category": (
         "Signpost consent category",
         "Kinds of consent Signpost relies on.",
@@ -199,6 +220,31 @@ EXTENSIONS = {
         {"id": "Extension.url", "path": "Extension.url", "fixedUri": f"{BASE}/StructureDefinition/contact-preference"},
         {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "code"}],
          "binding": {"strength": "required", "valueSet": f"{BASE}/ValueSet/contact-preference"}},
+        {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
+    ]),
+    "service-capacity": ("Service capacity", "Whether the service takes new referrals now: open, waitlist or closed. Routing skips closed services and flags waitlisted Tasks.", "HealthcareService", [
+        {"id": "Extension.url", "path": "Extension.url", "fixedUri": f"{BASE}/StructureDefinition/service-capacity"},
+        {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "code"}],
+         "binding": {"strength": "required", "valueSet": f"{BASE}/ValueSet/service-capacity"}},
+        {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
+    ]),
+    "service-contact-mode": ("Service contact mode", "One way the service can contact and support a patient (repeat for each). A service that states none is taken to offer every mode.", "HealthcareService", [
+        {"id": "Extension.url", "path": "Extension.url", "fixedUri": f"{BASE}/StructureDefinition/service-contact-mode"},
+        {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "code"}],
+         "binding": {"strength": "required", "valueSet": f"{BASE}/ValueSet/contact-mode"}},
+        {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
+    ]),
+    "service-age-range": ("Service age range", "The ages (in years, unit a) the service is for, at the referral date; low and high are inclusive and either may be absent.", "HealthcareService", [
+        {"id": "Extension.url", "path": "Extension.url", "fixedUri": f"{BASE}/StructureDefinition/service-age-range"},
+        {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "Range"}]},
+        {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
+    ]),
+    "coverage-postcode": ("Coverage postcode", "A UK postcode area (LS) or district (LS6) that a coverage Location includes (repeat for each).", "Location", [
+        {"id": "Extension.url", "path": "Extension.url", "fixedUri": f"{BASE}/StructureDefinition/coverage-postcode"},
+        {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "string"}],
+         "constraint": [{"key": "sp-cov-1", "severity": "error",
+                         "human": "A postcode area (one or two letters) or district (area and district number, optionally a letter), upper case, no spaces",
+                         "expression": "matches('^[A-Z]{1,2}([0-9][0-9A-Z]?)?$')", "source": f"{BASE}/StructureDefinition/coverage-postcode"}]},
         {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
     ]),
 }

@@ -1,7 +1,12 @@
-//! Routing, first layer (PRODUCT.md §4 rule 1): an explicit performer wins.
+//! Routing (PRODUCT.md §4). Rule 1, here: an explicit performer wins. Rules 2–4, in [`rules`]:
+//! otherwise each condition is matched to the directory's services through the SNOMED CT
+//! subset in [`snomed`], filtered and ranked.
 //!
 //! Pure: the ServiceRequest and the directory facts it names go in, the charities to create
 //! Tasks for (or the reasons it cannot be routed) come out. No I/O; the caller loads the facts.
+
+pub mod rules;
+pub mod snomed;
 
 use std::collections::HashMap;
 
@@ -34,7 +39,21 @@ pub struct Route {
     pub org_id: String,
     /// The performer that led here, e.g. `HealthcareService/stroke-association-support`.
     pub via: String,
+    /// Why this charity (routing by condition), for the Task's note.
+    pub note: Option<String>,
+    /// The service has a waiting list: the Task starts with business status `waitlisted`.
+    pub waitlist: bool,
 }
+
+impl Route {
+    /// A route to the charity an explicit performer names.
+    pub fn explicit(org_id: String, via: String) -> Route {
+        Route { org_id, via, note: None, waitlist: false }
+    }
+}
+
+/// The system of the `groupIdentifier` shared by the Tasks of one referral.
+pub const GROUP_SYSTEM: &str = "https://signpost.example/fhir/Id/referral-group";
 
 /// The directory references among `performer`, with their index, for loading facts.
 pub fn performer_targets(sr: &Value) -> Vec<(usize, String, String)> {
@@ -77,7 +96,7 @@ pub fn route(sr: &Value, facts: &DirectoryFacts, already_routed: &[String]) -> R
         match resolve(facts, &ty, &id, &format!("ServiceRequest.performer[{i}]")) {
             Ok(org) => {
                 if !already_routed.contains(&org) && !routes.iter().any(|r| r.org_id == org) {
-                    routes.push(Route { org_id: org, via: format!("{ty}/{id}") });
+                    routes.push(Route::explicit(org, format!("{ty}/{id}")));
                 }
             }
             Err(issue) => issues.push(issue),
@@ -88,7 +107,7 @@ pub fn route(sr: &Value, facts: &DirectoryFacts, already_routed: &[String]) -> R
 
 /// The Task Signpost creates for one route: `requested`, focused on and based on the
 /// ServiceRequest, for its patient, requested by its requester (or the sending
-/// Organization), owned by the charity.
+/// Organization), owned by the charity; the Tasks of one referral share a `groupIdentifier`.
 pub fn task_for(sr_id: &str, sr: &Value, route: &Route, sender_org: &str, authored_on: &str) -> Value {
     let sr_ref = format!("ServiceRequest/{sr_id}");
     let requester = sr
@@ -119,6 +138,17 @@ pub fn task_for(sr_id: &str, sr: &Value, route: &Route, sender_org: &str, author
     if let Some(priority) = sr.get("priority") {
         task["priority"] = priority.clone();
     }
+    task["groupIdentifier"] = json!({ "system": GROUP_SYSTEM, "value": sr_id });
+    if let Some(note) = &route.note {
+        task["note"] = json!([{ "authorString": "Signpost routing", "time": authored_on, "text": note }]);
+    }
+    if route.waitlist {
+        task["businessStatus"] = json!({ "coding": [{
+            "system": "https://signpost.example/fhir/CodeSystem/referral-outcome",
+            "code": "waitlisted",
+            "display": "Waitlisted"
+        }]});
+    }
     task
 }
 
@@ -146,7 +176,7 @@ mod tests {
             { "reference": "HealthcareService/stroke-support" }
         ]});
         let routes = route(&sr, &facts(), &[]).unwrap();
-        assert_eq!(routes, vec![Route { org_id: "stroke".into(), via: "HealthcareService/stroke-support".into() }]);
+        assert_eq!(routes, vec![Route::explicit("stroke".into(), "HealthcareService/stroke-support".into())]);
         assert!(route(&sr, &facts(), &["stroke".to_string()]).unwrap().is_empty());
     }
 
@@ -166,13 +196,8 @@ mod tests {
     fn task_carries_the_referral_links() {
         let sr =
             json!({ "subject": { "reference": "Patient/p1" }, "requester": { "reference": "PractitionerRole/gp" } });
-        let t = task_for(
-            "sr1",
-            &sr,
-            &Route { org_id: "stroke".into(), via: String::new() },
-            "gp-org",
-            "2026-01-01T00:00:00Z",
-        );
+        let t =
+            task_for("sr1", &sr, &Route::explicit("stroke".into(), String::new()), "gp-org", "2026-01-01T00:00:00Z");
         assert_eq!(t["focus"]["reference"], "ServiceRequest/sr1");
         assert_eq!(t["basedOn"][0]["reference"], "ServiceRequest/sr1");
         assert_eq!(t["for"]["reference"], "Patient/p1");
