@@ -11,7 +11,7 @@ use crate::fhir::{ParamKind, TYPES, TypeClass, instant, now_ms};
 pub fn capability_statement(base: &str) -> Value {
     // Interaction codes only: operations ($validate) are listed under `operation`.
     let type_level: Vec<&str> =
-        ROUTES.iter().filter(|r| !matches!(r.2, Action::Transaction | Action::Validate)).map(|r| r.3).collect();
+        ROUTES.iter().filter(|r| r.2 != Action::Transaction && !r.2.is_operation()).map(|r| r.3).collect();
     let resources: Vec<Value> = TYPES
         .iter()
         .map(|t| {
@@ -34,6 +34,19 @@ pub fn capability_statement(base: &str) -> Value {
                 "searchParam": params,
                 "operation": [{ "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" }],
             });
+            if t.name == "ServiceRequest" {
+                for (name, doc) in [
+                    ("route", "Dry run: how a ServiceRequest (or each one of a transaction Bundle) would be routed, with no side effects"),
+                    ("routing", "How a stored referral was routed: the candidates per need, why each was excluded or chosen"),
+                    ("unmatched", "Operators: referrals with needs no service in the directory fits"),
+                ] {
+                    resource["operation"].as_array_mut().expect("an array").push(json!({
+                        "name": name,
+                        "definition": format!("https://signpost.example/fhir/OperationDefinition/ServiceRequest-{name}"),
+                        "documentation": doc,
+                    }));
+                }
+            }
             // The profile every write of this type is checked against.
             if let Some(p) = crate::fhir::profiles::Profiles::shared().route_profile(t.name) {
                 resource["supportedProfile"] = json!([p.url]);

@@ -66,6 +66,19 @@ pub enum Action {
     Patch,
     History,
     Vread,
+    /// `ServiceRequest/$route`: a routing dry run.
+    Route,
+    /// `ServiceRequest/{id}/$routing`: a stored routing explanation.
+    Routing,
+    /// `ServiceRequest/$unmatched`: needs no service fits (operators).
+    Unmatched,
+}
+
+impl Action {
+    /// Operations (listed under `operation` in the CapabilityStatement, not as interactions).
+    pub fn is_operation(self) -> bool {
+        matches!(self, Action::Validate | Action::Route | Action::Routing | Action::Unmatched)
+    }
 }
 
 /// The FHIR API's route table: path, method, action, FHIR interaction code.
@@ -73,6 +86,9 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     // Operations first: `/{type}/{id}` would otherwise claim `/{type}/$validate`.
     ("/$validate", "POST", Action::Validate, "$validate"),
     ("/{type}/$validate", "POST", Action::Validate, "$validate"),
+    ("/{type}/$route", "POST", Action::Route, "$route"),
+    ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
+    ("/{type}/{id}/$routing", "GET", Action::Routing, "$routing"),
     ("", "POST", Action::Transaction, "transaction"),
     ("/{type}", "GET", Action::Search, "search-type"),
     ("/{type}", "POST", Action::Create, "create"),
@@ -249,8 +265,10 @@ async fn handle_inner(
     let vid = req.match_info().get("vid").unwrap_or_default().to_string();
     let limits = state.gateway.limits;
     let gw = state.gateway.clone();
-    let writes =
-        matches!(action, Action::Validate | Action::Transaction | Action::Create | Action::Update | Action::Patch);
+    let writes = matches!(
+        action,
+        Action::Validate | Action::Transaction | Action::Create | Action::Update | Action::Patch | Action::Route
+    );
     let mut permit = None;
     let (body, opts) = if writes {
         let patch = action == Action::Patch;
@@ -300,6 +318,9 @@ async fn handle_inner(
         Action::Read => gw.read(&ctx, &ty, &id),
         Action::History => gw.history(&ctx, &ty, &id),
         Action::Vread => gw.vread(&ctx, &ty, &id, &vid),
+        Action::Route => gw.route_dry_run(&ctx, &ty, body.unwrap_or_default()),
+        Action::Routing => gw.routing_explanation(&ctx, &ty, &id),
+        Action::Unmatched => gw.unmatched_needs(&ctx, &ty),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()));

@@ -225,7 +225,19 @@ pub const TYPES: &[TypeSpec] = &[
     TypeSpec {
         name: "HealthcareService",
         class: TypeClass::Directory,
-        params: &[IDENTIFIER, reference("organization", &["providedBy"]), reference("endpoint", &["endpoint"])],
+        params: &[
+            IDENTIFIER,
+            reference("organization", &["providedBy"]),
+            reference("endpoint", &["endpoint"]),
+            token("specialty", &["specialty"]),
+            token("service-category", &["category"]),
+            reference("coverage-area", &["coverageArea"]),
+        ],
+    },
+    TypeSpec {
+        name: "Location",
+        class: TypeClass::Directory,
+        params: &[IDENTIFIER, reference("organization", &["managingOrganization"])],
     },
     TypeSpec {
         name: "Endpoint",

@@ -10,6 +10,7 @@ mod access;
 pub mod directory;
 mod read;
 mod referral;
+mod route;
 mod transaction;
 mod write;
 
@@ -92,17 +93,18 @@ impl Reply {
     }
 }
 
-/// The gateway: a database pool and the request limits.
+/// The gateway: a database pool, the request limits and the directory snapshot.
 #[derive(Clone)]
 pub struct Gateway {
     pub pool: Pool,
     pub limits: LimitSettings,
     pub validation: ValidationMode,
+    directory: std::sync::Arc<route::DirectoryCache>,
 }
 
 impl Gateway {
     pub fn new(pool: Pool, limits: LimitSettings, validation: ValidationMode) -> Self {
-        Self { pool, limits, validation }
+        Self { pool, limits, validation, directory: Default::default() }
     }
 
     fn conn(&self) -> Result<store::PooledConn, ApiError> {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::access;
 use super::referral::enforce_referral_rules;
+use super::route::{BundleResources, Plan};
 use super::write::{
     conditional_identifier, create_routed_tasks, insert_resource, performer_facts, rewrite_references,
     validate_structure,
@@ -269,17 +270,26 @@ impl Gateway {
                     routed_by_sender.entry(sr.to_string()).or_default().push(owner);
                 }
             }
-            let mut routes = HashMap::new();
+            // Each new ServiceRequest: its explicit performers or the sender's own Tasks win;
+            // otherwise it is routed by its conditions.
+            let bundled: BundleResources =
+                plan.iter().map(|e| (format!("{}/{}", e.ty, e.id), e.resource.clone())).collect();
+            let mut routes: HashMap<String, Plan> = HashMap::new();
             for e in plan.iter().filter(|e| e.ty == "ServiceRequest" && !e.existing) {
-                let facts = performer_facts(conn, &e.resource)?;
+                let root = format!("Bundle.entry[{}].resource", e.index);
                 let already = routed_by_sender.get(&e.id).cloned().unwrap_or_default();
+                if routing::performer_targets(&e.resource).is_empty() && already.is_empty() {
+                    let chosen = self.route_by_condition(conn, p, &e.resource, &bundled, &root)?;
+                    warnings.extend(chosen.warnings(&root));
+                    routes.insert(e.id.clone(), chosen);
+                    continue;
+                }
+                let facts = performer_facts(conn, &e.resource)?;
                 match routing::route(&e.resource, &facts, &already) {
                     Ok(r) => {
-                        routes.insert(e.id.clone(), r);
+                        routes.insert(e.id.clone(), Plan::Explicit(r));
                     }
-                    Err(found) => issues.extend(
-                        found.into_iter().map(|i| i.under(&format!("Bundle.entry[{}].resource", e.index))),
-                    ),
+                    Err(found) => issues.extend(found.into_iter().map(|i| i.under(&root))),
                 }
             }
             if has_errors(&issues) {
@@ -301,11 +311,15 @@ impl Gateway {
                 if e.ty == "Task" {
                     tasks.push((e.id.clone(), e.resource.clone()));
                 }
-                if e.ty == "ServiceRequest" {
-                    let r = routes.get(&e.id).cloned().unwrap_or_default();
-                    for t in create_routed_tasks(conn, p, &e.id, &e.resource, &r, now)? {
+                if e.ty == "ServiceRequest"
+                    && let Some(chosen) = routes.get(&e.id)
+                {
+                    let mut task_ids = Vec::new();
+                    for t in create_routed_tasks(conn, p, &e.id, &e.resource, &chosen.routes(), now)? {
+                        task_ids.push(t.id.clone());
                         tasks.push((t.id.clone(), t.json()?));
                     }
+                    self.record_decision(conn, p, &e.id, chosen, &task_ids)?;
                 }
                 responses[e.index] = entry_response(ctx, "201 Created", &stored)?;
             }
@@ -359,7 +373,7 @@ fn entry_response(ctx: &Ctx, status: &str, r: &resources::StoredResource) -> Res
 }
 
 /// The directory Organization with one of this Organization's identifiers.
-fn match_directory_org(conn: &mut DbConn, org: &Value) -> Result<Option<String>, StoreError> {
+pub(super) fn match_directory_org(conn: &mut DbConn, org: &Value) -> Result<Option<String>, StoreError> {
     let Some(identifiers) = org.get("identifier").and_then(Value::as_array) else { return Ok(None) };
     for ident in identifiers {
         let (Some(system), Some(value)) =

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::access;
 use super::referral::{enforce_referral_rules, referral_issues};
+use super::route::Plan;
 use super::{Ctx, Gateway, Reply, WriteOpts, resource_reply, served_type};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
@@ -229,13 +230,19 @@ impl Gateway {
                 }
             }
             let mut body = resource.clone();
-            let mut routes = Vec::new();
+            let mut plan = None;
             let mut warnings = warnings.clone();
             match spec.name {
                 "ServiceRequest" => {
                     warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?);
-                    let facts = performer_facts(conn, &body)?;
-                    routes = routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?;
+                    let chosen = if routing::performer_targets(&body).is_empty() {
+                        self.route_by_condition(conn, p, &body, &Default::default(), "ServiceRequest")?
+                    } else {
+                        let facts = performer_facts(conn, &body)?;
+                        Plan::Explicit(routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?)
+                    };
+                    warnings.extend(chosen.warnings("ServiceRequest"));
+                    plan = Some(chosen);
                 }
                 "Task" => {
                     let issues = access::check_sender_task(conn, p, &body, &HashMap::new(), "Task")?;
@@ -246,10 +253,13 @@ impl Gateway {
                 _ => {}
             }
             let stored = insert_resource(conn, p, spec, &id, &mut body, &p.org_id, now)?;
-            if spec.name == "ServiceRequest" {
-                for task in create_routed_tasks(conn, p, &id, &body, &routes, now)? {
+            if let Some(plan) = &plan {
+                let mut task_ids = Vec::new();
+                for task in create_routed_tasks(conn, p, &id, &body, &plan.routes(), now)? {
                     access::grant_task(conn, &task.id, &task.json()?)?;
+                    task_ids.push(task.id);
                 }
+                self.record_decision(conn, p, &id, plan, &task_ids)?;
             }
             if spec.name == "Task" {
                 access::grant_task(conn, &id, &body)?;

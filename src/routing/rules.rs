@@ -386,7 +386,10 @@ fn exclusion(s: &Service, f: &Facts) -> Option<(Exclusion, String)> {
     if s.ages != (None, None) {
         match f.age {
             None => {
-                return Some((Exclusion::Age, "the service has an age range and the patient's age is not known".into()));
+                return Some((
+                    Exclusion::Age,
+                    "the service has an age range and the patient's age is not known".into(),
+                ));
             }
             Some(age) => {
                 if s.ages.0.is_some_and(|low| age < low) || s.ages.1.is_some_and(|high| age > high) {

@@ -12,6 +12,7 @@
 pub mod clients;
 pub mod idempotency;
 pub mod resources;
+pub mod routing;
 pub mod schema;
 
 use std::path::Path;

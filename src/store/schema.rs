@@ -71,3 +71,13 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(resources, search_index, access_grants);
+
+diesel::table! {
+    routing_decisions (service_request_id) {
+        service_request_id -> Text,
+        sender_org -> Text,
+        decided_at -> BigInt,
+        unmatched -> Integer,
+        explanation -> Text,
+    }
+}

@@ -166,6 +166,11 @@ pub async fn spawn_on(dir: tempfile::TempDir, db_url: String, adjust: impl FnOnc
 }
 
 impl TestApp {
+    /// A second Signpost instance sharing this one's database.
+    pub async fn another_instance(&self) -> TestApp {
+        spawn_on(tempfile::tempdir().unwrap(), self.db_url.clone(), |_| {}).await
+    }
+
     /// Stop serving, keeping the database (for a restart with [`spawn_on`]).
     pub fn into_database(self) -> (tempfile::TempDir, String) {
         (self._dir, self.db_url)

@@ -10,6 +10,7 @@ mod lifecycle;
 mod referral_rules;
 mod rest;
 mod routing;
+mod routing_rules;
 mod security;
 mod strangers;
 mod transactions;

@@ -1,4 +1,5 @@
-//! Routing, first layer: an explicit performer creates one Task in the same transaction.
+//! Routing: an explicit performer creates one Task in the same transaction; without one, the
+//! referral is routed by its conditions (see also `routing_rules.rs`).
 
 use serde_json::json;
 
@@ -67,8 +68,11 @@ async fn sender_may_post_its_own_task_with_focus_and_owner() {
     let pid = app.patient(REFERRER).await;
     let mut sr = service_request(&pid, "Organization/stroke-association");
     sr.as_object_mut().unwrap().remove("performer");
+    // A condition no service in the directory serves: no routed Task.
+    sr["reasonCode"] =
+        json!([{ "coding": [{ "system": "http://snomed.info/sct", "code": "84114007", "display": "Heart failure" }] }]);
     let sr_id = app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.id();
-    assert!(app.tasks_of(REFERRER, &sr_id).await.is_empty(), "no performer, no routed Task");
+    assert!(app.tasks_of(REFERRER, &sr_id).await.is_empty(), "no performer, no fitting service, no routed Task");
 
     let task = json!({
         "resourceType": "Task",
