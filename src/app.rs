@@ -96,15 +96,15 @@ pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
         if !dir.is_dir() {
             anyhow::bail!("directory.path: the folder {} does not exist", dir.display());
         }
-        let changed = directory::load(pool, dir)?;
-        tracing::info!(path = %dir.display(), changed, "directory loaded");
+        let loaded = directory::load(pool, dir)?;
+        tracing::info!(path = %dir.display(), created = loaded.created, updated = loaded.updated, "directory loaded");
     } else if settings.mode == RunMode::Sandbox {
         let files: Vec<(String, String)> = sandbox::DIRECTORY
             .iter()
             .map(|(name, text)| (format!("examples/directory/{name}"), text.to_string()))
             .collect();
-        let changed = directory::load_files(pool, &files)?;
-        tracing::info!(changed, "example directory loaded (sandbox mode)");
+        let loaded = directory::load_files(pool, &files)?;
+        tracing::info!(created = loaded.created, updated = loaded.updated, "example directory loaded (sandbox mode)");
     }
     Ok(())
 }

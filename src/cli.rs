@@ -1,5 +1,5 @@
 //! The `signpost` command line: `serve`, `migrate`, `client add|list|revoke|set-role`,
-//! `validate`, `issue-codes`. Nothing is read from the working folder unless named: the
+//! `directory import`, `validate`, `issue-codes`. Nothing is read from the working folder unless named: the
 //! configuration comes from `--config` (or `SIGNPOST_CONFIG`) and the environment only.
 
 use std::path::PathBuf;
@@ -60,11 +60,24 @@ enum Command {
         #[arg(long)]
         ig: Vec<PathBuf>,
     },
+    /// Manage the directory of charity services.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
     IssueCodes {
         #[arg(long)]
         fhir: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DirectoryCommand {
+    /// Validate and load directory files (a folder of *.json, or one file: Bundles or single
+    /// Organization, HealthcareService, Location and Endpoint resources). Every problem is
+    /// reported at once and nothing is written unless all are valid.
+    Import { path: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +151,20 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Client { command } => client_command(&settings, command),
+        Command::Directory { command: DirectoryCommand::Import { path } } => {
+            crate::telemetry::init(&settings.log);
+            let pool = app::open_database(&settings)?;
+            let files = crate::gateway::directory::read_files(&path)?;
+            let loaded = crate::gateway::directory::load_files(&pool, &files)?;
+            println!(
+                "{} file(s): {} created, {} updated, {} unchanged",
+                files.len(),
+                loaded.created,
+                loaded.updated,
+                loaded.unchanged
+            );
+            Ok(())
+        }
         Command::Validate { .. } => unreachable!("handled before the settings are loaded"),
         Command::IssueCodes { fhir } => {
             if fhir {

@@ -102,6 +102,13 @@ pub(super) fn create_routed_tasks(
     let mut out = Vec::new();
     for route in routes {
         let mut task = routing::task_for(sr_id, sr, route, &p.org_id, &instant(now));
+        // Routed Tasks pass the Task profile like any other write.
+        let mut issues = Vec::new();
+        crate::fhir::validate_resource(&task, "Task", &mut issues);
+        if has_errors(&issues) {
+            let codes: Vec<&str> = issues.iter().map(|i| i.code.code()).collect();
+            return Err(ApiError::Internal(format!("a routed Task fails validation: {codes:?}")));
+        }
         let id = uuid::Uuid::new_v4().to_string();
         out.push(insert_resource(conn, p, task_spec, &id, &mut task, &p.org_id, now)?);
         tracing::info!(task = %id, via = %route.via, "routed");

@@ -271,7 +271,12 @@ pub fn decide(facts: &Facts, snapshot: &Snapshot, hierarchy: &Hierarchy) -> Deci
     for (i, nd) in decision.needs.iter().enumerate() {
         let Ok(service_id) = &nd.outcome else { continue };
         let winner = nd.candidates.iter().find(|c| c.chosen).expect("a chosen candidate");
-        let label = nd.need.display.clone().unwrap_or_else(|| nd.need.code.clone());
+        let label = nd
+            .need
+            .display
+            .clone()
+            .or_else(|| hierarchy.label(&nd.need.code).map(str::to_string))
+            .unwrap_or_else(|| nd.need.code.clone());
         match decision.tasks.iter_mut().find(|t| t.org_id == winner.org_id) {
             Some(t) => {
                 t.needs.push(i);
