@@ -309,3 +309,15 @@ async fn stroke_candidates(app: &TestApp, pid: &str) -> Vec<(String, String)> {
     let id = app.post(REFERRER, "/fhir/ServiceRequest", &by_condition(pid, &["230690007"])).await.id();
     candidates(&app.get(REFERRER, &format!("/fhir/ServiceRequest/{id}/$routing")).await.body).remove(0)
 }
+
+#[tokio::test]
+async fn routing_by_condition_needs_consent_like_any_referral() {
+    let app = spawn().await;
+    let r = app.post(REFERRER, "/fhir/Patient", &patient_at("LS6 2AB", "1948-07-02", None)).await;
+    let pid = r.id();
+    let refused = app.post(REFERRER, "/fhir/ServiceRequest", &by_condition(&pid, &["230690007"])).await;
+    refused.assert_outcome(422, "consent-missing");
+    assert_eq!(app.get(OPERATOR, "/fhir/ServiceRequest?_summary=count").await.total(), 0);
+    assert_eq!(app.get(OPERATOR, "/fhir/Task?_summary=count").await.total(), 0);
+    assert_eq!(app.get(OPERATOR, "/fhir/ServiceRequest/$unmatched").await.total(), 0);
+}
