@@ -75,12 +75,14 @@ pub fn capability_statement(base: &str) -> Value {
             },
             "resource": resources,
             "interaction": system,
-            "operation": ROUTES
-                .iter()
-                .filter(|r| r.2 == Action::Validate)
-                .take(1)
-                .map(|_| json!({ "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" }))
-                .collect::<Vec<_>>(),
+            "operation": [
+                { "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" },
+                {
+                    "name": "changes",
+                    "definition": "https://signpost.example/fhir/OperationDefinition/changes",
+                    "documentation": "The change feed: every change you may see after a cursor, in commit order, with the cursor to ask from next (gap-free)"
+                }
+            ],
             "searchParam": [
                 { "name": "_count", "type": "number" },
                 { "name": "_sort", "type": "string" }

@@ -72,12 +72,14 @@ pub enum Action {
     Routing,
     /// `ServiceRequest/$unmatched`: needs no service fits (operators).
     Unmatched,
+    /// `$changes`: the gap-free change feed.
+    Changes,
 }
 
 impl Action {
     /// Operations (listed under `operation` in the CapabilityStatement, not as interactions).
     pub fn is_operation(self) -> bool {
-        matches!(self, Action::Validate | Action::Route | Action::Routing | Action::Unmatched)
+        matches!(self, Action::Validate | Action::Route | Action::Routing | Action::Unmatched | Action::Changes)
     }
 }
 
@@ -85,6 +87,7 @@ impl Action {
 pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     // Operations first: `/{type}/{id}` would otherwise claim `/{type}/$validate`.
     ("/$validate", "POST", Action::Validate, "$validate"),
+    ("/$changes", "GET", Action::Changes, "$changes"),
     ("/{type}/$validate", "POST", Action::Validate, "$validate"),
     ("/{type}/$route", "POST", Action::Route, "$route"),
     ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
@@ -321,6 +324,7 @@ async fn handle_inner(
         Action::Route => gw.route_dry_run(&ctx, &ty, body.unwrap_or_default()),
         Action::Routing => gw.routing_explanation(&ctx, &ty, &id),
         Action::Unmatched => gw.unmatched_needs(&ctx, &ty),
+        Action::Changes => gw.changes(&ctx, &query),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()));

@@ -161,6 +161,67 @@ fn enc(s: &str) -> String {
     out
 }
 
+impl Gateway {
+    /// `GET /fhir/$changes?cursor=N&_count=M`: the changes after `cursor` that the caller may
+    /// see, in commit order (a `history` Bundle; each entry's `change-sequence` extension is its
+    /// cursor), and a `next` link with the cursor to ask from next time. Gap-free: see
+    /// [`crate::store::changes`].
+    pub fn changes(&self, ctx: &Ctx, pairs: &[(String, String)]) -> Result<Reply, ApiError> {
+        let bad = |d: &str| ApiError::new(400, Issue::error(IssueCode::BadSearchValue, d.to_string()));
+        let mut cursor = 0i64;
+        let mut count = 50i64;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "cursor" => {
+                    cursor = v
+                        .parse()
+                        .ok()
+                        .filter(|n: &i64| *n >= 0)
+                        .ok_or_else(|| bad("cursor must be a whole number from 0"))?
+                }
+                "_count" => {
+                    count = v
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (1..=search::MAX_COUNT).contains(n))
+                        .ok_or_else(|| bad("_count must be 1 to 100"))?
+                }
+                "_format" => {}
+                _ => return Err(bad("$changes takes cursor and _count")),
+            }
+        }
+        let visible_to = (ctx.principal.role != Role::Operator).then_some(ctx.principal.org_id.as_str());
+        let directory: Vec<&str> =
+            crate::fhir::TYPES.iter().filter(|t| t.class == TypeClass::Directory).map(|t| t.name).collect();
+        let mut conn = self.conn()?;
+        let rows = crate::store::changes::since(&mut conn, cursor, count, visible_to, &directory)?;
+        let mut entries = Vec::new();
+        for c in &rows {
+            let v = resources::get_version(&mut conn, &c.resource_type, &c.resource_id, c.version_id)?
+                .ok_or_else(|| ApiError::Internal(format!("change {} names a missing version", c.seq)))?;
+            let (method, status, url) = if c.version_id == 1 {
+                ("POST", "201 Created", c.resource_type.clone())
+            } else {
+                ("PUT", "200 OK", format!("{}/{}", c.resource_type, c.resource_id))
+            };
+            entries.push(json!({
+                "extension": [{ "url": CHANGE_SEQUENCE, "valueString": c.seq.to_string() }],
+                "fullUrl": format!("{}/{}/{}", ctx.base, c.resource_type, c.resource_id),
+                "resource": v.json()?,
+                "request": { "method": method, "url": url },
+                "response": { "status": status, "etag": super::etag(c.version_id), "lastModified": instant(c.changed_at) }
+            }));
+        }
+        let next = rows.last().map(|c| c.seq).unwrap_or(cursor);
+        let link = |n: i64| format!("{}/$changes?cursor={n}&_count={count}", ctx.base);
+        let links = vec![("self", link(cursor)), ("next", link(next))];
+        Ok(Reply::json(200, &bundle("history", None, links, entries)))
+    }
+}
+
+/// The extension on each `$changes` entry that carries its cursor.
+pub const CHANGE_SEQUENCE: &str = "https://signpost.example/fhir/StructureDefinition/change-sequence";
+
 /// `next` and `previous` links, only where they lead to a page with results: `next` when
 /// results follow this page, `previous` when results come before it (from a page past the end,
 /// `previous` leads to the last page).

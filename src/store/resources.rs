@@ -1,4 +1,7 @@
-//! Resources, their versions, search index rows and access grants.
+//! Resources, their versions, search index rows and access grants. The two functions that store
+//! a version, [`insert_new`] and [`update_if_version`], are the only ones: every write path
+//! (REST, transactions, routed Tasks, directory loads) goes through them, and they append the
+//! version to the change log ([`super::changes`]) in the same transaction.
 
 use diesel::prelude::*;
 
@@ -134,7 +137,9 @@ fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -
 pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -> Result<(), StoreError> {
     diesel::insert_into(resources::table).values(r).execute(conn)?;
     insert_version(conn, r)?;
-    replace_index(conn, &r.resource_type, &r.id, index)
+    replace_index(conn, &r.resource_type, &r.id, index)?;
+    super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
+    Ok(())
 }
 
 /// Replace the current version if it is still `expected_version` (compare-and-swap).
@@ -162,6 +167,7 @@ pub fn update_if_version(
     }
     insert_version(conn, r)?;
     replace_index(conn, &r.resource_type, &r.id, index)?;
+    super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     Ok(true)
 }
 

@@ -70,7 +70,7 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, search_index, access_grants);
+diesel::allow_tables_to_appear_in_same_query!(resources, search_index, access_grants, change_log, resource_versions);
 
 diesel::table! {
     routing_decisions (service_request_id) {
@@ -79,5 +79,22 @@ diesel::table! {
         decided_at -> BigInt,
         unmatched -> Integer,
         explanation -> Text,
+    }
+}
+
+diesel::table! {
+    change_counter (id) {
+        id -> Integer,
+        last_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    change_log (seq) {
+        seq -> BigInt,
+        resource_type -> Text,
+        resource_id -> Text,
+        version_id -> BigInt,
+        changed_at -> BigInt,
     }
 }

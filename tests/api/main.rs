@@ -3,6 +3,7 @@
 
 mod access;
 mod binary;
+mod changes;
 mod directory;
 mod edge;
 mod helpers;
