@@ -11,6 +11,7 @@ use actix_web::{App, HttpServer};
 
 use crate::api;
 use crate::config::{RunMode, Settings};
+use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::TYPES;
 use crate::fhir::schema::StructureValidator;
 use crate::gateway::{Gateway, directory};
@@ -96,14 +97,14 @@ pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
         if !dir.is_dir() {
             anyhow::bail!("directory.path: the folder {} does not exist", dir.display());
         }
-        let loaded = directory::load(pool, dir)?;
+        let loaded = directory::load(pool, dir, settings.allow_loopback_webhooks())?;
         tracing::info!(path = %dir.display(), created = loaded.created, updated = loaded.updated, "directory loaded");
     } else if settings.mode == RunMode::Sandbox {
         let files: Vec<(String, String)> = sandbox::DIRECTORY
             .iter()
             .map(|(name, text)| (format!("examples/directory/{name}"), text.to_string()))
             .collect();
-        let loaded = directory::load_files(pool, &files)?;
+        let loaded = directory::load_files(pool, &files, settings.allow_loopback_webhooks())?;
         tracing::info!(created = loaded.created, updated = loaded.updated, "example directory loaded (sandbox mode)");
     }
     Ok(())
@@ -137,7 +138,21 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let base = format!("{}/fhir", settings.server.base_url(port));
-        let state = api::state(Gateway::new(pool.clone(), settings.limits, settings.validation.mode), base);
+        let mut gateway = Gateway::new(pool.clone(), settings.limits, settings.validation.mode);
+        gateway.allow_loopback_webhooks = settings.allow_loopback_webhooks();
+        if settings.delivery.enabled {
+            let worker = Worker::new(
+                pool.clone(),
+                WorkerSettings {
+                    timeout: std::time::Duration::from_secs(settings.delivery.timeout_secs),
+                    allow_loopback: settings.allow_loopback_webhooks(),
+                    ..Default::default()
+                },
+                gateway.wake.clone(),
+            );
+            tokio::spawn(worker.run());
+        }
+        let state = api::state(gateway, base);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -155,7 +155,7 @@ pub fn run() -> anyhow::Result<()> {
             crate::telemetry::init(&settings.log);
             let pool = app::open_database(&settings)?;
             let files = crate::gateway::directory::read_files(&path)?;
-            let loaded = crate::gateway::directory::load_files(&pool, &files)?;
+            let loaded = crate::gateway::directory::load_files(&pool, &files, settings.allow_loopback_webhooks())?;
             println!(
                 "{} file(s): {} created, {} updated, {} unchanged",
                 files.len(),

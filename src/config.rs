@@ -20,6 +20,9 @@
 //! | `limits.max_issues` | `100` | issues in one OperationOutcome; one more issue says how many were left out |
 //! | `limits.body_timeout_secs` | `10` | time allowed to send a request body (408 after) |
 //! | `limits.max_concurrent_writes` | `16` | writes and validations in progress at once; more wait briefly, then get 503 with `Retry-After` |
+//! | `delivery.enabled` | `true` | run the webhook delivery worker inside `serve` |
+//! | `delivery.allow_loopback` | `false` (always on in sandbox mode) | allow `http` and loopback webhook addresses (tests, the sandbox) |
+//! | `delivery.timeout_secs` | `15` | per-attempt timeout (1–30) |
 //! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
@@ -44,6 +47,7 @@ pub struct Settings {
     pub directory: DirectorySettings,
     pub limits: LimitSettings,
     pub validation: ValidationSettings,
+    pub delivery: DeliverySettings,
     pub log: LogSettings,
     pub clients: Vec<ClientSettings>,
 }
@@ -57,6 +61,31 @@ pub enum RunMode {
     Sandbox,
     /// Only the configured directory and clients.
     Production,
+}
+
+/// Webhook delivery (PRODUCT.md §5).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Run the delivery worker inside `serve`.
+    pub enabled: bool,
+    /// Allow `http` and loopback webhook addresses (always on in sandbox mode; for tests).
+    pub allow_loopback: bool,
+    /// Per-attempt timeout in seconds (at most 30).
+    pub timeout_secs: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self { enabled: true, allow_loopback: false, timeout_secs: 15 }
+    }
+}
+
+impl Settings {
+    /// Whether webhooks may go to `http` and loopback addresses.
+    pub fn allow_loopback_webhooks(&self) -> bool {
+        self.delivery.allow_loopback || self.mode == RunMode::Sandbox
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -225,6 +254,9 @@ impl Settings {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['?', '#', ' ']) {
                 return fail("server.public_base_url", "must be an http:// or https:// URL without query or fragment");
             }
+        }
+        if !(1..=30).contains(&self.delivery.timeout_secs) {
+            return fail("delivery.timeout_secs", "must be 1 to 30");
         }
         if self.limits.max_issues == 0 || self.limits.body_timeout_secs == 0 || self.limits.max_concurrent_writes == 0 {
             return fail("limits", "max_issues, body_timeout_secs and max_concurrent_writes must be at least 1");

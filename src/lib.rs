@@ -17,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod fhir;
 pub mod gateway;

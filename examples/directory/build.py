@@ -284,8 +284,11 @@ def healthcare_service(oid, org_name, s):
 
 
 def endpoint(oid, name):
+    # The example endpoints are fictional, so they are off: the sandbox does not try to deliver to
+    # them. To see webhooks in the sandbox, an operator points an Endpoint at a receiver of their
+    # own (PUT /fhir/Endpoint/{id}, then POST /fhir/Endpoint/{id}/$secret).
     return {
-        "resourceType": "Endpoint", "id": f"{oid}-webhook", "status": "active",
+        "resourceType": "Endpoint", "id": f"{oid}-webhook", "status": "off",
         "connectionType": coding("http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "hl7-fhir-rest", "HL7 FHIR"),
         "name": f"{name} Signpost referral webhook",
         "managingOrganization": {"reference": f"Organization/{oid}", "display": name},

@@ -34,6 +34,20 @@ pub fn capability_statement(base: &str) -> Value {
                 "searchParam": params,
                 "operation": [{ "name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate" }],
             });
+            if t.name == "Endpoint" {
+                for (name, doc) in [
+                    ("secret", "Operators: a new webhook signing secret, shown once (the previous one signs for 76 hours more)"),
+                    ("events", "The Endpoint's events after an eventNumber (its organisation and operators)"),
+                    ("status", "The Endpoint's last eventNumber and delivery state"),
+                    ("resend", "Operators: re-enable the Endpoint and requeue its dead-lettered events"),
+                ] {
+                    resource["operation"].as_array_mut().expect("an array").push(json!({
+                        "name": name,
+                        "definition": format!("https://signpost.example/fhir/OperationDefinition/Endpoint-{name}"),
+                        "documentation": doc,
+                    }));
+                }
+            }
             if t.name == "ServiceRequest" {
                 for (name, doc) in [
                     ("route", "Dry run: how a ServiceRequest (or each one of a transaction Bundle) would be routed, with no side effects"),

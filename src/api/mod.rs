@@ -74,12 +74,27 @@ pub enum Action {
     Unmatched,
     /// `$changes`: the gap-free change feed.
     Changes,
+    /// `Endpoint/{id}/$secret`, `$events`, `$status`, `$resend`.
+    EndpointSecret,
+    EndpointEvents,
+    EndpointStatus,
+    EndpointResend,
 }
 
 impl Action {
     /// Operations (listed under `operation` in the CapabilityStatement, not as interactions).
     pub fn is_operation(self) -> bool {
-        matches!(self, Action::Validate | Action::Route | Action::Routing | Action::Unmatched | Action::Changes)
+        !matches!(
+            self,
+            Action::Transaction
+                | Action::Search
+                | Action::Create
+                | Action::Read
+                | Action::Update
+                | Action::Patch
+                | Action::History
+                | Action::Vread
+        )
     }
 }
 
@@ -92,6 +107,10 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     ("/{type}/$route", "POST", Action::Route, "$route"),
     ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
     ("/{type}/{id}/$routing", "GET", Action::Routing, "$routing"),
+    ("/{type}/{id}/$secret", "POST", Action::EndpointSecret, "$secret"),
+    ("/{type}/{id}/$events", "GET", Action::EndpointEvents, "$events"),
+    ("/{type}/{id}/$status", "GET", Action::EndpointStatus, "$status"),
+    ("/{type}/{id}/$resend", "POST", Action::EndpointResend, "$resend"),
     ("", "POST", Action::Transaction, "transaction"),
     ("/{type}", "GET", Action::Search, "search-type"),
     ("/{type}", "POST", Action::Create, "create"),
@@ -325,6 +344,10 @@ async fn handle_inner(
         Action::Routing => gw.routing_explanation(&ctx, &ty, &id),
         Action::Unmatched => gw.unmatched_needs(&ctx, &ty),
         Action::Changes => gw.changes(&ctx, &query),
+        Action::EndpointSecret => gw.endpoint_secret(&ctx, &ty, &id),
+        Action::EndpointEvents => gw.endpoint_events(&ctx, &ty, &id, &query),
+        Action::EndpointStatus => gw.endpoint_status(&ctx, &ty, &id),
+        Action::EndpointResend => gw.endpoint_resend(&ctx, &ty, &id),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()));

@@ -86,6 +86,7 @@ catalogue! {
     UnsupportedType => ("unsupported-type", "not-supported", "Signpost does not store this resource type.", "See /fhir/metadata for the supported types."),
     IdMismatch => ("id-mismatch", "invariant", "The resource id is missing or differs from the id in the URL.", "Put the URL's id in the body's id."),
     NeedUnmatched => ("need-unmatched", "business-rule", "No service in the directory fits one of the referral's needs (condition, area, age, capacity, contact or language): the referral is kept, the need is listed for operators and explained in $routing (a warning).", "Nothing to resend; an operator or the referrer finds the patient another service, or the directory gains one."),
+    EndpointAddress => ("endpoint-address", "security", "A webhook Endpoint's address is not one Signpost sends to: https on port 443 to a public address, with no user name or password.", "Use the public https URL of your webhook receiver."),
     UnknownPerformer => ("unknown-performer", "business-rule", "The performer or owner is not a service or organisation in the directory.", "Refer to a HealthcareService or Organization listed in the directory."),
     InactivePerformer => ("inactive-performer", "business-rule", "The performer or owner is in the directory but not active.", "Choose another service; this one is not taking referrals."),
     FocusRequired => ("focus-required", "business-rule", "A Task sent to Signpost must have focus = a ServiceRequest and an owner.", "Set Task.focus to the ServiceRequest and Task.owner to the charity Organization."),

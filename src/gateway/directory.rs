@@ -57,15 +57,16 @@ pub fn read_files(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// Load every `*.json` under `dir` (the `directory.path` setting).
-pub fn load(pool: &Pool, dir: &Path) -> anyhow::Result<Loaded> {
-    load_files(pool, &read_files(dir)?)
+pub fn load(pool: &Pool, dir: &Path, allow_loopback: bool) -> anyhow::Result<Loaded> {
+    load_files(pool, &read_files(dir)?, allow_loopback)
 }
 
 /// Validate directory files given as (name, JSON text) and, when every one is valid, write them
 /// all in one transaction.
-pub fn load_files(pool: &Pool, files: &[(String, String)]) -> anyhow::Result<Loaded> {
+/// `allow_loopback`: active Endpoints may have `http` and loopback addresses (tests, sandbox).
+pub fn load_files(pool: &Pool, files: &[(String, String)], allow_loopback: bool) -> anyhow::Result<Loaded> {
     let mut conn = pool.get()?;
-    let resources = check(files, &mut |ty, id| Ok(resources::get(&mut conn, ty, id)?.is_some()))?;
+    let resources = check(files, allow_loopback, &mut |ty, id| Ok(resources::get(&mut conn, ty, id)?.is_some()))?;
     store::write_txn(&mut conn, |conn| -> anyhow::Result<Loaded> {
         let mut loaded = Loaded::default();
         let now = now_ms();
@@ -123,6 +124,7 @@ pub fn load_files(pool: &Pool, files: &[(String, String)]) -> anyhow::Result<Loa
 /// directory resources that the files do not hold themselves).
 fn check(
     files: &[(String, String)],
+    allow_loopback: bool,
     exists: &mut dyn FnMut(&str, &str) -> Result<bool, store::StoreError>,
 ) -> anyhow::Result<Vec<Value>> {
     let mut problems = Vec::new();
@@ -167,6 +169,12 @@ fn check(
             }
             if !resource.get("id").and_then(Value::as_str).is_some_and(crate::fhir::is_valid_id) {
                 problems.push(format!("{file}: {at}: every directory resource needs an id"));
+                continue;
+            }
+            if let Err(e) = super::write::check_endpoint_address(&resource, allow_loopback, &at) {
+                for i in e.to_issues("") {
+                    problems.push(format!("{file}: {}: {}", i.expression.unwrap_or_default(), i.diagnostics));
+                }
                 continue;
             }
             out.push((format!("{file}: {at}"), resource));

@@ -8,6 +8,7 @@
 
 mod access;
 pub mod directory;
+mod endpoints;
 mod read;
 mod referral;
 mod route;
@@ -100,11 +101,22 @@ pub struct Gateway {
     pub limits: LimitSettings,
     pub validation: ValidationMode,
     directory: std::sync::Arc<route::DirectoryCache>,
+    /// Woken after every committed write: the delivery worker listens.
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Webhook addresses may be `http` and loopback (tests, the sandbox).
+    pub allow_loopback_webhooks: bool,
 }
 
 impl Gateway {
     pub fn new(pool: Pool, limits: LimitSettings, validation: ValidationMode) -> Self {
-        Self { pool, limits, validation, directory: Default::default() }
+        Self {
+            pool,
+            limits,
+            validation,
+            directory: Default::default(),
+            wake: Default::default(),
+            allow_loopback_webhooks: false,
+        }
     }
 
     fn conn(&self) -> Result<store::PooledConn, ApiError> {
@@ -160,6 +172,11 @@ impl Gateway {
                         }
                         None => Err(ApiError::Internal("idempotency key vanished".into())),
                     };
+                }
+                Ok(reply) => {
+                    // Outbox rows may have been written: wake the delivery worker.
+                    self.wake.notify_one();
+                    return Ok(reply);
                 }
                 Err(ApiError::ConditionalRace) if attempt < 3 => continue,
                 Err(ApiError::Refused { status, issues }) => {

@@ -299,6 +299,9 @@ impl Gateway {
             let now = now_ms();
             let mut responses = vec![Value::Null; entries.len()];
             let mut tasks: Vec<(String, Value)> = Vec::new();
+            // Tasks last: what they point to (their referral and its sender) is stored first,
+            // so their notifications reach the referrer's Endpoint too.
+            plan.sort_by_key(|e| e.ty == "Task");
             for e in plan.iter_mut() {
                 let spec = type_spec(e.ty).expect("planned types are served");
                 if e.existing {

@@ -39,6 +39,31 @@ pub(super) fn validate_structure(
     crate::fhir::validate_with_mode(resource, path, mode, issues);
 }
 
+/// An active Endpoint's address must be one Signpost may send to (RELIABILITY.md S3): checked
+/// here at registration, and again at send time.
+pub(super) fn check_endpoint_address(resource: &Value, allow_loopback: bool, path: &str) -> Result<(), ApiError> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Endpoint")
+        || resource.get("status").and_then(Value::as_str) != Some("active")
+    {
+        return Ok(());
+    }
+    let address = resource.get("address").and_then(Value::as_str).unwrap_or_default();
+    let refused =
+        |why: String| ApiError::new(422, Issue::error(IssueCode::EndpointAddress, why).at(format!("{path}.address")));
+    let target = crate::delivery::ssrf::check(address, allow_loopback).map_err(refused)?;
+    if let Some(domain) = &target.domain {
+        // A name that resolves to a non-public address is refused; one that does not resolve
+        // (yet) is checked again at every send.
+        use std::net::ToSocketAddrs;
+        if let Ok(addrs) = (domain.as_str(), target.port).to_socket_addrs() {
+            for a in addrs {
+                crate::delivery::ssrf::check_ip(a.ip(), allow_loopback).map_err(refused)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The resource must be an object of the URL's type.
 pub(super) fn expect_type(resource: &Value, ty: &str) -> Result<(), ApiError> {
     match resource.get("resourceType").and_then(Value::as_str) {
@@ -201,6 +226,7 @@ impl Gateway {
         if has_errors(&warnings) {
             return Err(ApiError::issues(400, warnings));
         }
+        check_endpoint_address(&resource, self.allow_loopback_webhooks, spec.name)?;
         let conditional = match &opts.if_none_exist {
             Some(q) => Some(conditional_identifier(q)?),
             None => None,
@@ -302,6 +328,7 @@ impl Gateway {
                         if has_errors(&issues) {
                             return Err(ApiError::issues(400, issues));
                         }
+                        check_endpoint_address(resource, self.allow_loopback_webhooks, spec.name)?;
                         let mut body = resource.clone();
                         let stored = insert_resource(conn, p, spec, id, &mut body, &p.org_id, now_ms())?;
                         Ok(resource_reply(ctx, 201, &stored, true, &issues))
@@ -360,6 +387,7 @@ impl Gateway {
             if spec.name == "Task" {
                 check_task_change(p, &old, &new)?;
             }
+            check_endpoint_address(&new, self.allow_loopback_webhooks, spec.name)?;
             let now = now_ms();
             let version = current.version_id + 1;
             stamp_meta(&mut new, version, now);

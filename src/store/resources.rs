@@ -138,7 +138,15 @@ pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -
     diesel::insert_into(resources::table).values(r).execute(conn)?;
     insert_version(conn, r)?;
     replace_index(conn, &r.resource_type, &r.id, index)?;
+    record_change(conn, r)
+}
+
+/// The change log and, for Tasks, the outbox: written with every stored version.
+fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
     super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
+    if r.resource_type == "Task" {
+        super::outbox::enqueue_for_task(conn, r)?;
+    }
     Ok(())
 }
 
@@ -167,7 +175,7 @@ pub fn update_if_version(
     }
     insert_version(conn, r)?;
     replace_index(conn, &r.resource_type, &r.id, index)?;
-    super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
+    record_change(conn, r)?;
     Ok(true)
 }
 

@@ -71,6 +71,7 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(resources, search_index, access_grants, change_log, resource_versions);
+diesel::allow_tables_to_appear_in_same_query!(outbox, endpoint_state);
 
 diesel::table! {
     routing_decisions (service_request_id) {
@@ -96,5 +97,37 @@ diesel::table! {
         resource_id -> Text,
         version_id -> BigInt,
         changed_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    endpoint_state (endpoint_id) {
+        endpoint_id -> Text,
+        secret -> Nullable<Text>,
+        previous_secret -> Nullable<Text>,
+        previous_until -> Nullable<BigInt>,
+        event_counter -> BigInt,
+        disabled -> Bool,
+        last_success_at -> Nullable<BigInt>,
+        last_failure_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Text,
+        endpoint_id -> Text,
+        event_number -> BigInt,
+        event_type -> Text,
+        body -> Text,
+        created_at -> BigInt,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_expires -> Nullable<BigInt>,
+        fencing -> BigInt,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
     }
 }

@@ -21,6 +21,7 @@ pub const OPERATOR: &str = "test-operator";
 pub struct TestApp {
     pub base: String,
     pub db_url: String,
+    pub pool: signpost::store::Pool,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -161,8 +162,9 @@ pub async fn spawn_on(dir: tempfile::TempDir, db_url: String, adjust: impl FnOnc
     let mut settings = test_settings(&db_url);
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
+    let pool = app.pool().clone();
     let port = app.spawn();
-    TestApp { base: format!("http://127.0.0.1:{port}"), db_url, http: reqwest::Client::new(), _dir: dir }
+    TestApp { base: format!("http://127.0.0.1:{port}"), db_url, pool, http: reqwest::Client::new(), _dir: dir }
 }
 
 impl TestApp {

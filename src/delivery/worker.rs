@@ -1,0 +1,272 @@
+//! The delivery worker: drains the outbox. Claims due events by lease (a compare-and-set on a
+//! fencing token, on both backends), sends each as a signed Standard Webhooks request with no
+//! transaction open, and records the outcome only if it still holds the lease. Wakes when a write
+//! commits and polls as a fallback. Time is passed in (`drain_once(now)`), so tests run the whole
+//! retry schedule on a fake clock.
+//!
+//! Outcomes (RELIABILITY.md §2): 2xx within the timeout = delivered; redirects are not followed
+//! and count as failures; 410 disables the Endpoint (its events are held, not dropped);
+//! 429/502/503/504 honour `Retry-After` (capped at 1 h); at most 64 KiB of a response is read;
+//! after the tenth attempt the event is dead-lettered (`failed`) until an operator resends it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::{schedule, signature, ssrf};
+use crate::store::outbox::{self, OutboxRow};
+use crate::store::{Pool, StoreError, resources};
+
+/// The most of a response body read (the rest is dropped).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Per-attempt timeout (15 s).
+    pub timeout: Duration,
+    /// Lease on a claimed event; longer than the timeout.
+    pub lease: Duration,
+    /// Poll interval when no write wakes the worker.
+    pub poll: Duration,
+    /// Allow `http` and loopback addresses (tests and the sandbox).
+    pub allow_loopback: bool,
+    /// Events claimed per round.
+    pub batch: i64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            lease: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            allow_loopback: false,
+            batch: 32,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub claimed: usize,
+    pub delivered: usize,
+    pub retrying: usize,
+    pub dead_lettered: usize,
+    /// Given back without an attempt (the Endpoint is off or disabled).
+    pub held: usize,
+    /// Outcomes not recorded because the lease was lost meanwhile.
+    pub lease_lost: usize,
+}
+
+/// Drains the outbox.
+#[derive(Clone)]
+pub struct Worker {
+    pool: Pool,
+    owner: String,
+    settings: WorkerSettings,
+    wake: Arc<Notify>,
+}
+
+enum Outcome {
+    Delivered,
+    Retry { error: String, retry_after_ms: Option<i64> },
+    Gone,
+    Held,
+}
+
+impl Worker {
+    pub fn new(pool: Pool, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
+        Self { pool, owner: format!("worker-{}", uuid::Uuid::new_v4().simple()), settings, wake }
+    }
+
+    /// Claim the events due at `now_ms`, send them (concurrently), record the outcomes.
+    pub async fn drain_once(&self, now_ms: i64) -> Result<Drained, StoreError> {
+        let pool = self.pool.clone();
+        let (owner, lease, batch) = (self.owner.clone(), self.settings.lease.as_millis() as i64, self.settings.batch);
+        let claimed = blocking(move || {
+            let mut conn = pool.get()?;
+            outbox::claim(&mut conn, &owner, now_ms, lease, batch)
+        })
+        .await?;
+        let mut report = Drained { claimed: claimed.len(), ..Default::default() };
+        let sends = claimed.into_iter().map(|row| async move {
+            let outcome = self.send(&row, now_ms).await;
+            (row, outcome)
+        });
+        let results: Vec<(OutboxRow, Result<Outcome, StoreError>)> = futures_util::future::join_all(sends).await;
+        for (row, outcome) in results {
+            let outcome = outcome?;
+            let pool = self.pool.clone();
+            let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
+            let (recorded, kind) = blocking(move || {
+                let mut conn = pool.get()?;
+                Ok(match outcome {
+                    Outcome::Delivered => (outbox::complete(&mut conn, &row, now_ms)?, 0),
+                    Outcome::Held => (outbox::release(&mut conn, &row)?, 3),
+                    Outcome::Gone => {
+                        outbox::set_disabled(&mut conn, &row.endpoint_id, true)?;
+                        tracing::error!(endpoint = %row.endpoint_id, "webhook endpoint answered 410 Gone: disabled, its events are held");
+                        (outbox::fail(&mut conn, &row, Some(now_ms), "410 Gone: endpoint disabled", now_ms)?, 3)
+                    }
+                    Outcome::Retry { error, retry_after_ms } => {
+                        let next = schedule::next_attempt(row.attempts + 1, now_ms, jitter, retry_after_ms);
+                        if next.is_none() {
+                            tracing::error!(endpoint = %row.endpoint_id, event = %row.id, "webhook dead-lettered after the last attempt");
+                        }
+                        (outbox::fail(&mut conn, &row, next, &error, now_ms)?, if next.is_some() { 1 } else { 2 })
+                    }
+                })
+            })
+            .await?;
+            if !recorded {
+                report.lease_lost += 1;
+                continue;
+            }
+            match kind {
+                0 => report.delivered += 1,
+                1 => report.retrying += 1,
+                2 => report.dead_lettered += 1,
+                _ => report.held += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Drain until nothing is due at `now_ms` (tests); the rounds' reports added up.
+    pub async fn drain_all(&self, now_ms: i64) -> Result<Drained, StoreError> {
+        let mut total = Drained::default();
+        for _ in 0..1000 {
+            let r = self.drain_once(now_ms).await?;
+            if r.claimed == 0 {
+                break;
+            }
+            total.claimed += r.claimed;
+            total.delivered += r.delivered;
+            total.retrying += r.retrying;
+            total.dead_lettered += r.dead_lettered;
+            total.held += r.held;
+            total.lease_lost += r.lease_lost;
+            if r.held == r.claimed {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Run until the process ends: a round whenever a write commits, or every poll interval.
+    pub async fn run(self) {
+        loop {
+            match self.drain_once(crate::fhir::now_ms()).await {
+                Ok(r) if r.claimed > 0 => {
+                    tracing::debug!(claimed = r.claimed, delivered = r.delivered, "delivery round");
+                    if r.claimed as i64 == self.settings.batch {
+                        continue;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "delivery round failed"),
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    async fn send(&self, row: &OutboxRow, now_ms: i64) -> Result<Outcome, StoreError> {
+        let pool = self.pool.clone();
+        let endpoint_id = row.endpoint_id.clone();
+        let (endpoint, state) = blocking(move || {
+            let mut conn = pool.get()?;
+            let endpoint = resources::get(&mut conn, "Endpoint", &endpoint_id)?.map(|r| r.json()).transpose()?;
+            Ok((endpoint, outbox::endpoint_status(&mut conn, &endpoint_id)?))
+        })
+        .await?;
+        let (Some(endpoint), Some(state)) = (endpoint, state) else { return Ok(Outcome::Held) };
+        if endpoint.get("status").and_then(Value::as_str) != Some("active") || state.disabled {
+            return Ok(Outcome::Held);
+        }
+        let Some(secret) = state.secret.as_deref() else { return Ok(Outcome::Held) };
+        let address = endpoint.get("address").and_then(Value::as_str).unwrap_or_default();
+        let retry = |error: String| Ok(Outcome::Retry { error, retry_after_ms: None });
+        // Checked again at send time: the address, and every address its name resolves to.
+        let target = match ssrf::check(address, self.settings.allow_loopback) {
+            Ok(t) => t,
+            Err(e) => return retry(e),
+        };
+        let pinned = match ssrf::resolve(&target, self.settings.allow_loopback).await {
+            Ok(p) => p,
+            Err(e) => return retry(e),
+        };
+        let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.settings.timeout)
+            .user_agent(concat!("Signpost/", env!("CARGO_PKG_VERSION")));
+        if let (Some(domain), Some(addr)) = (&target.domain, pinned) {
+            client = client.resolve(domain, addr);
+        }
+        let client = match client.build() {
+            Ok(c) => c,
+            Err(_) => return retry("the HTTP client could not be built".into()),
+        };
+        let timestamp = now_ms / 1000;
+        let previous =
+            state.previous_secret.as_deref().filter(|_| state.previous_until.is_some_and(|until| now_ms < until));
+        let Some(signature) = signature::header(secret, previous, &row.id, timestamp, &row.body) else {
+            return retry("the endpoint secret is not valid".into());
+        };
+        let sent = client
+            .post(target.url.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", &row.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(row.body.clone())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return retry("timed out".into()),
+            Err(_) => return retry("could not connect or send".into()),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| schedule::retry_after_ms(v, now_ms));
+        // Read at most 64 KiB, within the same timeout.
+        let mut response = response;
+        let mut read = 0usize;
+        let body_done = tokio::time::timeout(self.settings.timeout, async {
+            while let Ok(Some(chunk)) = response.chunk().await {
+                read += chunk.len();
+                if read >= MAX_RESPONSE_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(match status {
+            200..=299 if body_done.is_ok() => Outcome::Delivered,
+            200..=299 => Outcome::Retry { error: "timed out reading the response".into(), retry_after_ms: None },
+            410 => Outcome::Gone,
+            429 | 502 | 503 | 504 => Outcome::Retry { error: format!("HTTP {status}"), retry_after_ms: retry_after },
+            300..=399 => {
+                Outcome::Retry { error: format!("HTTP {status} (redirects are not followed)"), retry_after_ms: None }
+            }
+            _ => Outcome::Retry { error: format!("HTTP {status}"), retry_after_ms: None },
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+}

@@ -1,0 +1,364 @@
+//! The webhook outbox (PRODUCT.md §5): events are written in the transaction that changed the
+//! Task ([`enqueue_for_task`], called by the store's two write functions), claimed by lease with a
+//! fencing token, and completed only by the lease holder.
+
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+use super::resources::{self, StoredResource};
+use super::schema::{endpoint_state, outbox};
+use super::{DbConn, StoreError};
+use crate::fhir::search::Criteria;
+
+/// One outbox row.
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_number: i64,
+    pub event_type: String,
+    pub body: String,
+    pub created_at: i64,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires: Option<i64>,
+    pub fencing: i64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+/// An Endpoint's delivery state.
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = endpoint_state)]
+pub struct EndpointState {
+    pub endpoint_id: String,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub previous_until: Option<i64>,
+    pub event_counter: i64,
+    pub disabled: bool,
+    pub last_success_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+}
+
+pub const PENDING: &str = "pending";
+pub const DELIVERED: &str = "delivered";
+pub const FAILED: &str = "failed";
+
+/// Endpoints allowed at once per Endpoint (RELIABILITY.md §2.7).
+pub const MAX_IN_FLIGHT: i64 = 4;
+
+/// The Organization behind a Task's owner (an Organization, or a HealthcareService's provider).
+fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
+    let Some((ty, id)) = task.get("owner").and_then(crate::fhir::reference_of) else { return Ok(None) };
+    match ty {
+        "Organization" => Ok(Some(id.to_string())),
+        "HealthcareService" => Ok(resources::get(conn, ty, id)?
+            .map(|r| r.json())
+            .transpose()?
+            .and_then(|s| s.get("providedBy").and_then(crate::fhir::reference_of).map(|(_, o)| o.to_string()))),
+        _ => Ok(None),
+    }
+}
+
+/// The active Endpoints an Organization manages.
+fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError> {
+    let criteria = Criteria {
+        resource_type: "Endpoint".into(),
+        params: vec![
+            ("organization".into(), vec![format!("Organization/{org}")]),
+            ("status".into(), vec!["active".into()]),
+        ],
+        count: 20,
+        ..Default::default()
+    };
+    Ok(resources::search(conn, &criteria)?.1.into_iter().map(|r| r.id).collect())
+}
+
+/// Write the outbox rows for a new or changed Task: one per active Endpoint of the charity that
+/// owns it and of the organisation that sent its referral. A new Task is `referral.created`; a
+/// change of `status` or `businessStatus` is `referral.updated` (`referral.cancelled` when
+/// cancelled); other changes notify nobody.
+pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), StoreError> {
+    let body = task.json()?;
+    let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
+    let event_type = if task.version_id == 1 {
+        "referral.created"
+    } else {
+        let Some(previous) = resources::get_version(conn, "Task", &task.id, task.version_id - 1)? else {
+            return Ok(());
+        };
+        let previous = previous.json()?;
+        if previous.get("status") == body.get("status") && previous.get("businessStatus") == body.get("businessStatus")
+        {
+            return Ok(());
+        }
+        if status == "cancelled" { "referral.cancelled" } else { "referral.updated" }
+    };
+    let sr = body
+        .get("focus")
+        .and_then(crate::fhir::reference_of)
+        .filter(|(t, _)| *t == "ServiceRequest")
+        .map(|(_, id)| id.to_string());
+    let mut orgs: Vec<String> = owner_org(conn, &body)?.into_iter().collect();
+    if let Some(sr) = &sr
+        && let Some(sender) = resources::sender_of(conn, "ServiceRequest", sr)?
+    {
+        orgs.push(sender);
+    }
+    orgs.sort();
+    orgs.dedup();
+    let mut endpoints = Vec::new();
+    for org in &orgs {
+        endpoints.extend(endpoints_of(conn, org)?);
+    }
+    endpoints.sort();
+    endpoints.dedup();
+    for endpoint in endpoints {
+        let number = next_event_number(conn, &endpoint)?;
+        let payload = json!({
+            "type": event_type,
+            "timestamp": crate::fhir::instant(task.last_updated),
+            "data": {
+                "task": format!("Task/{}", task.id),
+                "serviceRequest": sr.as_ref().map(|s| format!("ServiceRequest/{s}")),
+                "eventNumber": number,
+            }
+        });
+        diesel::insert_into(outbox::table)
+            .values(OutboxRow {
+                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                endpoint_id: endpoint,
+                event_number: number,
+                event_type: event_type.to_string(),
+                body: payload.to_string(),
+                created_at: task.last_updated,
+                state: PENDING.into(),
+                attempts: 0,
+                next_attempt_at: task.last_updated,
+                lease_owner: None,
+                lease_expires: None,
+                fencing: 0,
+                last_error: None,
+                delivered_at: None,
+            })
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The Endpoint's state row, created when first needed.
+pub fn ensure_endpoint(conn: &mut DbConn, endpoint: &str) -> Result<EndpointState, StoreError> {
+    if let Some(s) = endpoint_status(conn, endpoint)? {
+        return Ok(s);
+    }
+    let row = EndpointState {
+        endpoint_id: endpoint.to_string(),
+        secret: None,
+        previous_secret: None,
+        previous_until: None,
+        event_counter: 0,
+        disabled: false,
+        last_success_at: None,
+        last_failure_at: None,
+    };
+    diesel::insert_into(endpoint_state::table).values(&row).execute(conn)?;
+    Ok(row)
+}
+
+/// The next `eventNumber` of an Endpoint: from 1, no gaps (in the writer's transaction).
+fn next_event_number(conn: &mut DbConn, endpoint: &str) -> Result<i64, StoreError> {
+    ensure_endpoint(conn, endpoint)?;
+    diesel::update(endpoint_state::table.find(endpoint))
+        .set(endpoint_state::event_counter.eq(endpoint_state::event_counter + 1))
+        .execute(conn)?;
+    Ok(endpoint_state::table.find(endpoint).select(endpoint_state::event_counter).first(conn)?)
+}
+
+/// An Endpoint's state, if it ever had an event or a secret.
+pub fn endpoint_status(conn: &mut DbConn, endpoint: &str) -> Result<Option<EndpointState>, StoreError> {
+    Ok(endpoint_state::table.find(endpoint).first(conn).optional()?)
+}
+
+/// Set a new secret; the previous one stays valid until `previous_until` (rotation overlap).
+pub fn rotate_secret(conn: &mut DbConn, endpoint: &str, secret: &str, previous_until: i64) -> Result<(), StoreError> {
+    let current = ensure_endpoint(conn, endpoint)?;
+    diesel::update(endpoint_state::table.find(endpoint))
+        .set((
+            endpoint_state::previous_secret.eq(current.secret.clone()),
+            endpoint_state::previous_until.eq(current.secret.as_ref().map(|_| previous_until)),
+            endpoint_state::secret.eq(Some(secret.to_string())),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Disable (410, or an operator) or re-enable an Endpoint; a disabled Endpoint's events are held.
+pub fn set_disabled(conn: &mut DbConn, endpoint: &str, disabled: bool) -> Result<(), StoreError> {
+    ensure_endpoint(conn, endpoint)?;
+    diesel::update(endpoint_state::table.find(endpoint)).set(endpoint_state::disabled.eq(disabled)).execute(conn)?;
+    Ok(())
+}
+
+/// Claim up to `limit` due events by lease: each claim is a compare-and-set on the fencing token,
+/// so two workers never both hold one event; an expired lease is claimable again. Events of
+/// disabled Endpoints, or of Endpoints without a secret yet, wait. At most [`MAX_IN_FLIGHT`]
+/// leased events per Endpoint.
+pub fn claim(
+    conn: &mut DbConn,
+    owner: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let ready = endpoint_state::table
+        .filter(endpoint_state::disabled.eq(false))
+        .filter(endpoint_state::secret.is_not_null())
+        .select(endpoint_state::endpoint_id);
+    let due: Vec<OutboxRow> = outbox::table
+        .filter(outbox::state.eq(PENDING))
+        .filter(outbox::next_attempt_at.le(now))
+        .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
+        .filter(outbox::endpoint_id.eq_any(ready))
+        .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
+        .limit(limit * 4)
+        .load(conn)?;
+    let mut claimed: Vec<OutboxRow> = Vec::new();
+    let mut in_flight: std::collections::HashMap<String, i64> = Default::default();
+    for mut row in due {
+        if claimed.len() as i64 >= limit {
+            break;
+        }
+        let flying = match in_flight.get(&row.endpoint_id) {
+            Some(n) => *n,
+            None => outbox::table
+                .filter(outbox::endpoint_id.eq(&row.endpoint_id))
+                .filter(outbox::state.eq(PENDING))
+                .filter(outbox::lease_expires.ge(now))
+                .count()
+                .get_result(conn)?,
+        };
+        if flying >= MAX_IN_FLIGHT {
+            in_flight.insert(row.endpoint_id.clone(), flying);
+            continue;
+        }
+        let won = diesel::update(
+            outbox::table
+                .filter(outbox::id.eq(&row.id))
+                .filter(outbox::fencing.eq(row.fencing))
+                .filter(outbox::state.eq(PENDING)),
+        )
+        .set((
+            outbox::lease_owner.eq(Some(owner.to_string())),
+            outbox::lease_expires.eq(Some(now + lease_ms)),
+            outbox::fencing.eq(row.fencing + 1),
+        ))
+        .execute(conn)?;
+        if won == 1 {
+            row.fencing += 1;
+            row.lease_owner = Some(owner.to_string());
+            row.lease_expires = Some(now + lease_ms);
+            in_flight.insert(row.endpoint_id.clone(), flying + 1);
+            claimed.push(row);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Record a successful delivery; `false` (nothing changed) if the lease was lost meanwhile.
+pub fn complete(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, StoreError> {
+    let done = diesel::update(fenced(row))
+        .set((
+            outbox::state.eq(DELIVERED),
+            outbox::attempts.eq(row.attempts + 1),
+            outbox::delivered_at.eq(Some(now)),
+            outbox::lease_owner.eq(None::<String>),
+            outbox::lease_expires.eq(None::<i64>),
+            outbox::last_error.eq(None::<String>),
+        ))
+        .execute(conn)?
+        == 1;
+    if done {
+        diesel::update(endpoint_state::table.find(&row.endpoint_id))
+            .set(endpoint_state::last_success_at.eq(Some(now)))
+            .execute(conn)?;
+    }
+    Ok(done)
+}
+
+/// Record a failed attempt: retry at `next` or, with `None`, dead-letter (`failed`). `false` if
+/// the lease was lost meanwhile.
+pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, now: i64) -> Result<bool, StoreError> {
+    let done = diesel::update(fenced(row))
+        .set((
+            outbox::state.eq(if next.is_some() { PENDING } else { FAILED }),
+            outbox::attempts.eq(row.attempts + 1),
+            outbox::next_attempt_at.eq(next.unwrap_or(now)),
+            outbox::lease_owner.eq(None::<String>),
+            outbox::lease_expires.eq(None::<i64>),
+            outbox::last_error.eq(Some(error.chars().take(200).collect::<String>())),
+        ))
+        .execute(conn)?
+        == 1;
+    if done {
+        diesel::update(endpoint_state::table.find(&row.endpoint_id))
+            .set(endpoint_state::last_failure_at.eq(Some(now)))
+            .execute(conn)?;
+    }
+    Ok(done)
+}
+
+/// Give back a claimed event without counting an attempt (its Endpoint turned out disabled).
+pub fn release(conn: &mut DbConn, row: &OutboxRow) -> Result<bool, StoreError> {
+    Ok(diesel::update(fenced(row))
+        .set((outbox::lease_owner.eq(None::<String>), outbox::lease_expires.eq(None::<i64>)))
+        .execute(conn)?
+        == 1)
+}
+
+fn fenced(
+    row: &OutboxRow,
+) -> diesel::dsl::Filter<
+    diesel::dsl::Filter<outbox::table, diesel::dsl::Eq<outbox::id, String>>,
+    diesel::dsl::Eq<outbox::fencing, i64>,
+> {
+    outbox::table.filter(outbox::id.eq(row.id.clone())).filter(outbox::fencing.eq(row.fencing))
+}
+
+/// An Endpoint's events after `since` (by eventNumber), oldest first.
+pub fn events_since(conn: &mut DbConn, endpoint: &str, since: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    Ok(outbox::table
+        .filter(outbox::endpoint_id.eq(endpoint))
+        .filter(outbox::event_number.gt(since))
+        .order(outbox::event_number.asc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Put an Endpoint's dead-lettered events back in the queue (an operator's replay) and make its
+/// held events due now, so a re-enabled Endpoint is flushed at once; how many were dead letters.
+pub fn resend_failed(conn: &mut DbConn, endpoint: &str, now: i64) -> Result<usize, StoreError> {
+    let requeued = diesel::update(outbox::table.filter(outbox::endpoint_id.eq(endpoint)).filter(outbox::state.eq(FAILED)))
+        .set((outbox::state.eq(PENDING), outbox::attempts.eq(0), outbox::next_attempt_at.eq(now)))
+        .execute(conn)?;
+    diesel::update(
+        outbox::table
+            .filter(outbox::endpoint_id.eq(endpoint))
+            .filter(outbox::state.eq(PENDING))
+            .filter(outbox::next_attempt_at.gt(now)),
+    )
+    .set(outbox::next_attempt_at.eq(now))
+    .execute(conn)?;
+    Ok(requeued)
+}
+
+/// Events not yet delivered (pending), and the oldest one's creation time.
+pub fn depth(conn: &mut DbConn) -> Result<(i64, Option<i64>), StoreError> {
+    Ok(outbox::table
+        .filter(outbox::state.eq(PENDING))
+        .select((diesel::dsl::count_star(), diesel::dsl::min(outbox::created_at)))
+        .first(conn)?)
+}

@@ -1,0 +1,290 @@
+//! Webhook delivery (RELIABILITY.md §2, scenarios D and C): real local HTTP receivers scripted to
+//! succeed, fail, redirect or answer 410/429; the outbox drained step by step on a fake clock.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+use signpost::delivery::worker::{Worker, WorkerSettings};
+
+use crate::helpers::*;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// What the receiver answers next: a status and extra headers.
+type Script = VecDeque<(u16, Vec<(&'static str, String)>)>;
+
+/// A local webhook receiver: records every request, answers from its script (200 when empty).
+pub struct Receiver {
+    pub url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let hits: Arc<Mutex<Vec<Hit>>> = Default::default();
+        let script: Arc<Mutex<Script>> = Default::default();
+        let (h, s) = (hits.clone(), script.clone());
+        let server = HttpServer::new(move || {
+            let (h, s) = (h.clone(), s.clone());
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let (h, s) = (h.clone(), s.clone());
+                async move {
+                    let mut headers = http::HeaderMap::new();
+                    for (k, v) in req.headers() {
+                        headers.insert(
+                            http::HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
+                            http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                        );
+                    }
+                    h.lock().unwrap().push(Hit { headers, body: body.to_vec() });
+                    let (status, extra) = s.lock().unwrap().pop_front().unwrap_or((200, Vec::new()));
+                    let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+                    for (k, v) in extra {
+                        res.insert_header((k, v));
+                    }
+                    res.finish()
+                }
+            }))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        tokio::spawn(server.run());
+        Receiver { url: format!("http://127.0.0.1:{port}/hook"), hits, script }
+    }
+
+    pub fn answer(&self, status: u16, headers: Vec<(&'static str, String)>) {
+        self.script.lock().unwrap().push_back((status, headers));
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// An app whose worker the test drives, with the Stroke Association's Endpoint pointed at a
+/// receiver and given a secret.
+async fn setup() -> (TestApp, Receiver, Worker, String) {
+    let app = spawn_with(|s| s.delivery.enabled = false).await;
+    let receiver = Receiver::start().await;
+    let secret = point_endpoint(&app, "stroke-association-webhook", "stroke-association", &receiver.url).await;
+    let worker = Worker::new(
+        app.pool.clone(),
+        WorkerSettings { allow_loopback: true, ..Default::default() },
+        Default::default(),
+    );
+    (app, receiver, worker, secret)
+}
+
+/// Make an Endpoint of `org` active at `url` and set its secret; returns the secret.
+async fn point_endpoint(app: &TestApp, id: &str, org: &str, url: &str) -> String {
+    let endpoint = json!({
+        "resourceType": "Endpoint", "id": id, "status": "active",
+        "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
+        "managingOrganization": { "reference": format!("Organization/{org}") },
+        "payloadType": [{ "text": "referral events" }],
+        "address": url
+    });
+    let r = app.put(OPERATOR, &format!("/fhir/Endpoint/{id}"), &endpoint, None).await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    let s = app.post(OPERATOR, &format!("/fhir/Endpoint/{id}/$secret"), &json!({})).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    s.body["parameter"][0]["valueString"].as_str().unwrap().to_string()
+}
+
+fn now() -> i64 {
+    signpost::fhir::now_ms()
+}
+
+fn verify(secret: &str, hit: &Hit) -> bool {
+    standardwebhooks::Webhook::new(secret).unwrap().verify(&hit.body, &hit.headers).is_ok()
+}
+
+#[tokio::test]
+async fn a_new_referral_reaches_the_charity_as_a_signed_thin_webhook() {
+    let (app, receiver, worker, secret) = setup().await;
+    let (sr, _) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let report = worker.drain_once(now()).await.unwrap();
+    assert_eq!((report.claimed, report.delivered), (1, 1), "{report:?}");
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 1);
+    // D2: it verifies with the Standard Webhooks reference library, and tampering fails.
+    assert!(verify(&secret, &hits[0]));
+    let mut tampered = hits[0].clone();
+    tampered.body[5] ^= 1;
+    assert!(!verify(&secret, &tampered));
+    assert!(!verify(&signpost::delivery::signature::new_secret(), &hits[0]), "another secret fails");
+    // D11: a thin payload, no patient data.
+    let body: Value = serde_json::from_slice(&hits[0].body).unwrap();
+    assert_eq!(body["type"], "referral.created");
+    assert_eq!(body["data"]["serviceRequest"], format!("ServiceRequest/{sr}"));
+    assert_eq!(body["data"]["eventNumber"], 1);
+    let text = String::from_utf8_lossy(&hits[0].body);
+    for pii in ["9000000009", "DOE", "Jane", "LS1", "1948"] {
+        assert!(!text.contains(pii), "{pii} in the webhook");
+    }
+    assert!(hits[0].headers["webhook-id"].to_str().unwrap().starts_with("msg_"));
+    // Nothing more to send; the status call says what was sent.
+    assert_eq!(worker.drain_once(now()).await.unwrap().claimed, 0);
+    let status = app.get(STROKE, "/fhir/Endpoint/stroke-association-webhook/$status").await;
+    assert_eq!(status.body["parameter"][0]["valueInteger"], 1, "{}", status.body);
+    // Another charity cannot watch this Endpoint; only operators set secrets.
+    app.get(BEFRIENDING, "/fhir/Endpoint/stroke-association-webhook/$status").await.assert_outcome(404, "not-found");
+    app.post(STROKE, "/fhir/Endpoint/stroke-association-webhook/$secret", &json!({}))
+        .await
+        .assert_outcome(403, "forbidden");
+}
+
+#[tokio::test]
+async fn status_changes_notify_the_charity_and_the_referrer() {
+    let (app, receiver, worker, _) = setup().await;
+    let gp = Receiver::start().await;
+    let gp_secret = point_endpoint(&app, "riverside-outcomes", "riverside-medical-practice", &gp.url).await;
+    let (sr, _) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let task = app.tasks_of(STROKE, &sr).await[0]["id"].as_str().unwrap().to_string();
+    let ops = json!([{ "op": "replace", "path": "/status", "value": "accepted" }]);
+    assert_eq!(app.patch(STROKE, &format!("/fhir/Task/{task}"), &ops, None).await.status, 200);
+    // A change that is not a status change notifies nobody.
+    let note = json!([{ "op": "add", "path": "/note", "value": [{ "text": "called, no answer" }] }]);
+    assert_eq!(app.patch(STROKE, &format!("/fhir/Task/{task}"), &note, None).await.status, 200);
+    worker.drain_all(now()).await.unwrap();
+    let types = |r: &Receiver| -> Vec<(String, i64)> {
+        r.hits()
+            .iter()
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap())
+            .map(|b| (b["type"].as_str().unwrap().to_string(), b["data"]["eventNumber"].as_i64().unwrap()))
+            .collect()
+    };
+    let mut charity = types(&receiver);
+    charity.sort_by_key(|t| t.1);
+    assert_eq!(charity, vec![("referral.created".into(), 1), ("referral.updated".into(), 2)]);
+    let mut referrer = types(&gp);
+    referrer.sort_by_key(|t| t.1);
+    assert_eq!(referrer, vec![("referral.created".into(), 1), ("referral.updated".into(), 2)], "the GP hears back");
+    assert!(gp.hits().iter().all(|h| verify(&gp_secret, h)));
+}
+
+#[tokio::test]
+async fn failures_retry_on_the_schedule_with_one_webhook_id_then_dead_letter_and_resend() {
+    let (app, receiver, worker, _) = setup().await;
+    for _ in 0..10 {
+        receiver.answer(500, Vec::new());
+    }
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let start = now();
+    let mut t = start;
+    // D4: ten attempts, each only when due (checked one second before and at ±10 %).
+    let delays = [0i64, 5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400];
+    for (i, d) in delays.iter().enumerate() {
+        let due = t + d * 1000;
+        if *d > 0 {
+            let early = worker.drain_once(due - d * 100 - 1000).await.unwrap();
+            assert_eq!(early.claimed, 0, "attempt {} came early", i + 1);
+        }
+        t = due + d * 100;
+        let r = worker.drain_once(t).await.unwrap();
+        assert_eq!(r.claimed, 1, "attempt {} at +{d} s", i + 1);
+        if i < 9 {
+            assert_eq!(r.retrying, 1);
+        } else {
+            assert_eq!(r.dead_lettered, 1);
+        }
+    }
+    assert_eq!(worker.drain_once(t + 365 * 86_400_000).await.unwrap().claimed, 0, "dead letters wait");
+    // D6: every attempt carried the same webhook-id.
+    let ids: Vec<String> =
+        receiver.hits().iter().map(|h| h.headers["webhook-id"].to_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 10);
+    assert!(ids.iter().all(|i| *i == ids[0]));
+    let events = app.get(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$events?since=0").await;
+    assert!(events.body.to_string().contains("\"failed\""), "{}", events.body);
+    // An operator replays it; the receiver now answers 200.
+    app.post(STROKE, "/fhir/Endpoint/stroke-association-webhook/$resend", &json!({}))
+        .await
+        .assert_outcome(403, "forbidden");
+    let r = app.post(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$resend", &json!({})).await;
+    assert_eq!(r.body["parameter"][0]["valueInteger"], 1);
+    assert_eq!(worker.drain_once(now()).await.unwrap().delivered, 1);
+    assert_eq!(receiver.hits().last().unwrap().headers["webhook-id"].to_str().unwrap(), ids[0]);
+}
+
+#[tokio::test]
+async fn gone_disables_and_holds_retry_after_is_honoured_and_redirects_fail() {
+    let (app, receiver, worker, _) = setup().await;
+    // 429 with Retry-After: 120 s — not before.
+    receiver.answer(429, vec![("Retry-After", "120".into())]);
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let t = now();
+    assert_eq!(worker.drain_once(t).await.unwrap().retrying, 1);
+    assert_eq!(worker.drain_once(t + 60_000).await.unwrap().claimed, 0, "5 s would be too early");
+    // A redirect is a failure and is not followed.
+    let target = Receiver::start().await;
+    receiver.answer(301, vec![("Location", target.url.clone())]);
+    assert_eq!(worker.drain_once(t + 121_000).await.unwrap().retrying, 1);
+    assert!(target.hits().is_empty(), "redirects are never followed");
+    // 410: the Endpoint is disabled; its events are held, not dropped.
+    receiver.answer(410, Vec::new());
+    assert_eq!(worker.drain_once(t + 121_000 + 330_000).await.unwrap().claimed, 1);
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    assert_eq!(worker.drain_all(t + 10 * 86_400_000).await.unwrap().claimed, 0, "held while disabled");
+    let status = app.get(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$status").await;
+    assert_eq!(status.body["parameter"][1]["valueBoolean"], true, "{}", status.body);
+    // Re-enabled by an operator, both events are delivered.
+    app.post(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$resend", &json!({})).await;
+    let r = worker.drain_all(now()).await.unwrap();
+    assert_eq!(r.delivered, 2, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_cannot_complete() {
+    use signpost::store::outbox;
+    let (app, _receiver, _worker, _) = setup().await;
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let mut conn = app.pool.get().unwrap();
+    let t = now();
+    let first = outbox::claim(&mut conn, "worker-a", t, 60_000, 10).unwrap();
+    assert_eq!(first.len(), 1);
+    // C5: while leased, nobody else claims it.
+    assert!(outbox::claim(&mut conn, "worker-b", t + 1_000, 60_000, 10).unwrap().is_empty());
+    // C6: the lease expires, worker B claims it; A's late completion changes nothing.
+    let second = outbox::claim(&mut conn, "worker-b", t + 61_000, 60_000, 10).unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(!outbox::complete(&mut conn, &first[0], t + 62_000).unwrap(), "the zombie is fenced off");
+    assert!(outbox::complete(&mut conn, &second[0], t + 62_000).unwrap());
+    let events = outbox::events_since(&mut conn, "stroke-association-webhook", 0, 10).unwrap();
+    assert_eq!(events[0].state, "delivered");
+}
+
+#[tokio::test]
+async fn webhook_addresses_must_be_public_https() {
+    let app = spawn_with(|s| s.mode = signpost::config::RunMode::Production).await;
+    for address in [
+        "http://charity.example.org/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest",
+        "https://good@127.0.0.1/hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://2130706433/hook",
+        "https://localhost/hook",
+    ] {
+        let endpoint = json!({
+            "resourceType": "Endpoint", "id": "hostile", "status": "active",
+            "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
+            "managingOrganization": { "reference": "Organization/stroke-association" },
+            "payloadType": [{ "text": "referral events" }],
+            "address": address
+        });
+        let r = app.put(OPERATOR, "/fhir/Endpoint/hostile", &endpoint, None).await;
+        assert!(r.status == 422 || r.status == 400, "{address}: {}", r.body);
+    }
+    app.get(OPERATOR, "/fhir/Endpoint/hostile").await.assert_outcome(404, "not-found");
+}
