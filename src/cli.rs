@@ -1,4 +1,4 @@
-//! The `signpost` command line: `serve`, `migrate`, `client add|list|revoke|set-role`,
+//! The `signpost` command line: `serve`, `worker`, `migrate`, `client add|list|revoke|set-role`,
 //! `directory import`, `validate`, `issue-codes`. Nothing is read from the working folder unless named: the
 //! configuration comes from `--config` (or `SIGNPOST_CONFIG`) and the environment only.
 
@@ -36,6 +36,9 @@ enum Command {
         #[arg(long)]
         log_format: Option<String>,
     },
+    /// Run the webhook delivery worker alone (as `serve` does inside), sharing the outbox with
+    /// any number of other workers and servers on the same database.
+    Worker,
     /// Run the database migrations and exit.
     Migrate,
     /// Manage API clients.
@@ -141,6 +144,28 @@ pub fn run() -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let app = Application::build(settings).await?;
                 app.run_until_stopped().await?;
+                Ok(())
+            })
+        }
+        Command::Worker => {
+            crate::telemetry::init(&settings.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let pool = app::open_database(&settings)?;
+                let worker = crate::delivery::worker::Worker::new(
+                    pool,
+                    crate::delivery::worker::WorkerSettings {
+                        timeout: std::time::Duration::from_secs(settings.delivery.timeout_secs),
+                        allow_loopback: settings.allow_loopback_webhooks(),
+                        ..Default::default()
+                    },
+                    Default::default(),
+                );
+                tracing::info!("delivery worker running");
+                tokio::select! {
+                    _ = worker.run() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
                 Ok(())
             })
         }

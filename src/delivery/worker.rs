@@ -70,6 +70,7 @@ pub struct Worker {
     owner: String,
     settings: WorkerSettings,
     wake: Arc<Notify>,
+    shared: reqwest::Client,
 }
 
 enum Outcome {
@@ -81,7 +82,19 @@ enum Outcome {
 
 impl Worker {
     pub fn new(pool: Pool, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
-        Self { pool, owner: format!("worker-{}", uuid::Uuid::new_v4().simple()), settings, wake }
+        let shared = Self::builder(&settings).build().unwrap_or_default();
+        Self { pool, owner: format!("worker-{}", uuid::Uuid::new_v4().simple()), settings, wake, shared }
+    }
+
+    fn builder(settings: &WorkerSettings) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .user_agent(concat!("Signpost/", env!("CARGO_PKG_VERSION")))
+    }
+
+    fn client_builder(&self) -> reqwest::ClientBuilder {
+        Self::builder(&self.settings)
     }
 
     /// Claim the events due at `now_ms`, send them (concurrently), record the outcomes.
@@ -164,7 +177,8 @@ impl Worker {
             match self.drain_once(crate::fhir::now_ms()).await {
                 Ok(r) if r.claimed > 0 => {
                     tracing::debug!(claimed = r.claimed, delivered = r.delivered, "delivery round");
-                    if r.claimed as i64 == self.settings.batch {
+                    // More may be due: go again at once (events given back unsent wait a poll).
+                    if r.held < r.claimed {
                         continue;
                     }
                 }
@@ -203,16 +217,14 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return retry(e),
         };
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(self.settings.timeout)
-            .user_agent(concat!("Signpost/", env!("CARGO_PKG_VERSION")));
-        if let (Some(domain), Some(addr)) = (&target.domain, pinned) {
-            client = client.resolve(domain, addr);
-        }
-        let client = match client.build() {
-            Ok(c) => c,
-            Err(_) => return retry("the HTTP client could not be built".into()),
+        // A name is pinned to the address just checked (a client of its own); an IP literal
+        // needs no resolving and shares one client.
+        let client = match (&target.domain, pinned) {
+            (Some(domain), Some(addr)) => match self.client_builder().resolve(domain, addr).build() {
+                Ok(c) => c,
+                Err(_) => return retry("the HTTP client could not be built".into()),
+            },
+            _ => self.shared.clone(),
         };
         let timestamp = now_ms / 1000;
         let previous =

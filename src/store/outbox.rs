@@ -341,9 +341,10 @@ pub fn events_since(conn: &mut DbConn, endpoint: &str, since: i64, limit: i64) -
 /// Put an Endpoint's dead-lettered events back in the queue (an operator's replay) and make its
 /// held events due now, so a re-enabled Endpoint is flushed at once; how many were dead letters.
 pub fn resend_failed(conn: &mut DbConn, endpoint: &str, now: i64) -> Result<usize, StoreError> {
-    let requeued = diesel::update(outbox::table.filter(outbox::endpoint_id.eq(endpoint)).filter(outbox::state.eq(FAILED)))
-        .set((outbox::state.eq(PENDING), outbox::attempts.eq(0), outbox::next_attempt_at.eq(now)))
-        .execute(conn)?;
+    let requeued =
+        diesel::update(outbox::table.filter(outbox::endpoint_id.eq(endpoint)).filter(outbox::state.eq(FAILED)))
+            .set((outbox::state.eq(PENDING), outbox::attempts.eq(0), outbox::next_attempt_at.eq(now)))
+            .execute(conn)?;
     diesel::update(
         outbox::table
             .filter(outbox::endpoint_id.eq(endpoint))

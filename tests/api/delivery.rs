@@ -288,3 +288,54 @@ async fn webhook_addresses_must_be_public_https() {
     }
     app.get(OPERATOR, "/fhir/Endpoint/hostile").await.assert_outcome(404, "not-found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_the_outbox_without_double_delivery() {
+    let (app, receiver, _worker, secret) = setup().await;
+    let gp = Receiver::start().await;
+    point_endpoint(&app, "riverside-outcomes", "riverside-medical-practice", &gp.url).await;
+    let pid = app.patient(REFERRER).await;
+    let referrals = 600;
+    for chunk in (0..referrals).collect::<Vec<_>>().chunks(16) {
+        let sends = chunk.iter().map(|_| {
+            let sr = service_request(&pid, "HealthcareService/stroke-association-support");
+            let app = &app;
+            async move { app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.status }
+        });
+        assert!(futures::future::join_all(sends).await.iter().all(|s| *s == 201));
+    }
+    let expected = referrals * 2;
+    let worker = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_signpost"))
+            .args(["worker", "--database", &app.db_url])
+            .env_remove("SIGNPOST_CONFIG")
+            .env("SIGNPOST__DELIVERY__ALLOW_LOOPBACK", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (worker(), worker());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while receiver.hits().len() + gp.hits().len() < expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    a.kill().unwrap();
+    b.kill().unwrap();
+    let _ = (a.wait(), b.wait());
+    let hits: Vec<Hit> = receiver.hits().into_iter().chain(gp.hits()).collect();
+    let mut ids: Vec<String> = hits.iter().map(|h| h.headers["webhook-id"].to_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), expected, "every event delivered");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected, "and none twice");
+    // Per Endpoint, the event numbers run 1..=n with no gap.
+    let mut numbers: Vec<i64> = receiver
+        .hits()
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["eventNumber"].as_i64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=referrals as i64).collect::<Vec<_>>());
+    assert!(receiver.hits().iter().all(|h| verify(&secret, h)));
+}
