@@ -6,7 +6,8 @@
 //! | [`api`] | HTTP edge (actix-web): routes, headers, OperationOutcome responses |
 //! | [`gateway`] | operations: validate, route, write in one transaction, reply |
 //! | [`fhir`] | FHIR knowledge: types, search, JSON limits, structure validation, outcomes |
-//! | [`routing`] | pure routing decisions from directory facts |
+//! | [`routing`] | pure routing decisions: explicit performers, conditions → services |
+//! | [`delivery`] | webhooks: signatures, retry schedule, SSRF checks, the outbox worker |
 //! | [`lifecycle`] | the Task state machine |
 //! | [`store`] | diesel over SQLite and PostgreSQL |
 //! | [`auth`] | API keys, roles |
