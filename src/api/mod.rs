@@ -79,6 +79,8 @@ pub enum Action {
     EndpointEvents,
     EndpointStatus,
     EndpointResend,
+    /// `Endpoint/$delivery`: the operators' delivery view.
+    EndpointDelivery,
 }
 
 impl Action {
@@ -106,6 +108,7 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     ("/{type}/$validate", "POST", Action::Validate, "$validate"),
     ("/{type}/$route", "POST", Action::Route, "$route"),
     ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
+    ("/{type}/$delivery", "GET", Action::EndpointDelivery, "$delivery"),
     ("/{type}/{id}/$routing", "GET", Action::Routing, "$routing"),
     ("/{type}/{id}/$secret", "POST", Action::EndpointSecret, "$secret"),
     ("/{type}/{id}/$events", "GET", Action::EndpointEvents, "$events"),
@@ -123,7 +126,9 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
 
 /// Register every route under `/fhir`, plus health checks and the FHIR-shaped fallbacks.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/livez", web::get().to(livez)).route("/readyz", web::get().to(readyz));
+    cfg.route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
     let mut fhir = web::scope("/fhir").service(
         web::resource("/metadata")
             .route(web::get().to(capability::metadata))
@@ -206,6 +211,16 @@ async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match web::block(move || crate::store::ping(&pool)).await {
         Ok(Ok(())) => HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ready"}"#),
         _ => error_response(&req, ApiError::Unavailable("ping failed".into())),
+    }
+}
+
+/// Prometheus metrics (no patient data: counts and ages only).
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let gw = state.gateway.clone();
+    match web::block(move || gw.metrics_text()).await {
+        Ok(Ok(text)) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text),
+        Ok(Err(e)) => error_response(&req, e),
+        Err(e) => error_response(&req, ApiError::Internal(e.to_string())),
     }
 }
 
@@ -348,6 +363,7 @@ async fn handle_inner(
         Action::EndpointEvents => gw.endpoint_events(&ctx, &ty, &id, &query),
         Action::EndpointStatus => gw.endpoint_status(&ctx, &ty, &id),
         Action::EndpointResend => gw.endpoint_resend(&ctx, &ty, &id),
+        Action::EndpointDelivery => gw.delivery_view(&ctx, &ty),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()));

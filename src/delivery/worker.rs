@@ -73,6 +73,51 @@ pub struct Worker {
     shared: reqwest::Client,
 }
 
+/// What was recorded for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Delivered,
+    Retrying,
+    DeadLettered,
+    Held,
+    LeaseLost,
+}
+
+/// Process-wide delivery counters, for `/metrics`.
+pub mod metrics {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::Recorded;
+
+    static DELIVERED: AtomicU64 = AtomicU64::new(0);
+    static RETRYING: AtomicU64 = AtomicU64::new(0);
+    static DEAD: AtomicU64 = AtomicU64::new(0);
+    static HELD: AtomicU64 = AtomicU64::new(0);
+    static LOST: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn count(r: Recorded) {
+        let c = match r {
+            Recorded::Delivered => &DELIVERED,
+            Recorded::Retrying => &RETRYING,
+            Recorded::DeadLettered => &DEAD,
+            Recorded::Held => &HELD,
+            Recorded::LeaseLost => &LOST,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Attempts by result since the process started.
+    pub fn attempts() -> [(&'static str, u64); 5] {
+        [
+            ("delivered", DELIVERED.load(Ordering::Relaxed)),
+            ("retrying", RETRYING.load(Ordering::Relaxed)),
+            ("dead_lettered", DEAD.load(Ordering::Relaxed)),
+            ("held", HELD.load(Ordering::Relaxed)),
+            ("lease_lost", LOST.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
 enum Outcome {
     Delivered,
     Retry { error: String, retry_after_ms: Option<i64> },
@@ -99,55 +144,60 @@ impl Worker {
 
     /// Claim the events due at `now_ms`, send them (concurrently), record the outcomes.
     pub async fn drain_once(&self, now_ms: i64) -> Result<Drained, StoreError> {
-        let pool = self.pool.clone();
-        let (owner, lease, batch) = (self.owner.clone(), self.settings.lease.as_millis() as i64, self.settings.batch);
-        let claimed = blocking(move || {
-            let mut conn = pool.get()?;
-            outbox::claim(&mut conn, &owner, now_ms, lease, batch)
-        })
-        .await?;
+        let claimed = self.claim(now_ms).await?;
         let mut report = Drained { claimed: claimed.len(), ..Default::default() };
-        let sends = claimed.into_iter().map(|row| async move {
-            let outcome = self.send(&row, now_ms).await;
-            (row, outcome)
-        });
-        let results: Vec<(OutboxRow, Result<Outcome, StoreError>)> = futures_util::future::join_all(sends).await;
-        for (row, outcome) in results {
-            let outcome = outcome?;
-            let pool = self.pool.clone();
-            let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
-            let (recorded, kind) = blocking(move || {
-                let mut conn = pool.get()?;
-                Ok(match outcome {
-                    Outcome::Delivered => (outbox::complete(&mut conn, &row, now_ms)?, 0),
-                    Outcome::Held => (outbox::release(&mut conn, &row)?, 3),
-                    Outcome::Gone => {
-                        outbox::set_disabled(&mut conn, &row.endpoint_id, true)?;
-                        tracing::error!(endpoint = %row.endpoint_id, "webhook endpoint answered 410 Gone: disabled, its events are held");
-                        (outbox::fail(&mut conn, &row, Some(now_ms), "410 Gone: endpoint disabled", now_ms)?, 3)
-                    }
-                    Outcome::Retry { error, retry_after_ms } => {
-                        let next = schedule::next_attempt(row.attempts + 1, now_ms, jitter, retry_after_ms);
-                        if next.is_none() {
-                            tracing::error!(endpoint = %row.endpoint_id, event = %row.id, "webhook dead-lettered after the last attempt");
-                        }
-                        (outbox::fail(&mut conn, &row, next, &error, now_ms)?, if next.is_some() { 1 } else { 2 })
-                    }
-                })
-            })
-            .await?;
-            if !recorded {
-                report.lease_lost += 1;
-                continue;
-            }
-            match kind {
-                0 => report.delivered += 1,
-                1 => report.retrying += 1,
-                2 => report.dead_lettered += 1,
-                _ => report.held += 1,
+        let results = futures_util::future::join_all(claimed.into_iter().map(|row| self.process(row, now_ms))).await;
+        for kind in results {
+            match kind? {
+                Recorded::Delivered => report.delivered += 1,
+                Recorded::Retrying => report.retrying += 1,
+                Recorded::DeadLettered => report.dead_lettered += 1,
+                Recorded::Held => report.held += 1,
+                Recorded::LeaseLost => report.lease_lost += 1,
             }
         }
         Ok(report)
+    }
+
+    async fn claim(&self, now_ms: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let pool = self.pool.clone();
+        let (owner, lease, batch) = (self.owner.clone(), self.settings.lease.as_millis() as i64, self.settings.batch);
+        blocking(move || {
+            let mut conn = pool.get()?;
+            outbox::claim(&mut conn, &owner, now_ms, lease, batch)
+        })
+        .await
+    }
+
+    /// Send one claimed event and record what happened (only while the lease is ours).
+    async fn process(&self, row: OutboxRow, now_ms: i64) -> Result<Recorded, StoreError> {
+        let outcome = self.send(&row, now_ms).await?;
+        let pool = self.pool.clone();
+        let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
+        let recorded = blocking(move || {
+            let mut conn = pool.get()?;
+            let (ok, kind) = match outcome {
+                Outcome::Delivered => (outbox::complete(&mut conn, &row, now_ms)?, Recorded::Delivered),
+                Outcome::Held => (outbox::release(&mut conn, &row)?, Recorded::Held),
+                Outcome::Gone => {
+                    outbox::set_disabled(&mut conn, &row.endpoint_id, true)?;
+                    tracing::error!(endpoint = %row.endpoint_id, "ALERT webhook endpoint answered 410 Gone: disabled, its events are held");
+                    (outbox::fail(&mut conn, &row, Some(now_ms), "410 Gone: endpoint disabled", now_ms)?, Recorded::Held)
+                }
+                Outcome::Retry { error, retry_after_ms } => {
+                    let next = schedule::next_attempt(row.attempts + 1, now_ms, jitter, retry_after_ms);
+                    if next.is_none() {
+                        tracing::error!(endpoint = %row.endpoint_id, event = %row.id, "ALERT webhook dead-lettered after the last attempt");
+                    }
+                    let kind = if next.is_some() { Recorded::Retrying } else { Recorded::DeadLettered };
+                    (outbox::fail(&mut conn, &row, next, &error, now_ms)?, kind)
+                }
+            };
+            Ok(if ok { kind } else { Recorded::LeaseLost })
+        })
+        .await?;
+        metrics::count(recorded);
+        Ok(recorded)
     }
 
     /// Drain until nothing is due at `now_ms` (tests); the rounds' reports added up.
@@ -171,19 +221,33 @@ impl Worker {
         Ok(total)
     }
 
-    /// Run until the process ends: a round whenever a write commits, or every poll interval.
+    /// Run until the process ends. Each claimed event is sent by a task of its own, so a slow
+    /// or dead Endpoint never holds up the others (its own events wait for its 4 slots); the loop
+    /// claims again whenever a write commits, a send finishes, or every poll interval.
     pub async fn run(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(64));
         loop {
-            match self.drain_once(crate::fhir::now_ms()).await {
-                Ok(r) if r.claimed > 0 => {
-                    tracing::debug!(claimed = r.claimed, delivered = r.delivered, "delivery round");
-                    // More may be due: go again at once (events given back unsent wait a poll).
-                    if r.held < r.claimed {
-                        continue;
-                    }
+            let claimed = match self.claim(crate::fhir::now_ms()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhooks failed");
+                    Vec::new()
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "delivery round failed"),
+            };
+            let any = !claimed.is_empty();
+            for row in claimed {
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = worker.process(row, crate::fhir::now_ms()).await {
+                        tracing::warn!(error = %e, "recording a webhook outcome failed");
+                    }
+                    drop(permit);
+                    worker.wake.notify_one();
+                });
+            }
+            if any {
+                continue;
             }
             tokio::select! {
                 _ = self.wake.notified() => {}

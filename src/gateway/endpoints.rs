@@ -143,6 +143,68 @@ impl Gateway {
         Ok(Reply::json(200, &json!({ "resourceType": "Parameters", "parameter": params })))
     }
 
+    /// `GET /fhir/Endpoint/$delivery`: per Endpoint, events pending, delivered and dead-lettered,
+    /// the age of the oldest pending one (the lag), last success and failure, disabled (operators).
+    pub fn delivery_view(&self, ctx: &Ctx, ty: &str) -> Result<Reply, ApiError> {
+        only_endpoint(ty)?;
+        if ctx.principal.role != Role::Operator {
+            return Err(ApiError::forbidden("the delivery view is for operators"));
+        }
+        let mut conn = self.conn()?;
+        let counts = outbox::summary(&mut conn)?;
+        let now = now_ms();
+        let mut params = Vec::new();
+        for state in outbox::endpoints(&mut conn)? {
+            let of = |s: &str| counts.iter().find(|c| c.0 == state.endpoint_id && c.1 == s);
+            let mut part = vec![
+                json!({ "name": "endpoint", "valueReference": { "reference": format!("Endpoint/{}", state.endpoint_id) } }),
+                json!({ "name": "pending", "valueInteger": of(outbox::PENDING).map(|c| c.2).unwrap_or(0) }),
+                json!({ "name": "delivered", "valueInteger": of(outbox::DELIVERED).map(|c| c.2).unwrap_or(0) }),
+                json!({ "name": "deadLettered", "valueInteger": of(outbox::FAILED).map(|c| c.2).unwrap_or(0) }),
+                json!({ "name": "disabled", "valueBoolean": state.disabled }),
+                json!({ "name": "lastEventNumber", "valueInteger": state.event_counter }),
+            ];
+            if let Some(oldest) = of(outbox::PENDING).and_then(|c| c.3) {
+                part.push(json!({ "name": "lagSeconds", "valueDecimal": ((now - oldest).max(0) as f64) / 1000.0 }));
+            }
+            if let Some(t) = state.last_success_at {
+                part.push(json!({ "name": "lastSuccess", "valueInstant": instant(t) }));
+            }
+            if let Some(t) = state.last_failure_at {
+                part.push(json!({ "name": "lastFailure", "valueInstant": instant(t) }));
+            }
+            params.push(json!({ "name": "endpoint", "part": part }));
+        }
+        Ok(Reply::json(200, &json!({ "resourceType": "Parameters", "parameter": params })))
+    }
+
+    /// Prometheus text for `/metrics`: outbox depth, oldest undelivered age, dead letters,
+    /// disabled Endpoints, and this process's attempts by result.
+    pub fn metrics_text(&self) -> Result<String, ApiError> {
+        let mut conn = self.conn()?;
+        let counts = outbox::summary(&mut conn)?;
+        let disabled = outbox::endpoints(&mut conn)?.iter().filter(|e| e.disabled).count();
+        let total = |s: &str| counts.iter().filter(|c| c.1 == s).map(|c| c.2).sum::<i64>();
+        let oldest = counts.iter().filter(|c| c.1 == outbox::PENDING).filter_map(|c| c.3).min();
+        let age = oldest.map(|o| ((now_ms() - o).max(0) as f64) / 1000.0).unwrap_or(0.0);
+        let mut out = String::new();
+        out.push_str(
+            "# HELP signpost_outbox_pending Webhook events not yet delivered.\n# TYPE signpost_outbox_pending gauge\n",
+        );
+        out.push_str(&format!("signpost_outbox_pending {}\n", total(outbox::PENDING)));
+        out.push_str("# HELP signpost_outbox_oldest_pending_age_seconds Age of the oldest undelivered event.\n# TYPE signpost_outbox_oldest_pending_age_seconds gauge\n");
+        out.push_str(&format!("signpost_outbox_oldest_pending_age_seconds {age}\n"));
+        out.push_str("# HELP signpost_outbox_dead_letters Events dead-lettered after their last attempt.\n# TYPE signpost_outbox_dead_letters gauge\n");
+        out.push_str(&format!("signpost_outbox_dead_letters {}\n", total(outbox::FAILED)));
+        out.push_str("# HELP signpost_endpoints_disabled Webhook endpoints disabled (410, or five days of failure).\n# TYPE signpost_endpoints_disabled gauge\n");
+        out.push_str(&format!("signpost_endpoints_disabled {disabled}\n"));
+        out.push_str("# HELP signpost_webhook_attempts_total Webhook attempts by result, by this process.\n# TYPE signpost_webhook_attempts_total counter\n");
+        for (result, n) in crate::delivery::worker::metrics::attempts() {
+            out.push_str(&format!("signpost_webhook_attempts_total{{result=\"{result}\"}} {n}\n"));
+        }
+        Ok(out)
+    }
+
     /// `POST /fhir/Endpoint/{id}/$resend`: re-enable the Endpoint and put its dead-lettered
     /// events back in the queue (operators).
     pub fn endpoint_resend(&self, ctx: &Ctx, ty: &str, id: &str) -> Result<Reply, ApiError> {

@@ -42,7 +42,11 @@ pub struct EndpointState {
     pub disabled: bool,
     pub last_success_at: Option<i64>,
     pub last_failure_at: Option<i64>,
+    pub failing_since: Option<i64>,
 }
+
+/// Continuous failure for this long disables an Endpoint (its events are held).
+pub const DISABLE_AFTER_MS: i64 = 5 * 86_400_000;
 
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
@@ -164,6 +168,7 @@ pub fn ensure_endpoint(conn: &mut DbConn, endpoint: &str) -> Result<EndpointStat
         disabled: false,
         last_success_at: None,
         last_failure_at: None,
+        failing_since: None,
     };
     diesel::insert_into(endpoint_state::table).values(&row).execute(conn)?;
     Ok(row)
@@ -200,6 +205,12 @@ pub fn rotate_secret(conn: &mut DbConn, endpoint: &str, secret: &str, previous_u
 pub fn set_disabled(conn: &mut DbConn, endpoint: &str, disabled: bool) -> Result<(), StoreError> {
     ensure_endpoint(conn, endpoint)?;
     diesel::update(endpoint_state::table.find(endpoint)).set(endpoint_state::disabled.eq(disabled)).execute(conn)?;
+    if !disabled {
+        // A re-enabled Endpoint starts a new failure streak.
+        diesel::update(endpoint_state::table.find(endpoint))
+            .set(endpoint_state::failing_since.eq(None::<i64>))
+            .execute(conn)?;
+    }
     Ok(())
 }
 
@@ -283,7 +294,7 @@ pub fn complete(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, St
         == 1;
     if done {
         diesel::update(endpoint_state::table.find(&row.endpoint_id))
-            .set(endpoint_state::last_success_at.eq(Some(now)))
+            .set((endpoint_state::last_success_at.eq(Some(now)), endpoint_state::failing_since.eq(None::<i64>)))
             .execute(conn)?;
     }
     Ok(done)
@@ -304,8 +315,19 @@ pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, 
         .execute(conn)?
         == 1;
     if done {
+        let state = endpoint_status(conn, &row.endpoint_id)?;
+        let since = state.as_ref().and_then(|s| s.failing_since).unwrap_or(now);
+        let disable = now - since >= DISABLE_AFTER_MS;
+        let disabled = state.is_some_and(|s| s.disabled) || disable;
+        if disable {
+            tracing::error!(endpoint = %row.endpoint_id, "ALERT webhook endpoint failing for 5 days: disabled, its events are held");
+        }
         diesel::update(endpoint_state::table.find(&row.endpoint_id))
-            .set(endpoint_state::last_failure_at.eq(Some(now)))
+            .set((
+                endpoint_state::last_failure_at.eq(Some(now)),
+                endpoint_state::failing_since.eq(Some(since)),
+                endpoint_state::disabled.eq(disabled),
+            ))
             .execute(conn)?;
     }
     Ok(done)
@@ -354,6 +376,23 @@ pub fn resend_failed(conn: &mut DbConn, endpoint: &str, now: i64) -> Result<usiz
     .set(outbox::next_attempt_at.eq(now))
     .execute(conn)?;
     Ok(requeued)
+}
+
+/// Events of one Endpoint in one state: (Endpoint id, state, how many, oldest creation time).
+pub type StateCount = (String, String, i64, Option<i64>);
+
+/// Per Endpoint and state: how many events, and the oldest one's creation time.
+pub fn summary(conn: &mut DbConn) -> Result<Vec<StateCount>, StoreError> {
+    Ok(outbox::table
+        .group_by((outbox::endpoint_id, outbox::state))
+        .select((outbox::endpoint_id, outbox::state, diesel::dsl::count_star(), diesel::dsl::min(outbox::created_at)))
+        .order((outbox::endpoint_id.asc(), outbox::state.asc()))
+        .load(conn)?)
+}
+
+/// Every Endpoint's delivery state.
+pub fn endpoints(conn: &mut DbConn) -> Result<Vec<EndpointState>, StoreError> {
+    Ok(endpoint_state::table.order(endpoint_state::endpoint_id.asc()).load(conn)?)
 }
 
 /// Events not yet delivered (pending), and the oldest one's creation time.

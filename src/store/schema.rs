@@ -110,6 +110,7 @@ diesel::table! {
         disabled -> Bool,
         last_success_at -> Nullable<BigInt>,
         last_failure_at -> Nullable<BigInt>,
+        failing_since -> Nullable<BigInt>,
     }
 }
 

@@ -17,26 +17,46 @@ pub struct Hit {
     pub body: Vec<u8>,
 }
 
-/// What the receiver answers next: a status and extra headers.
-type Script = VecDeque<(u16, Vec<(&'static str, String)>)>;
+/// What the receiver answers next.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// Wait this long before answering.
+    pub delay_ms: u64,
+    /// Send a body this long.
+    pub body_len: usize,
+}
 
-/// A local webhook receiver: records every request, answers from its script (200 when empty).
+type Script = VecDeque<Answer>;
+
+/// A local webhook receiver: records every request, answers from its script (200 when empty, or
+/// the default answer), and tracks how many requests it had open at once.
 pub struct Receiver {
     pub url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
     script: Arc<Mutex<Script>>,
+    default: Arc<Mutex<Answer>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max_open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        use std::sync::atomic::Ordering;
         let hits: Arc<Mutex<Vec<Hit>>> = Default::default();
         let script: Arc<Mutex<Script>> = Default::default();
-        let (h, s) = (hits.clone(), script.clone());
+        let default = Arc::new(Mutex::new(Answer { status: 200, ..Default::default() }));
+        let open: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let max_open: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (h, s, d, o, m) = (hits.clone(), script.clone(), default.clone(), open.clone(), max_open.clone());
         let server = HttpServer::new(move || {
-            let (h, s) = (h.clone(), s.clone());
+            let (h, s, d, o, m) = (h.clone(), s.clone(), d.clone(), o.clone(), m.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (h, s) = (h.clone(), s.clone());
+                let (h, s, d, o, m) = (h.clone(), s.clone(), d.clone(), o.clone(), m.clone());
                 async move {
+                    let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now_open, Ordering::SeqCst);
                     let mut headers = http::HeaderMap::new();
                     for (k, v) in req.headers() {
                         headers.insert(
@@ -45,29 +65,44 @@ impl Receiver {
                         );
                     }
                     h.lock().unwrap().push(Hit { headers, body: body.to_vec() });
-                    let (status, extra) = s.lock().unwrap().pop_front().unwrap_or((200, Vec::new()));
-                    let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
-                    for (k, v) in extra {
+                    let answer = s.lock().unwrap().pop_front().unwrap_or_else(|| d.lock().unwrap().clone());
+                    if answer.delay_ms > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(answer.delay_ms)).await;
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                    let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(answer.status).unwrap());
+                    for (k, v) in answer.headers {
                         res.insert_header((k, v));
                     }
-                    res.finish()
+                    res.body(vec![b'x'; answer.body_len])
                 }
             }))
         })
-        .workers(1)
+        .workers(2)
         .bind(("127.0.0.1", 0))
         .unwrap();
         let port = server.addrs()[0].port();
         tokio::spawn(server.run());
-        Receiver { url: format!("http://127.0.0.1:{port}/hook"), hits, script }
+        Receiver { url: format!("http://127.0.0.1:{port}/hook"), hits, script, default, open, max_open }
     }
 
     pub fn answer(&self, status: u16, headers: Vec<(&'static str, String)>) {
-        self.script.lock().unwrap().push_back((status, headers));
+        self.script.lock().unwrap().push_back(Answer { status, headers, ..Default::default() });
+    }
+
+    /// What to answer once the script is used up.
+    pub fn by_default(&self, answer: Answer) {
+        *self.default.lock().unwrap() = answer;
     }
 
     pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
+    }
+
+    /// The most requests it had open at once.
+    pub fn max_open(&self) -> usize {
+        let _ = &self.open;
+        self.max_open.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -338,4 +373,81 @@ async fn two_worker_processes_share_the_outbox_without_double_delivery() {
     numbers.sort();
     assert_eq!(numbers, (1..=referrals as i64).collect::<Vec<_>>());
     assert!(receiver.hits().iter().all(|h| verify(&secret, h)));
+}
+
+#[tokio::test]
+async fn five_days_of_failure_disable_an_endpoint_and_hold_its_events() {
+    let (app, receiver, worker, _) = setup().await;
+    receiver.by_default(Answer { status: 500, ..Default::default() });
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let t = now();
+    // The first event runs its ten attempts over ~75 hours, then is dead-lettered.
+    for secs in [0i64, 5, 305, 2_105, 9_305, 27_305, 63_305, 113_705, 185_705, 272_105] {
+        assert_eq!(worker.drain_once(t + secs * 1_100).await.unwrap().claimed, 1);
+    }
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    // Still failing five days after the first failure: disabled.
+    let r = worker.drain_once(t + 5 * 86_400_000 + 1_000).await.unwrap();
+    assert_eq!(r.claimed, 1);
+    let status = app.get(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$status").await;
+    assert_eq!(status.body["parameter"][1]["valueBoolean"], true, "{}", status.body);
+    // New events are held, not dropped.
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    assert_eq!(worker.drain_all(t + 6 * 86_400_000).await.unwrap().claimed, 0);
+    // The operators' view shows it; /metrics counts it.
+    let view = app.get(OPERATOR, "/fhir/Endpoint/$delivery").await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    assert!(view.body.to_string().contains("Endpoint/stroke-association-webhook"));
+    app.get(STROKE, "/fhir/Endpoint/$delivery").await.assert_outcome(403, "forbidden");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("signpost_endpoints_disabled 1"), "{metrics}");
+    assert!(metrics.contains("signpost_outbox_dead_letters 1"), "{metrics}");
+    assert!(metrics.contains("signpost_outbox_pending 2"), "{metrics}");
+    // Fixed and re-enabled: all three events arrive.
+    receiver.by_default(Answer { status: 204, ..Default::default() });
+    app.post(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$resend", &json!({})).await;
+    assert_eq!(worker.drain_all(now()).await.unwrap().delivered, 3);
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_never_holds_up_the_others() {
+    let app = spawn_with(|s| s.delivery.enabled = false).await;
+    let slow = Receiver::start().await;
+    slow.by_default(Answer { status: 200, delay_ms: 3_000, ..Default::default() });
+    let fast = Receiver::start().await;
+    point_endpoint(&app, "stroke-association-webhook", "stroke-association", &slow.url).await;
+    point_endpoint(&app, "befriending-network-leeds-webhook", "befriending-network-leeds", &fast.url).await;
+    for _ in 0..6 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+        app.referral(REFERRER, "HealthcareService/befriending-network-leeds-support").await;
+    }
+    let worker = Worker::new(
+        app.pool.clone(),
+        WorkerSettings { allow_loopback: true, timeout: std::time::Duration::from_secs(10), ..Default::default() },
+        Default::default(),
+    );
+    tokio::spawn(worker.run());
+    let started = std::time::Instant::now();
+    while fast.hits().len() < 6 && started.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(fast.hits().len(), 6);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the healthy endpoint waited {:?}",
+        started.elapsed()
+    );
+    assert!(slow.hits().len() <= 4, "at most 4 in flight to the slow endpoint");
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    assert!(slow.max_open() <= 4, "{}", slow.max_open());
+}
+
+#[tokio::test]
+async fn a_huge_response_is_read_no_further_than_64_kib() {
+    let (app, receiver, worker, _) = setup().await;
+    receiver.by_default(Answer { status: 200, body_len: 10 * 1024 * 1024, ..Default::default() });
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let started = std::time::Instant::now();
+    assert_eq!(worker.drain_once(now()).await.unwrap().delivered, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }

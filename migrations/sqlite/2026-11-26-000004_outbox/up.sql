@@ -9,7 +9,8 @@ CREATE TABLE endpoint_state (
     event_counter BIGINT NOT NULL,
     disabled BOOLEAN NOT NULL,
     last_success_at BIGINT,
-    last_failure_at BIGINT
+    last_failure_at BIGINT,
+    failing_since BIGINT -- first failure since the last success (5 days of it disables the Endpoint)
 );
 -- The outbox: one row per event and Endpoint, written in the transaction that changed the Task.
 -- Claimed by lease (lease_owner, lease_expires) with a fencing token bumped at every claim, so a
