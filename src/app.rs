@@ -104,7 +104,7 @@ pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
             .iter()
             .map(|(name, text)| (format!("examples/directory/{name}"), text.to_string()))
             .collect();
-        let loaded = directory::load_files(pool, &files, settings.allow_loopback_webhooks())?;
+        let loaded = directory::load_files(pool, &files, settings.allow_loopback_webhooks(), directory::Overwrite::No)?;
         tracing::info!(created = loaded.created, updated = loaded.updated, "example directory loaded (sandbox mode)");
     }
     Ok(())
@@ -141,15 +141,7 @@ impl Application {
         let mut gateway = Gateway::new(pool.clone(), settings.limits, settings.validation.mode);
         gateway.allow_loopback_webhooks = settings.allow_loopback_webhooks();
         if settings.delivery.enabled {
-            let worker = Worker::new(
-                pool.clone(),
-                WorkerSettings {
-                    timeout: std::time::Duration::from_secs(settings.delivery.timeout_secs),
-                    allow_loopback: settings.allow_loopback_webhooks(),
-                    ..Default::default()
-                },
-                gateway.wake.clone(),
-            );
+            let worker = Worker::new(pool.clone(), WorkerSettings::from_settings(&settings), gateway.wake.clone());
             tokio::spawn(worker.run());
         }
         let state = api::state(gateway, base);

@@ -154,11 +154,7 @@ pub fn run() -> anyhow::Result<()> {
                 let pool = app::open_database(&settings)?;
                 let worker = crate::delivery::worker::Worker::new(
                     pool,
-                    crate::delivery::worker::WorkerSettings {
-                        timeout: std::time::Duration::from_secs(settings.delivery.timeout_secs),
-                        allow_loopback: settings.allow_loopback_webhooks(),
-                        ..Default::default()
-                    },
+                    crate::delivery::worker::WorkerSettings::from_settings(&settings),
                     Default::default(),
                 );
                 tracing::info!("delivery worker running");
@@ -180,7 +176,12 @@ pub fn run() -> anyhow::Result<()> {
             crate::telemetry::init(&settings.log);
             let pool = app::open_database(&settings)?;
             let files = crate::gateway::directory::read_files(&path)?;
-            let loaded = crate::gateway::directory::load_files(&pool, &files, settings.allow_loopback_webhooks())?;
+            let loaded = crate::gateway::directory::load_files(
+                &pool,
+                &files,
+                settings.allow_loopback_webhooks(),
+                crate::gateway::directory::Overwrite::Yes,
+            )?;
             println!(
                 "{} file(s): {} created, {} updated, {} unchanged",
                 files.len(),

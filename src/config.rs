@@ -23,6 +23,7 @@
 //! | `delivery.enabled` | `true` | run the webhook delivery worker inside `serve` |
 //! | `delivery.allow_loopback` | `false` (always on in sandbox mode) | allow `http` and loopback webhook addresses (tests, the sandbox) |
 //! | `delivery.timeout_secs` | `15` | per-attempt timeout (1–30) |
+//! | `delivery.lease_secs` | `60` | lease on a claimed event (longer than the timeout); a dead worker's events are free again after it |
 //! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
@@ -73,11 +74,14 @@ pub struct DeliverySettings {
     pub allow_loopback: bool,
     /// Per-attempt timeout in seconds (at most 30).
     pub timeout_secs: u64,
+    /// Lease on a claimed event, in seconds; longer than the timeout. A worker that dies holding
+    /// events frees them when their leases run out.
+    pub lease_secs: u64,
 }
 
 impl Default for DeliverySettings {
     fn default() -> Self {
-        Self { enabled: true, allow_loopback: false, timeout_secs: 15 }
+        Self { enabled: true, allow_loopback: false, timeout_secs: 15, lease_secs: 60 }
     }
 }
 
@@ -257,6 +261,9 @@ impl Settings {
         }
         if !(1..=30).contains(&self.delivery.timeout_secs) {
             return fail("delivery.timeout_secs", "must be 1 to 30");
+        }
+        if self.delivery.lease_secs <= self.delivery.timeout_secs {
+            return fail("delivery.lease_secs", "must be longer than delivery.timeout_secs");
         }
         if self.limits.max_issues == 0 || self.limits.body_timeout_secs == 0 || self.limits.max_concurrent_writes == 0 {
             return fail("limits", "max_issues, body_timeout_secs and max_concurrent_writes must be at least 1");

@@ -20,6 +20,10 @@ use super::{schedule, signature, ssrf};
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::{Pool, StoreError, resources};
 
+/// How soon an event held back (its Endpoint off, disabled or without a secret) is looked at
+/// again.
+const HELD_RECHECK_MS: i64 = 10_000;
+
 /// The most of a response body read (the rest is dropped).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -46,6 +50,18 @@ impl Default for WorkerSettings {
             poll: Duration::from_secs(1),
             allow_loopback: false,
             batch: 32,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// From the `delivery` settings.
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            timeout: Duration::from_secs(s.delivery.timeout_secs),
+            lease: Duration::from_secs(s.delivery.lease_secs),
+            allow_loopback: s.allow_loopback_webhooks(),
+            ..Default::default()
         }
     }
 }
@@ -178,7 +194,7 @@ impl Worker {
             let mut conn = pool.get()?;
             let (ok, kind) = match outcome {
                 Outcome::Delivered => (outbox::complete(&mut conn, &row, now_ms)?, Recorded::Delivered),
-                Outcome::Held => (outbox::release(&mut conn, &row)?, Recorded::Held),
+                Outcome::Held => (outbox::release(&mut conn, &row, now_ms + HELD_RECHECK_MS)?, Recorded::Held),
                 Outcome::Gone => {
                     outbox::set_disabled(&mut conn, &row.endpoint_id, true)?;
                     tracing::error!(endpoint = %row.endpoint_id, "ALERT webhook endpoint answered 410 Gone: disabled, its events are held");

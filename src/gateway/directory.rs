@@ -58,13 +58,28 @@ pub fn read_files(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Load every `*.json` under `dir` (the `directory.path` setting).
 pub fn load(pool: &Pool, dir: &Path, allow_loopback: bool) -> anyhow::Result<Loaded> {
-    load_files(pool, &read_files(dir)?, allow_loopback)
+    load_files(pool, &read_files(dir)?, allow_loopback, Overwrite::Yes)
+}
+
+/// Whether a load replaces directory resources that already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// The files are the source of truth (`directory.path`, `signpost directory import`).
+    Yes,
+    /// Only missing resources are created: the sandbox's embedded example directory never undoes
+    /// what an operator changed through the API.
+    No,
 }
 
 /// Validate directory files given as (name, JSON text) and, when every one is valid, write them
 /// all in one transaction.
 /// `allow_loopback`: active Endpoints may have `http` and loopback addresses (tests, sandbox).
-pub fn load_files(pool: &Pool, files: &[(String, String)], allow_loopback: bool) -> anyhow::Result<Loaded> {
+pub fn load_files(
+    pool: &Pool,
+    files: &[(String, String)],
+    allow_loopback: bool,
+    overwrite: Overwrite,
+) -> anyhow::Result<Loaded> {
     let mut conn = pool.get()?;
     let resources = check(files, allow_loopback, &mut |ty, id| Ok(resources::get(&mut conn, ty, id)?.is_some()))?;
     store::write_txn(&mut conn, |conn| -> anyhow::Result<Loaded> {
@@ -76,6 +91,10 @@ pub fn load_files(pool: &Pool, files: &[(String, String)], allow_loopback: bool)
             let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             let current = resources::get(conn, spec.name, &id)?;
             let version = match &current {
+                Some(_) if overwrite == Overwrite::No => {
+                    loaded.unchanged += 1;
+                    continue;
+                }
                 Some(c) => {
                     let mut old = c.json()?;
                     let mut new = resource.clone();

@@ -333,10 +333,16 @@ pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, 
     Ok(done)
 }
 
-/// Give back a claimed event without counting an attempt (its Endpoint turned out disabled).
-pub fn release(conn: &mut DbConn, row: &OutboxRow) -> Result<bool, StoreError> {
+/// Give back a claimed event without counting an attempt (its Endpoint turned out to be off or
+/// disabled), to be looked at again at `next` — never at once, so held events cannot keep a
+/// worker busy.
+pub fn release(conn: &mut DbConn, row: &OutboxRow, next: i64) -> Result<bool, StoreError> {
     Ok(diesel::update(fenced(row))
-        .set((outbox::lease_owner.eq(None::<String>), outbox::lease_expires.eq(None::<i64>)))
+        .set((
+            outbox::lease_owner.eq(None::<String>),
+            outbox::lease_expires.eq(None::<i64>),
+            outbox::next_attempt_at.eq(next),
+        ))
         .execute(conn)?
         == 1)
 }

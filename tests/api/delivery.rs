@@ -451,3 +451,197 @@ async fn a_huge_response_is_read_no_further_than_64_kib() {
     assert_eq!(worker.drain_once(now()).await.unwrap().delivered, 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
+
+/// A child process killed when dropped (also when a test fails half-way).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `signpost serve` process on `db_url`, killed with SIGKILL by the test; its port.
+fn serve_process(db_url: &str, home: &std::path::Path) -> (KillOnDrop, u16) {
+    use std::io::{BufRead, BufReader};
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_signpost"))
+            .args(["serve", "--port", "0", "--log-format", "json", "--database", db_url])
+            .env_remove("SIGNPOST_CONFIG")
+            .env("HOME", home)
+            .env("SIGNPOST__DELIVERY__TIMEOUT_SECS", "5")
+            .env("SIGNPOST__DELIVERY__LEASE_SECS", "8")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = home.join("serve.log");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("serve starts");
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "Signpost listening" {
+            return (child, v["port"].as_u64().unwrap() as u16);
+        }
+    }
+}
+
+/// C1/C2: referrals sent while the gateway is killed with SIGKILL three times and restarted.
+/// Every referral that got a 201 is stored and routed (N1, N2); at quiescence nothing is pending
+/// (N3) and every Task reached the charity at least once, duplicates sharing their webhook-id
+/// (N4); nothing reached another charity (N5); event numbers have no gaps (N7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_when_the_gateway_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let stroke = Receiver::start().await;
+    let other = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let gp = "sp_sandbox_referrer_riverside";
+    let op = "sp_sandbox_operator";
+    let (mut child, port) = serve_process(&db_url, dir.path());
+    let base = |port: u16| format!("http://127.0.0.1:{port}/fhir");
+    let send = |port: u16, key: &'static str, method: reqwest::Method, path: String, body: Value| {
+        let http = http.clone();
+        async move {
+            http.request(method, format!("{}{path}", base(port)))
+                .bearer_auth(key)
+                .header("Content-Type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+        }
+    };
+    for (id, org, url) in [
+        ("stroke-association-webhook", "stroke-association", &stroke.url),
+        ("befriending-network-leeds-webhook", "befriending-network-leeds", &other.url),
+    ] {
+        let endpoint = json!({ "resourceType": "Endpoint", "id": id, "status": "active",
+            "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
+            "managingOrganization": { "reference": format!("Organization/{org}") },
+            "payloadType": [{ "text": "referral events" }], "address": url });
+        assert!(
+            send(port, op, reqwest::Method::PUT, format!("/Endpoint/{id}"), endpoint)
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        assert!(
+            send(port, op, reqwest::Method::POST, format!("/Endpoint/{id}/$secret"), json!({}))
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+    let pid: Value =
+        send(port, gp, reqwest::Method::POST, "/Patient".into(), patient()).await.unwrap().json().await.unwrap();
+    let pid = pid["id"].as_str().unwrap().to_string();
+    let c = send(port, gp, reqwest::Method::POST, "/Consent".into(), consent(&format!("Patient/{pid}"))).await.unwrap();
+    assert!(c.status().is_success());
+
+    let mut accepted: Vec<String> = Vec::new();
+    let mut port = port;
+    for round in 0..4 {
+        // Referrals in flight while the process dies.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(700) {
+            let batch = (0..8).map(|_| {
+                let sr = service_request(&pid, "HealthcareService/stroke-association-support");
+                send(port, gp, reqwest::Method::POST, "/ServiceRequest".into(), sr)
+            });
+            for r in futures::future::join_all(batch).await.into_iter().flatten() {
+                if r.status().as_u16() == 201
+                    && let Ok(v) = r.json::<Value>().await
+                {
+                    accepted.push(v["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        if round < 3 {
+            drop(child);
+            let (c, p) = serve_process(&db_url, dir.path());
+            child = c;
+            port = p;
+        }
+    }
+    assert!(accepted.len() > 20, "only {} referrals accepted", accepted.len());
+    // Quiescence: every accepted referral's Task has reached the charity.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let delivered = |r: &Receiver| -> std::collections::HashSet<String> {
+        r.hits()
+            .iter()
+            .map(|h| {
+                serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["serviceRequest"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    while accepted.iter().any(|sr| !delivered(&stroke).contains(&format!("ServiceRequest/{sr}")))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for sr in &accepted {
+        let r = send(port, gp, reqwest::Method::GET, format!("/ServiceRequest/{sr}"), Value::Null).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "N1: ServiceRequest/{sr} lost");
+        let tasks: Value =
+            send(port, gp, reqwest::Method::GET, format!("/Task?based-on=ServiceRequest/{sr}"), Value::Null)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(tasks["total"], 1, "N2: ServiceRequest/{sr} not routed");
+        if !delivered(&stroke).contains(&format!("ServiceRequest/{sr}")) {
+            let events = send(
+                port,
+                op,
+                reqwest::Method::GET,
+                "/Endpoint/stroke-association-webhook/$events?since=0".into(),
+                Value::Null,
+            )
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+            let mine: Vec<&str> = events.split("\"event\"").filter(|e| e.contains(sr.as_str())).collect();
+            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            let problems: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("warn") || l.contains("error"))
+                .take(20)
+                .collect();
+            panic!("N4: ServiceRequest/{sr} never delivered: {mine:?}\nlog: {problems:#?}");
+        }
+    }
+    assert!(other.hits().is_empty(), "N5: an event reached another charity");
+    // N4: a duplicate is the same event (same webhook-id, same event number).
+    let mut by_id: std::collections::HashMap<String, i64> = Default::default();
+    for h in stroke.hits() {
+        let n = serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["eventNumber"].as_i64().unwrap();
+        let id = h.headers["webhook-id"].to_str().unwrap().to_string();
+        assert_eq!(*by_id.entry(id).or_insert(n), n);
+    }
+    // N7: event numbers 1..=n without gaps; N3: nothing pending.
+    let mut numbers: Vec<i64> = by_id.values().copied().collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=numbers.len() as i64).collect::<Vec<_>>());
+    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("signpost_outbox_pending 0"), "N3: {metrics}");
+    drop(child);
+}
