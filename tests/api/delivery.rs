@@ -645,3 +645,47 @@ async fn nothing_accepted_is_lost_when_the_gateway_is_killed() {
     assert!(metrics.contains("signpost_outbox_pending 0"), "N3: {metrics}");
     drop(child);
 }
+
+/// D3: a secret rotated while events are mid-retry — during the overlap every delivery carries
+/// both signatures and verifies with either secret; after it, only the new one signs.
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_during_the_overlap() {
+    let (app, receiver, worker, old) = setup().await;
+    for _ in 0..3 {
+        receiver.answer(500, Vec::new());
+    }
+    for _ in 0..3 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let t = now();
+    assert_eq!(worker.drain_once(t).await.unwrap().retrying, 3);
+    let rotated = app.post(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$secret", &json!({})).await;
+    let new = rotated.body["parameter"][0]["valueString"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(worker.drain_once(t + 6_000).await.unwrap().delivered, 3);
+    for hit in &receiver.hits()[3..] {
+        let signatures = hit.headers["webhook-signature"].to_str().unwrap();
+        assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+        assert!(verify(&old, hit) && verify(&new, hit), "either secret verifies");
+    }
+    // After the overlap (76 h), only the new secret signs.
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let later = t + 77 * 3_600_000;
+    let mut conn = app.pool.get().unwrap();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query(format!("UPDATE outbox SET next_attempt_at = {later} WHERE state = 'pending'")),
+        &mut *conn,
+    )
+    .unwrap();
+    assert_eq!(worker.drain_once(later).await.unwrap().delivered, 1);
+    let last = receiver.hits().last().unwrap().clone();
+    assert_eq!(last.headers["webhook-signature"].to_str().unwrap().split(' ').count(), 1);
+    // The timestamp is 77 h ahead of the real clock, so check the signature by hand.
+    let ts: i64 = last.headers["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    let id = last.headers["webhook-id"].to_str().unwrap();
+    let body = String::from_utf8(last.body.clone()).unwrap();
+    assert_eq!(
+        last.headers["webhook-signature"].to_str().unwrap(),
+        signpost::delivery::signature::sign(&new, id, ts, &body).unwrap()
+    );
+}
