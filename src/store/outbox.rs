@@ -68,6 +68,46 @@ fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreErr
     }
 }
 
+/// The `Endpoint.payloadType` coding that opts an Endpoint into full-resource payloads.
+pub const FULL_RESOURCE_SYSTEM: &str = "https://signpost.example/fhir/CodeSystem/webhook-payload";
+
+/// Whether an Endpoint asked for full-resource payloads.
+fn wants_full(conn: &mut DbConn, endpoint: &str) -> Result<bool, StoreError> {
+    let Some(e) = resources::get(conn, "Endpoint", endpoint)? else { return Ok(false) };
+    let e = e.json()?;
+    Ok(crate::fhir::items(&e, "payloadType").flat_map(|p| crate::fhir::items(p, "coding")).any(|c| {
+        c.get("system").and_then(Value::as_str) == Some(FULL_RESOURCE_SYSTEM)
+            && c.get("code").and_then(Value::as_str) == Some("full-resource")
+    }))
+}
+
+/// The minimum necessary for an opted-in Endpoint: the Task, its ServiceRequest, and the
+/// Patient's identifiers, name, birth date, contact details and contact preference.
+fn full_resources(conn: &mut DbConn, task: &Value, sr: Option<&str>) -> Result<Value, StoreError> {
+    let mut out = vec![task.clone()];
+    if let Some(sr) = sr
+        && let Some(r) = resources::get(conn, "ServiceRequest", sr)?
+    {
+        let sr = r.json()?;
+        if let Some(("Patient", pid)) = sr.get("subject").and_then(crate::fhir::reference_of)
+            && let Some(p) = resources::get(conn, "Patient", pid)?
+        {
+            let p = p.json()?;
+            let mut minimal = json!({ "resourceType": "Patient", "id": p["id"] });
+            for key in ["extension", "identifier", "name", "birthDate", "telecom", "address", "communication"] {
+                if let Some(v) = p.get(key) {
+                    minimal[key] = v.clone();
+                }
+            }
+            out.push(sr);
+            out.push(minimal);
+        } else {
+            out.push(sr);
+        }
+    }
+    Ok(Value::Array(out))
+}
+
 /// The active Endpoints an Organization manages.
 fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError> {
     let criteria = Criteria {
@@ -123,7 +163,7 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
     endpoints.dedup();
     for endpoint in endpoints {
         let number = next_event_number(conn, &endpoint)?;
-        let payload = json!({
+        let mut payload = json!({
             "type": event_type,
             "timestamp": crate::fhir::instant(task.last_updated),
             "data": {
@@ -132,6 +172,9 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
                 "eventNumber": number,
             }
         });
+        if wants_full(conn, &endpoint)? {
+            payload["data"]["resources"] = full_resources(conn, &body, sr.as_deref())?;
+        }
         diesel::insert_into(outbox::table)
             .values(OutboxRow {
                 id: format!("msg_{}", uuid::Uuid::new_v4().simple()),

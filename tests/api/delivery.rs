@@ -689,3 +689,55 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
         signpost::delivery::signature::sign(&new, id, ts, &body).unwrap()
     );
 }
+
+/// Full-resource payloads are an Endpoint's choice; thin is the default (D11 above).
+#[tokio::test]
+async fn an_endpoint_may_opt_into_full_resource_payloads() {
+    let (app, receiver, worker, _) = setup().await;
+    let path = "/fhir/Endpoint/stroke-association-webhook";
+    let mut endpoint = app.get(OPERATOR, path).await.body;
+    endpoint["payloadType"] = json!([{ "coding": [{
+        "system": "https://signpost.example/fhir/CodeSystem/webhook-payload", "code": "full-resource" }] }]);
+    assert_eq!(app.put(OPERATOR, path, &endpoint, None).await.status, 200);
+    let (sr, pid) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    assert_eq!(worker.drain_once(now()).await.unwrap().delivered, 1);
+    let body: Value = serde_json::from_slice(&receiver.hits()[0].body).unwrap();
+    let resources = body["data"]["resources"].as_array().unwrap();
+    let kinds: Vec<&str> = resources.iter().map(|r| r["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Task", "ServiceRequest", "Patient"]);
+    assert_eq!(resources[1]["id"], sr.as_str());
+    assert_eq!(resources[2]["id"], pid.as_str());
+    assert_eq!(resources[2]["identifier"][0]["value"], "9000000009");
+}
+
+/// C8: SQLite runs in WAL mode with synchronous=FULL, and concurrent writers queue instead of
+/// failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_is_durable_and_concurrent_writers_queue() {
+    let app = spawn().await;
+    if let Some(signpost::store::DbConn::Sqlite(_)) = app.pool.get().ok().as_deref() {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Mode {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            journal_mode: String,
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Sync {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            synchronous: i32,
+        }
+        let mut conn = app.pool.get().unwrap();
+        let mode: Mode = diesel::sql_query("PRAGMA journal_mode").get_result(&mut *conn).unwrap();
+        let sync: Sync = diesel::sql_query("PRAGMA synchronous").get_result(&mut *conn).unwrap();
+        assert_eq!(mode.journal_mode, "wal");
+        assert_eq!(sync.synchronous, 2, "FULL");
+    }
+    let pid = app.patient(REFERRER).await;
+    let writes = (0..10).map(|_| {
+        let sr = service_request(&pid, "HealthcareService/stroke-association-support");
+        let app = &app;
+        async move { app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.status }
+    });
+    assert!(futures::future::join_all(writes).await.iter().all(|s| *s == 201));
+}
