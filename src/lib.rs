@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod failpoint;
 pub mod fhir;
 pub mod gateway;
 pub mod lifecycle;

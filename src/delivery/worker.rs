@@ -188,6 +188,9 @@ impl Worker {
     /// Send one claimed event and record what happened (only while the lease is ours).
     async fn process(&self, row: OutboxRow, now_ms: i64) -> Result<Recorded, StoreError> {
         let outcome = self.send(&row, now_ms).await?;
+        if matches!(outcome, Outcome::Delivered) {
+            crate::failpoint::hit("outbox::after_send");
+        }
         let pool = self.pool.clone();
         let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
         let recorded = blocking(move || {

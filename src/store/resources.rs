@@ -145,6 +145,7 @@ pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -
 fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
     super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     if r.resource_type == "Task" {
+        crate::failpoint::hit("store::before_outbox");
         super::outbox::enqueue_for_task(conn, r)?;
     }
     Ok(())

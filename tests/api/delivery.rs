@@ -464,6 +464,11 @@ impl Drop for KillOnDrop {
 
 /// A `signpost serve` process on `db_url`, killed with SIGKILL by the test; its port.
 fn serve_process(db_url: &str, home: &std::path::Path) -> (KillOnDrop, u16) {
+    serve_process_with(db_url, home, &[])
+}
+
+/// [`serve_process`] with extra environment (fail points, delivery settings).
+fn serve_process_with(db_url: &str, home: &std::path::Path, env: &[(&str, &str)]) -> (KillOnDrop, u16) {
     use std::io::{BufRead, BufReader};
     let mut child = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_signpost"))
@@ -472,6 +477,7 @@ fn serve_process(db_url: &str, home: &std::path::Path) -> (KillOnDrop, u16) {
             .env("HOME", home)
             .env("SIGNPOST__DELIVERY__TIMEOUT_SECS", "5")
             .env("SIGNPOST__DELIVERY__LEASE_SECS", "8")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -740,4 +746,187 @@ async fn sqlite_is_durable_and_concurrent_writers_queue() {
         async move { app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.status }
     });
     assert!(futures::future::join_all(writes).await.iter().all(|s| *s == 201));
+}
+
+/// Set up a serve process's Stroke Association Endpoint at `url`, and a patient with consent;
+/// the patient's id.
+async fn prepare_process(port: u16, url: &str) -> String {
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let call = |method: reqwest::Method, path: String, key: &str, body: Value| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(key)
+            .header("Content-Type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    let endpoint = json!({ "resourceType": "Endpoint", "id": "stroke-association-webhook", "status": "active",
+        "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
+        "managingOrganization": { "reference": "Organization/stroke-association" },
+        "payloadType": [{ "text": "referral events" }], "address": url });
+    let op = "sp_sandbox_operator";
+    let gp = "sp_sandbox_referrer_riverside";
+    assert!(
+        call(reqwest::Method::PUT, "/Endpoint/stroke-association-webhook".into(), op, endpoint)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(
+        call(reqwest::Method::POST, "/Endpoint/stroke-association-webhook/$secret".into(), op, json!({}))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let p: Value = call(reqwest::Method::POST, "/Patient".into(), gp, patient()).await.unwrap().json().await.unwrap();
+    let pid = p["id"].as_str().unwrap().to_string();
+    assert!(
+        call(reqwest::Method::POST, "/Consent".into(), gp, consent(&format!("Patient/{pid}")))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    pid
+}
+
+async fn post_referral(port: u16, pid: &str, request_id: &str) -> Result<reqwest::Response, reqwest::Error> {
+    post_body(port, &service_request(pid, "HealthcareService/stroke-association-support"), request_id).await
+}
+
+async fn post_body(port: u16, sr: &Value, request_id: &str) -> Result<reqwest::Response, reqwest::Error> {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/fhir/ServiceRequest"))
+        .bearer_auth("sp_sandbox_referrer_riverside")
+        .header("Content-Type", "application/fhir+json")
+        .header("X-Request-Id", request_id)
+        .body(sr.to_string())
+        .send()
+        .await
+}
+
+async fn wait_for_hits(r: &Receiver, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while r.hits().len() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// C4: a crash inside the write transaction, after the referral and before its outbox row —
+/// neither exists; the client got no 201; the retry with the same X-Request-Id succeeds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_the_write_transaction_leaves_nothing_and_the_retry_succeeds_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let receiver = Receiver::start().await;
+    let (child, port) = serve_process_with(&db_url, dir.path(), &[("SIGNPOST_FAILPOINTS", "store::before_outbox")]);
+    let pid = prepare_process(port, &receiver.url).await;
+    let sr = service_request(&pid, "HealthcareService/stroke-association-support");
+    let crashed = post_body(port, &sr, "c4-referral").await;
+    assert!(crashed.is_err() || crashed.unwrap().status().is_server_error(), "no 201 from a crash");
+    drop(child);
+    let (_child, port) = serve_process(&db_url, dir.path());
+    let http = reqwest::Client::new();
+    let count = |ty: &'static str| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(format!("http://127.0.0.1:{port}/fhir/{ty}?_summary=count"))
+                .bearer_auth("sp_sandbox_operator")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["total"].as_i64().unwrap()
+        }
+    };
+    assert_eq!((count("ServiceRequest").await, count("Task").await), (0, 0), "the transaction left nothing");
+    let first = post_body(port, &sr, "c4-referral").await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let again = post_body(port, &sr, "c4-referral").await.unwrap();
+    assert_eq!(again.status().as_u16(), 201, "a replay returns the first answer");
+    assert_eq!((count("ServiceRequest").await, count("Task").await), (1, 1));
+    wait_for_hits(&receiver, 1).await;
+    assert_eq!(receiver.hits().len(), 1);
+}
+
+/// C3: a crash after the receiver answered 200 and before the delivery was recorded — the event
+/// is delivered again once, with the same webhook-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_send_and_record_redelivers_with_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let receiver = Receiver::start().await;
+    let fast = [("SIGNPOST__DELIVERY__TIMEOUT_SECS", "1"), ("SIGNPOST__DELIVERY__LEASE_SECS", "2")];
+    let (child, port) =
+        serve_process_with(&db_url, dir.path(), &[fast[0], fast[1], ("SIGNPOST_FAILPOINTS", "outbox::after_send")]);
+    let pid = prepare_process(port, &receiver.url).await;
+    let r = post_referral(port, &pid, "c3-referral").await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    wait_for_hits(&receiver, 1).await;
+    assert_eq!(receiver.hits().len(), 1);
+    drop(child);
+    let (_child, _port) = serve_process_with(&db_url, dir.path(), &fast);
+    wait_for_hits(&receiver, 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 2, "delivered again once");
+    assert_eq!(hits[0].headers["webhook-id"], hits[1].headers["webhook-id"]);
+}
+
+/// C9: SIGTERM under load — the server stops taking requests, finishes those in flight and exits;
+/// every referral that got a 201 is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let receiver = Receiver::start().await;
+    let (mut child, port) = serve_process(&db_url, dir.path());
+    let pid = prepare_process(port, &receiver.url).await;
+    let mut accepted = Vec::new();
+    let started = std::time::Instant::now();
+    let mut signalled = false;
+    loop {
+        if !signalled && started.elapsed() > std::time::Duration::from_millis(400) {
+            let ok = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+            assert!(ok.success());
+            signalled = true;
+        }
+        let batch = (0..8).map(|i| {
+            let pid = pid.clone();
+            async move { post_referral(port, &pid, &format!("c9-{}-{i}", uuid::Uuid::new_v4())).await }
+        });
+        let results = futures::future::join_all(batch).await;
+        let mut refused = 0;
+        for r in results {
+            match r {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string())
+                }
+                Ok(_) => {}
+                Err(_) => refused += 1,
+            }
+        }
+        if signalled && refused == 8 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(40), "the server did not stop");
+    }
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "a graceful exit: {status:?}");
+    assert!(!accepted.is_empty());
+    let (_child, port) = serve_process(&db_url, dir.path());
+    for sr in &accepted {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/fhir/ServiceRequest/{sr}"))
+            .bearer_auth("sp_sandbox_referrer_riverside")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "ServiceRequest/{sr} lost");
+    }
 }
