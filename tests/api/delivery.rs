@@ -433,7 +433,7 @@ async fn a_slow_endpoint_never_holds_up_the_others() {
     }
     assert_eq!(fast.hits().len(), 6);
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < std::time::Duration::from_millis(2_800),
         "the healthy endpoint waited {:?}",
         started.elapsed()
     );
