@@ -22,7 +22,7 @@ use crate::auth::Role;
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, Severity, has_errors, operation_outcome};
 use crate::fhir::search::Criteria;
-use crate::fhir::{TypeClass, instant, now_ms, reference_of, type_spec};
+use crate::fhir::{instant, now_ms, reference_of, type_spec};
 use crate::routing;
 use crate::store::resources;
 use crate::store::{DbConn, StoreError};
@@ -210,34 +210,8 @@ impl Gateway {
                     },
                     Kind::Conditional(ident) => {
                         let spec = type_spec(e.ty).expect("planned types are served");
-                        let mut criteria = Criteria {
-                            resource_type: e.ty.to_string(),
-                            params: vec![("identifier".into(), vec![ident.clone()])],
-                            count: 2,
-                            ..Default::default()
-                        };
-                        if spec.class == TypeClass::Referral && p.role != Role::Operator {
-                            criteria.visible_to = Some(p.org_id.clone());
-                        }
-                        let (total, found) = resources::search(conn, &criteria)?;
-                        if total > 1 {
-                            return Err(ApiError::new(
-                                412,
-                                Issue::error(IssueCode::ConditionalMultiple, "ifNoneExist matched more than one resource")
-                                    .at(format!("Bundle.entry[{}].request.ifNoneExist", e.index)),
-                            ));
-                        }
-                        match found.into_iter().next() {
-                            Some(r) => Some(r.id),
-                            None => {
-                                let key = format!("{}:identifier={ident}", p.org_id);
-                                match resources::claim_conditional(conn, e.ty, &key, &e.id) {
-                                    Err(StoreError::Unique) => return Err(ApiError::ConditionalRace),
-                                    other => other?,
-                                }
-                                None
-                            }
-                        }
+                        let at = format!("Bundle.entry[{}].request.ifNoneExist", e.index);
+                        super::write::conditional_create(conn, p, spec, ident, &e.id, Some(at))?.map(|r| r.id)
                     }
                 };
                 if let Some(found) = found {

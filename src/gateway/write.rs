@@ -233,34 +233,12 @@ impl Gateway {
         };
         let p = &ctx.principal;
         self.run_write(ctx, opts, |conn| {
-            if let Some(ident) = &conditional {
-                let mut criteria = crate::fhir::search::Criteria {
-                    resource_type: spec.name.to_string(),
-                    params: vec![("identifier".into(), vec![ident.clone()])],
-                    count: 2,
-                    ..Default::default()
-                };
-                if spec.class == TypeClass::Referral && p.role != Role::Operator {
-                    criteria.visible_to = Some(p.org_id.clone());
-                }
-                let (total, found) = resources::search(conn, &criteria)?;
-                if total > 1 {
-                    return Err(ApiError::new(
-                        412,
-                        Issue::error(IssueCode::ConditionalMultiple, "If-None-Exist matched more than one resource"),
-                    ));
-                }
-                if let Some(existing) = found.first() {
-                    return Ok(resource_reply(ctx, 200, existing, true, &warnings));
-                }
-            }
             let now = now_ms();
             let id = uuid::Uuid::new_v4().to_string();
-            if let Some(ident) = &conditional {
-                match resources::claim_conditional(conn, spec.name, &format!("{}:identifier={ident}", p.org_id), &id) {
-                    Err(StoreError::Unique) => return Err(ApiError::ConditionalRace),
-                    other => other?,
-                }
+            if let Some(ident) = &conditional
+                && let Some(existing) = conditional_create(conn, p, spec, ident, &id, None)?
+            {
+                return Ok(resource_reply(ctx, 200, &existing, true, &warnings));
             }
             let mut body = resource.clone();
             let mut plan = None;
@@ -482,6 +460,47 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
         }
     }
     Ok(())
+}
+
+/// A conditional create (`If-None-Exist`, a transaction's `ifNoneExist`): the existing resource
+/// the caller may see with this identifier, or `None` after claiming the condition for `new_id`
+/// (a unique key, so two concurrent creates collide instead of duplicating: the loser gets
+/// [`ApiError::ConditionalRace`] and is retried). Several matches → 412 at `at`.
+pub(super) fn conditional_create(
+    conn: &mut DbConn,
+    p: &Principal,
+    spec: &TypeSpec,
+    ident: &str,
+    new_id: &str,
+    at: Option<String>,
+) -> Result<Option<StoredResource>, ApiError> {
+    let mut criteria = crate::fhir::search::Criteria {
+        resource_type: spec.name.to_string(),
+        params: vec![("identifier".into(), vec![ident.to_string()])],
+        count: 2,
+        ..Default::default()
+    };
+    if spec.class == TypeClass::Referral && p.role != Role::Operator {
+        criteria.visible_to = Some(p.org_id.clone());
+    }
+    let (total, found) = resources::search(conn, &criteria)?;
+    if total > 1 {
+        let issue = Issue::error(IssueCode::ConditionalMultiple, "the condition matched more than one resource");
+        return Err(ApiError::new(
+            412,
+            match at {
+                Some(at) => issue.at(at),
+                None => issue,
+            },
+        ));
+    }
+    if let Some(existing) = found.into_iter().next() {
+        return Ok(Some(existing));
+    }
+    match resources::claim_conditional(conn, spec.name, &format!("{}:identifier={ident}", p.org_id), new_id) {
+        Err(StoreError::Unique) => Err(ApiError::ConditionalRace),
+        other => Ok(other.map(|_| None)?),
+    }
 }
 
 /// `If-None-Exist: identifier=system|value` → the token to match.
