@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const nodeModules = path.resolve(process.argv[2] ?? process.env.MEDPLUM_NODE_MODULES ?? '/tmp/peers/node_modules');
-// The corpus beside the repository (../shared), unless CORPUS names another folder.
+// The referral samples in tests/fixtures, unless CORPUS names another folder.
 const corpus = process.env.CORPUS ?? fileURLToPath(new URL('../../tests/fixtures/referrals', import.meta.url));
 const N = Number(process.env.N ?? 10000);
 const WARMUP = Number(process.env.WARMUP ?? 2000);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert the FHIRPath suite's XML inputs (../shared/corpus/fhirpath/*.xml) to FHIR JSON, next to
+"""Convert the FHIRPath suite's XML inputs (tests/fixtures/fhirpath/*.xml) to FHIR JSON, next to
 this script, using Signpost's bundled R4 definitions for element types and repetition. The suite's
 inputs differ from the published examples of the same name, so they are converted, not replaced.
 
@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "../../.."))
-CORPUS = os.path.normpath(os.path.join(ROOT, "../shared/corpus/fhirpath"))
+CORPUS = os.path.join(ROOT, "tests/fixtures/fhirpath")
 FHIR = "{http://hl7.org/fhir}"
 XHTML = "{http://www.w3.org/1999/xhtml}"
 DEFS = json.load(open(os.path.join(ROOT, "fhir-profiles/r4/definitions.json")))["types"]
