@@ -1,9 +1,8 @@
 //! The `signpost` binary itself: `client add`, configuration errors, and logs free of
 //! patient data while serving real traffic.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -104,30 +103,14 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
         ));
     }
     std::fs::write(&config, toml).unwrap();
-    let mut child = signpost()
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = Vec::new();
-    let port = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("server starts");
-        lines.push(line.clone());
-        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
-        if v["message"] == "Signpost listening" {
-            break v["port"].as_u64().unwrap();
-        }
-    };
+    let mut command = signpost();
+    command.args(["serve", "--log-format", "json", "--config"]).arg(&config).env("RUST_LOG", "debug");
+    let mut server = start_serve(command);
+    let port = server.port;
+    let mut lines = server.lines.clone();
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
+    }
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let bundle = referral_bundle();
@@ -158,9 +141,9 @@ async fn served_traffic_leaves_no_patient_data_in_json_logs() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    child.kill().unwrap();
-    let _ = child.wait();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    while let Ok(line) = server.rest.recv_timeout(Duration::from_secs(2)) {
         lines.push(line);
     }
     let all = lines.join("\n");

@@ -85,27 +85,11 @@ async fn the_feed_lists_every_visible_change_once_in_order() {
 
 #[tokio::test]
 async fn a_change_that_commits_late_is_never_skipped() {
-    use diesel::Connection;
-    use diesel::connection::SimpleConnection;
     let app = spawn().await;
     let (_, cursor) = read_feed(&app, OPERATOR, 0).await;
     // Another writer holds the next change number (PostgreSQL: the counter row; SQLite: the
     // write lock) and has not committed.
-    type Exec = Box<dyn FnMut(&str)>;
-    let (hold, mut exec): (&str, Exec) = match app.db_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut c = diesel::SqliteConnection::establish(path).unwrap();
-            ("BEGIN IMMEDIATE", Box::new(move |sql: &str| c.batch_execute(sql).unwrap()))
-        }
-        None => {
-            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
-            (
-                "BEGIN; SELECT last_seq FROM change_counter WHERE id = 1 FOR UPDATE",
-                Box::new(move |sql: &str| c.batch_execute(sql).unwrap()),
-            )
-        }
-    };
-    exec(hold);
+    let lock = WriteLock::hold(&app.db_url);
     let writer = {
         let http = app.http.clone();
         let url = format!("{}/fhir/Patient", app.base);
@@ -127,7 +111,7 @@ async fn a_change_that_commits_late_is_never_skipped() {
     let (none, same) = read_feed(&app, OPERATOR, cursor).await;
     assert!(none.is_empty(), "{none:?}");
     assert_eq!(same, cursor);
-    exec("COMMIT");
+    lock.release();
     let created = writer.await.unwrap();
     // From the same cursor, the late change is there.
     let (late, _) = read_feed(&app, OPERATOR, cursor).await;

@@ -312,3 +312,76 @@ pub fn service_request(patient_id: &str, performer: &str) -> Value {
         "reasonCode": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "230690007", "display": "Cerebrovascular accident" }] }]
     })
 }
+
+/// A `signpost serve` child process started with `--log-format json`, killed when dropped (also
+/// when a test fails half-way): its port, its log lines up to "Signpost listening", and the later
+/// lines as they come.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub lines: Vec<String>,
+    pub rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `cmd` (a `signpost serve ... --log-format json`) and wait until it listens.
+pub fn start_serve(mut cmd: std::process::Command) -> ServeProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("signpost starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rest) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut server = ServeProcess { child, port: 0, lines: Vec::new(), rest };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = server
+            .rest
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("serve did not start: {:?}", server.lines));
+        server.lines.push(line.clone());
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "Signpost listening" {
+            server.port = v["port"].as_u64().expect("the port is logged") as u16;
+            return server;
+        }
+    }
+}
+
+/// Another database session holding what every write needs — SQLite's write lock, PostgreSQL's
+/// change counter row — until [`WriteLock::release`]; reads go on.
+pub struct WriteLock(Box<dyn FnMut(&str)>);
+
+impl WriteLock {
+    pub fn hold(db_url: &str) -> WriteLock {
+        let mut exec: Box<dyn FnMut(&str)> = match db_url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut c = diesel::SqliteConnection::establish(path).unwrap();
+                Box::new(move |sql: &str| c.batch_execute(sql).unwrap())
+            }
+            None => {
+                let mut c = diesel::PgConnection::establish(db_url).unwrap();
+                Box::new(move |sql: &str| c.batch_execute(sql).unwrap())
+            }
+        };
+        if db_url.starts_with("sqlite://") {
+            exec("BEGIN IMMEDIATE");
+        } else {
+            exec("BEGIN; SELECT last_seq FROM change_counter WHERE id = 1 FOR UPDATE");
+        }
+        WriteLock(exec)
+    }
+
+    pub fn release(mut self) {
+        (self.0)("COMMIT");
+    }
+}

@@ -457,25 +457,9 @@ async fn http_layer_parse_errors_are_refused_and_close_the_connection() {
 
 #[tokio::test]
 async fn writes_beyond_the_limit_get_503_while_health_checks_keep_answering() {
-    use diesel::Connection;
-    use diesel::connection::SimpleConnection;
     let app = spawn_with(|s| s.limits.max_concurrent_writes = 1).await;
     // Hold the database's write lock, so that the one write slot stays taken.
-    type Exec = Box<dyn FnMut(&str)>;
-    let (lock_sql, mut lock): (&str, Exec) = match app.db_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut c = diesel::SqliteConnection::establish(path).unwrap();
-            ("BEGIN IMMEDIATE", Box::new(move |sql: &str| c.batch_execute(sql).unwrap()))
-        }
-        None => {
-            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
-            (
-                "BEGIN; LOCK TABLE resources IN SHARE ROW EXCLUSIVE MODE",
-                Box::new(move |sql: &str| c.batch_execute(sql).unwrap()),
-            )
-        }
-    };
-    lock(lock_sql);
+    let lock = WriteLock::hold(&app.db_url);
     let first = {
         let http = app.http.clone();
         let url = format!("{}/fhir/Patient", app.base);
@@ -500,6 +484,6 @@ async fn writes_beyond_the_limit_get_503_while_health_checks_keep_answering() {
     assert_eq!(live.status().as_u16(), 200);
     assert!(started.elapsed() < Duration::from_secs(1), "health checks are not queued behind writes");
     assert_eq!(app.get(REFERRER, "/fhir/Task").await.status, 200, "reads keep answering");
-    lock("COMMIT");
+    lock.release();
     assert_eq!(first.await.unwrap(), 201, "the write holding the slot completes");
 }

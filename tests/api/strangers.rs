@@ -2,9 +2,7 @@
 //! empty folder, sandbox and production modes, resends that create nothing twice, a charity
 //! that sees everything its referral points to, and a CapabilityStatement that is valid FHIR.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use signpost::config::RunMode;
@@ -277,35 +275,15 @@ async fn a_missing_directory_folder_stops_start_up_naming_the_setting() {
 async fn serve_runs_from_an_empty_folder_as_a_loopback_sandbox() {
     let home = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_signpost"));
+    command
         .args(["serve", "--port", "0", "--log-format", "json"])
         .current_dir(empty.path())
         .env_clear()
         .env("HOME", home.path())
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = Vec::new();
-    let port = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("server did not start: {lines:?}")
-        });
-        lines.push(line.clone());
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "Signpost listening" {
-            break v["port"].as_u64().unwrap();
-        }
-    };
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let server = start_serve(command);
+    let (port, lines) = (server.port, server.lines.clone());
     let log = lines.join("\n");
     assert!(log.contains("SANDBOX MODE") && log.contains("PUBLIC sandbox API keys"), "{log}");
     let http = reqwest::Client::new();
@@ -325,8 +303,7 @@ async fn serve_runs_from_an_empty_folder_as_a_loopback_sandbox() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(server);
     assert!(home.path().join(".local/share/signpost/signpost.db").is_file(), "the documented default place");
     let left: Vec<_> = std::fs::read_dir(empty.path()).unwrap().collect();
     assert!(left.is_empty(), "nothing is written to the working folder: {left:?}");
