@@ -24,6 +24,8 @@
 //! | `delivery.allow_loopback` | `false` (always on in sandbox mode) | allow `http` and loopback webhook addresses (tests, the sandbox) |
 //! | `delivery.timeout_secs` | `15` | per-attempt timeout (1–30) |
 //! | `delivery.lease_secs` | `60` | lease on a claimed event (longer than the timeout); a dead worker's events are free again after it |
+//! | `delivery.alert_webhook_url` | none | operator alerts (an Endpoint disabled, an event dead-lettered) are POSTed here as JSON, retried every minute until a 2xx; always listed at `GET /fhir/Endpoint/$alerts` and logged as `ALERT` |
+//! | `delivery.alert_secret` | none | a Standard Webhooks secret (`whsec_...`) to sign the alert pushes with |
 //! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
@@ -65,7 +67,7 @@ pub enum RunMode {
 }
 
 /// Webhook delivery (PRODUCT.md §5).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySettings {
     /// Run the delivery worker inside `serve`.
@@ -77,11 +79,23 @@ pub struct DeliverySettings {
     /// Lease on a claimed event, in seconds; longer than the timeout. A worker that dies holding
     /// events frees them when their leases run out.
     pub lease_secs: u64,
+    /// Where operator alerts are pushed (an incident tool's webhook); empty = only listed at
+    /// `GET /fhir/Endpoint/$alerts` and logged.
+    pub alert_webhook_url: String,
+    /// Standard Webhooks secret (`whsec_...`) signing the alert pushes; empty = unsigned.
+    pub alert_secret: String,
 }
 
 impl Default for DeliverySettings {
     fn default() -> Self {
-        Self { enabled: true, allow_loopback: false, timeout_secs: 15, lease_secs: 60 }
+        Self {
+            enabled: true,
+            allow_loopback: false,
+            timeout_secs: 15,
+            lease_secs: 60,
+            alert_webhook_url: String::new(),
+            alert_secret: String::new(),
+        }
     }
 }
 
@@ -265,6 +279,14 @@ impl Settings {
         if self.delivery.lease_secs <= self.delivery.timeout_secs {
             return fail("delivery.lease_secs", "must be longer than delivery.timeout_secs");
         }
+        let alert_url = &self.delivery.alert_webhook_url;
+        if !(alert_url.is_empty() || alert_url.starts_with("https://") || alert_url.starts_with("http://")) {
+            return fail("delivery.alert_webhook_url", "must be an http:// or https:// URL");
+        }
+        let secret = &self.delivery.alert_secret;
+        if !secret.is_empty() && crate::delivery::signature::sign(secret, "check", 0, "").is_none() {
+            return fail("delivery.alert_secret", "must be a Standard Webhooks secret (whsec_ and base64)");
+        }
         if self.limits.max_issues == 0 || self.limits.body_timeout_secs == 0 || self.limits.max_concurrent_writes == 0 {
             return fail("limits", "max_issues, body_timeout_secs and max_concurrent_writes must be at least 1");
         }
@@ -315,6 +337,12 @@ mod tests {
         std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
+        std::fs::write(&path, "[delivery]\nalert_secret = \"hunter2\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("delivery.alert_secret") && !err.contains("hunter2"), "{err}");
+        std::fs::write(&path, "[delivery]\nalert_webhook_url = \"ftp://pager\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("delivery.alert_webhook_url"), "{err}");
     }
 
     #[test]

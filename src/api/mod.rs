@@ -81,6 +81,7 @@ pub enum Action {
     EndpointResend,
     /// `Endpoint/$delivery`: the operators' delivery view.
     EndpointDelivery,
+    EndpointAlerts,
 }
 
 impl Action {
@@ -109,6 +110,7 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     ("/{type}/$route", "POST", Action::Route, "$route"),
     ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
     ("/{type}/$delivery", "GET", Action::EndpointDelivery, "$delivery"),
+    ("/{type}/$alerts", "GET", Action::EndpointAlerts, "$alerts"),
     ("/{type}/{id}/$routing", "GET", Action::Routing, "$routing"),
     ("/{type}/{id}/$secret", "POST", Action::EndpointSecret, "$secret"),
     ("/{type}/{id}/$events", "GET", Action::EndpointEvents, "$events"),
@@ -364,6 +366,7 @@ async fn handle_inner(
         Action::EndpointStatus => gw.endpoint_status(&ctx, &ty, &id),
         Action::EndpointResend => gw.endpoint_resend(&ctx, &ty, &id),
         Action::EndpointDelivery => gw.delivery_view(&ctx, &ty),
+        Action::EndpointAlerts => gw.alerts_view(&ctx, &ty),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()));

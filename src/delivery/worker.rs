@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::{schedule, signature, ssrf};
+use crate::store::alerts;
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::{Pool, StoreError, resources};
 
@@ -40,6 +41,10 @@ pub struct WorkerSettings {
     pub allow_loopback: bool,
     /// Events claimed per round.
     pub batch: i64,
+    /// Where operator alerts are pushed (none: only stored, listed and logged).
+    pub alert_url: Option<String>,
+    /// Standard Webhooks secret signing the alert pushes.
+    pub alert_secret: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -50,6 +55,8 @@ impl Default for WorkerSettings {
             poll: Duration::from_secs(1),
             allow_loopback: false,
             batch: 32,
+            alert_url: None,
+            alert_secret: None,
         }
     }
 }
@@ -61,6 +68,8 @@ impl WorkerSettings {
             timeout: Duration::from_secs(s.delivery.timeout_secs),
             lease: Duration::from_secs(s.delivery.lease_secs),
             allow_loopback: s.allow_loopback_webhooks(),
+            alert_url: Some(s.delivery.alert_webhook_url.clone()).filter(|u| !u.is_empty()),
+            alert_secret: Some(s.delivery.alert_secret.clone()).filter(|u| !u.is_empty()),
             ..Default::default()
         }
     }
@@ -77,6 +86,8 @@ pub struct Drained {
     pub held: usize,
     /// Outcomes not recorded because the lease was lost meanwhile.
     pub lease_lost: usize,
+    /// Operator alerts pushed to the alert address.
+    pub alerts_pushed: usize,
 }
 
 /// Drains the outbox.
@@ -172,7 +183,48 @@ impl Worker {
                 Recorded::LeaseLost => report.lease_lost += 1,
             }
         }
+        report.alerts_pushed = self.push_alerts(now_ms).await?;
         Ok(report)
+    }
+
+    /// Push the due operator alerts to `alert_url` (each until it answers 2xx, once a minute);
+    /// how many were pushed. Nothing to do without an alert address.
+    pub async fn push_alerts(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let Some(url) = self.settings.alert_url.clone() else { return Ok(0) };
+        let pool = self.pool.clone();
+        let due = blocking(move || alerts::due(&mut *pool.get()?, now_ms, 20)).await?;
+        let mut pushed = 0;
+        for alert in due {
+            let body = serde_json::json!({
+                "type": "signpost.alert",
+                "timestamp": crate::fhir::instant(alert.created_at),
+                "data": {
+                    "alert": alert.id,
+                    "kind": alert.kind,
+                    "endpoint": format!("Endpoint/{}", alert.endpoint_id),
+                    "event": alert.event_id,
+                    "message": alert.message,
+                }
+            })
+            .to_string();
+            let mut request = self
+                .shared
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &alert.id)
+                .header("webhook-timestamp", (now_ms / 1000).to_string());
+            if let Some(sig) =
+                self.settings.alert_secret.as_deref().and_then(|s| signature::sign(s, &alert.id, now_ms / 1000, &body))
+            {
+                request = request.header("webhook-signature", sig);
+            }
+            let sent = matches!(request.body(body).send().await, Ok(r) if r.status().is_success());
+            let pool = self.pool.clone();
+            if blocking(move || alerts::pushed(&mut *pool.get()?, &alert, sent, now_ms)).await? && sent {
+                pushed += 1;
+            }
+        }
+        Ok(pushed)
     }
 
     async fn claim(&self, now_ms: i64) -> Result<Vec<OutboxRow>, StoreError> {
@@ -198,16 +250,9 @@ impl Worker {
             let (ok, kind) = match outcome {
                 Outcome::Delivered => (outbox::complete(&mut conn, &row, now_ms)?, Recorded::Delivered),
                 Outcome::Held => (outbox::release(&mut conn, &row, now_ms + HELD_RECHECK_MS)?, Recorded::Held),
-                Outcome::Gone => {
-                    outbox::set_disabled(&mut conn, &row.endpoint_id, true)?;
-                    tracing::error!(endpoint = %row.endpoint_id, "ALERT webhook endpoint answered 410 Gone: disabled, its events are held");
-                    (outbox::fail(&mut conn, &row, Some(now_ms), "410 Gone: endpoint disabled", now_ms)?, Recorded::Held)
-                }
+                Outcome::Gone => (outbox::gone(&mut conn, &row, now_ms)?, Recorded::Held),
                 Outcome::Retry { error, retry_after_ms } => {
                     let next = schedule::next_attempt(row.attempts + 1, now_ms, jitter, retry_after_ms);
-                    if next.is_none() {
-                        tracing::error!(endpoint = %row.endpoint_id, event = %row.id, "ALERT webhook dead-lettered after the last attempt");
-                    }
                     let kind = if next.is_some() { Recorded::Retrying } else { Recorded::DeadLettered };
                     (outbox::fail(&mut conn, &row, next, &error, now_ms)?, kind)
                 }
@@ -233,6 +278,7 @@ impl Worker {
             total.dead_lettered += r.dead_lettered;
             total.held += r.held;
             total.lease_lost += r.lease_lost;
+            total.alerts_pushed += r.alerts_pushed;
             if r.held == r.claimed {
                 break;
             }
@@ -245,6 +291,7 @@ impl Worker {
     /// claims again whenever a write commits, a send finishes, or every poll interval.
     pub async fn run(self) {
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut last_alerts = std::time::Instant::now();
         loop {
             let claimed = match self.claim(crate::fhir::now_ms()).await {
                 Ok(c) => c,
@@ -264,6 +311,12 @@ impl Worker {
                     drop(permit);
                     worker.wake.notify_one();
                 });
+            }
+            if last_alerts.elapsed() >= self.settings.poll {
+                last_alerts = std::time::Instant::now();
+                if let Err(e) = self.push_alerts(crate::fhir::now_ms()).await {
+                    tracing::warn!(error = %e, "pushing operator alerts failed");
+                }
             }
             if any {
                 continue;

@@ -178,6 +178,35 @@ impl Gateway {
         Ok(Reply::json(200, &json!({ "resourceType": "Parameters", "parameter": params })))
     }
 
+    /// `GET /fhir/Endpoint/$alerts`: the latest 100 operator alerts, newest first (operators).
+    pub fn alerts_view(&self, ctx: &Ctx, ty: &str) -> Result<Reply, ApiError> {
+        only_endpoint(ty)?;
+        if ctx.principal.role != Role::Operator {
+            return Err(ApiError::forbidden("alerts are for operators"));
+        }
+        let mut conn = self.conn()?;
+        let params: Vec<Value> = crate::store::alerts::recent(&mut conn, 100)?
+            .into_iter()
+            .map(|a| {
+                let mut part = vec![
+                    json!({ "name": "id", "valueString": a.id }),
+                    json!({ "name": "kind", "valueCode": a.kind }),
+                    json!({ "name": "endpoint", "valueReference": { "reference": format!("Endpoint/{}", a.endpoint_id) } }),
+                    json!({ "name": "message", "valueString": a.message }),
+                    json!({ "name": "raised", "valueInstant": instant(a.created_at) }),
+                ];
+                if let Some(e) = a.event_id {
+                    part.push(json!({ "name": "webhookId", "valueString": e }));
+                }
+                if let Some(t) = a.notified_at {
+                    part.push(json!({ "name": "pushed", "valueInstant": instant(t) }));
+                }
+                json!({ "name": "alert", "part": part })
+            })
+            .collect();
+        Ok(Reply::json(200, &json!({ "resourceType": "Parameters", "parameter": params })))
+    }
+
     /// Prometheus text for `/metrics`: outbox depth, oldest undelivered age, dead letters,
     /// disabled Endpoints, and this process's attempts by result.
     pub fn metrics_text(&self) -> Result<String, ApiError> {
@@ -198,6 +227,8 @@ impl Gateway {
         out.push_str(&format!("signpost_outbox_dead_letters {}\n", total(outbox::FAILED)));
         out.push_str("# HELP signpost_endpoints_disabled Webhook endpoints disabled (410, or five days of failure).\n# TYPE signpost_endpoints_disabled gauge\n");
         out.push_str(&format!("signpost_endpoints_disabled {disabled}\n"));
+        out.push_str("# HELP signpost_alerts_unsent Operator alerts not yet pushed to delivery.alert_webhook_url.\n# TYPE signpost_alerts_unsent gauge\n");
+        out.push_str(&format!("signpost_alerts_unsent {}\n", crate::store::alerts::unsent(&mut conn)?));
         out.push_str("# HELP signpost_webhook_attempts_total Webhook attempts by result, by this process.\n# TYPE signpost_webhook_attempts_total counter\n");
         for (result, n) in crate::delivery::worker::metrics::attempts() {
             out.push_str(&format!("signpost_webhook_attempts_total{{result=\"{result}\"}} {n}\n"));

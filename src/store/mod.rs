@@ -9,6 +9,7 @@
 //! every write transaction starts with `BEGIN IMMEDIATE` so that concurrent writers queue on
 //! the busy timeout instead of failing when a read lock cannot be upgraded.
 
+pub mod alerts;
 pub mod changes;
 pub mod clients;
 pub mod idempotency;

@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 use serde_json::{Value, json};
 
+use super::alerts::{self, AlertKind};
 use super::resources::{self, StoredResource};
 use super::schema::{endpoint_state, outbox};
 use super::{DbConn, StoreError};
@@ -261,7 +262,23 @@ pub fn set_disabled(conn: &mut DbConn, endpoint: &str, disabled: bool) -> Result
 /// so two workers never both hold one event; an expired lease is claimable again. Events of
 /// disabled Endpoints, or of Endpoints without a secret yet, wait. At most [`MAX_IN_FLIGHT`]
 /// leased events per Endpoint.
+///
+/// The claim is one short write transaction, never held across a send. On SQLite it begins with
+/// `BEGIN IMMEDIATE`, so claimers take turns. On PostgreSQL the due rows are read
+/// `FOR UPDATE SKIP LOCKED` (a second worker passes over them instead of waiting) and each
+/// Endpoint's state row is locked the same way before its in-flight count is read, so the
+/// per-Endpoint bound holds across instances too.
 pub fn claim(
+    conn: &mut DbConn,
+    owner: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    super::write_txn(conn, |conn| claim_in_txn(conn, owner, now, lease_ms, limit))
+}
+
+fn claim_in_txn(
     conn: &mut DbConn,
     owner: &str,
     now: i64,
@@ -272,33 +289,44 @@ pub fn claim(
         .filter(endpoint_state::disabled.eq(false))
         .filter(endpoint_state::secret.is_not_null())
         .select(endpoint_state::endpoint_id);
-    let due: Vec<OutboxRow> = outbox::table
+    let due = outbox::table
         .filter(outbox::state.eq(PENDING))
         .filter(outbox::next_attempt_at.le(now))
         .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
         .filter(outbox::endpoint_id.eq_any(ready))
         .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
-        .limit(limit * 4)
-        .load(conn)?;
+        .limit(limit * 4);
+    let due: Vec<OutboxRow> = match conn {
+        DbConn::Pg(pg) => due.for_update().skip_locked().load(pg)?,
+        DbConn::Sqlite(_) => due.load(conn)?,
+    };
     let mut claimed: Vec<OutboxRow> = Vec::new();
-    let mut in_flight: std::collections::HashMap<String, i64> = Default::default();
+    // Per Endpoint: how many are in flight, or `None` when another claimer holds its state row.
+    let mut in_flight: std::collections::HashMap<String, Option<i64>> = Default::default();
     for mut row in due {
         if claimed.len() as i64 >= limit {
             break;
         }
         let flying = match in_flight.get(&row.endpoint_id) {
             Some(n) => *n,
-            None => outbox::table
-                .filter(outbox::endpoint_id.eq(&row.endpoint_id))
-                .filter(outbox::state.eq(PENDING))
-                .filter(outbox::lease_expires.ge(now))
-                .count()
-                .get_result(conn)?,
+            None => {
+                let n = if lock_endpoint(conn, &row.endpoint_id)? {
+                    Some(
+                        outbox::table
+                            .filter(outbox::endpoint_id.eq(&row.endpoint_id))
+                            .filter(outbox::state.eq(PENDING))
+                            .filter(outbox::lease_expires.ge(now))
+                            .count()
+                            .get_result(conn)?,
+                    )
+                } else {
+                    None
+                };
+                in_flight.insert(row.endpoint_id.clone(), n);
+                n
+            }
         };
-        if flying >= MAX_IN_FLIGHT {
-            in_flight.insert(row.endpoint_id.clone(), flying);
-            continue;
-        }
+        let Some(flying) = flying.filter(|n| *n < MAX_IN_FLIGHT) else { continue };
         let won = diesel::update(
             outbox::table
                 .filter(outbox::id.eq(&row.id))
@@ -315,11 +343,27 @@ pub fn claim(
             row.fencing += 1;
             row.lease_owner = Some(owner.to_string());
             row.lease_expires = Some(now + lease_ms);
-            in_flight.insert(row.endpoint_id.clone(), flying + 1);
+            in_flight.insert(row.endpoint_id.clone(), Some(flying + 1));
             claimed.push(row);
         }
     }
     Ok(claimed)
+}
+
+/// Lock an Endpoint's state row for this claim (PostgreSQL, `SKIP LOCKED`: `false` when another
+/// claimer holds it). SQLite's write lock already serialises claimers.
+fn lock_endpoint(conn: &mut DbConn, endpoint: &str) -> Result<bool, StoreError> {
+    match conn {
+        DbConn::Pg(pg) => Ok(endpoint_state::table
+            .find(endpoint)
+            .select(endpoint_state::endpoint_id)
+            .for_update()
+            .skip_locked()
+            .first::<String>(pg)
+            .optional()?
+            .is_some()),
+        DbConn::Sqlite(_) => Ok(true),
+    }
 }
 
 /// Record a successful delivery; `false` (nothing changed) if the lease was lost meanwhile.
@@ -343,9 +387,27 @@ pub fn complete(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, St
     Ok(done)
 }
 
-/// Record a failed attempt: retry at `next` or, with `None`, dead-letter (`failed`). `false` if
-/// the lease was lost meanwhile.
+/// Record a failed attempt: retry at `next` or, with `None`, dead-letter (`failed`) and raise an
+/// alert. Five days of continuous failure disable the Endpoint (alert). One transaction; `false`
+/// (nothing changed) if the lease was lost meanwhile.
 pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, now: i64) -> Result<bool, StoreError> {
+    super::write_txn(conn, |conn| record_failure(conn, row, next, error, now, false))
+}
+
+/// The Endpoint answered 410 Gone: disable it, hold this event (it is tried again when the
+/// Endpoint is re-enabled) and raise an alert, in one transaction.
+pub fn gone(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, StoreError> {
+    super::write_txn(conn, |conn| record_failure(conn, row, Some(now), "410 Gone: endpoint disabled", now, true))
+}
+
+fn record_failure(
+    conn: &mut DbConn,
+    row: &OutboxRow,
+    next: Option<i64>,
+    error: &str,
+    now: i64,
+    gone: bool,
+) -> Result<bool, StoreError> {
     let done = diesel::update(fenced(row))
         .set((
             outbox::state.eq(if next.is_some() { PENDING } else { FAILED }),
@@ -357,23 +419,29 @@ pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, 
         ))
         .execute(conn)?
         == 1;
-    if done {
-        let state = endpoint_status(conn, &row.endpoint_id)?;
-        let since = state.as_ref().and_then(|s| s.failing_since).unwrap_or(now);
-        let disable = now - since >= DISABLE_AFTER_MS;
-        let disabled = state.is_some_and(|s| s.disabled) || disable;
-        if disable {
-            tracing::error!(endpoint = %row.endpoint_id, "ALERT webhook endpoint failing for 5 days: disabled, its events are held");
-        }
-        diesel::update(endpoint_state::table.find(&row.endpoint_id))
-            .set((
-                endpoint_state::last_failure_at.eq(Some(now)),
-                endpoint_state::failing_since.eq(Some(since)),
-                endpoint_state::disabled.eq(disabled),
-            ))
-            .execute(conn)?;
+    if !done {
+        return Ok(false);
     }
-    Ok(done)
+    let state = endpoint_status(conn, &row.endpoint_id)?;
+    let since = state.as_ref().and_then(|s| s.failing_since).unwrap_or(now);
+    let was_disabled = state.is_some_and(|s| s.disabled);
+    let failing_too_long = now - since >= DISABLE_AFTER_MS;
+    if next.is_none() {
+        alerts::raise(conn, AlertKind::DeadLetter, &row.endpoint_id, Some(&row.id), now)?;
+    }
+    if !was_disabled && gone {
+        alerts::raise(conn, AlertKind::EndpointGone, &row.endpoint_id, None, now)?;
+    } else if !was_disabled && failing_too_long {
+        alerts::raise(conn, AlertKind::EndpointFailing, &row.endpoint_id, None, now)?;
+    }
+    diesel::update(endpoint_state::table.find(&row.endpoint_id))
+        .set((
+            endpoint_state::last_failure_at.eq(Some(now)),
+            endpoint_state::failing_since.eq(Some(since)),
+            endpoint_state::disabled.eq(was_disabled || gone || failing_too_long),
+        ))
+        .execute(conn)?;
+    Ok(true)
 }
 
 /// Give back a claimed event without counting an attempt (its Endpoint turned out to be off or

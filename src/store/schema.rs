@@ -132,3 +132,17 @@ diesel::table! {
         delivered_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    alerts (id) {
+        id -> Text,
+        kind -> Text,
+        endpoint_id -> Text,
+        event_id -> Nullable<Text>,
+        message -> Text,
+        created_at -> BigInt,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        notified_at -> Nullable<BigInt>,
+    }
+}

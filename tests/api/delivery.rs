@@ -273,10 +273,125 @@ async fn gone_disables_and_holds_retry_after_is_honoured_and_redirects_fail() {
     assert_eq!(worker.drain_all(t + 10 * 86_400_000).await.unwrap().claimed, 0, "held while disabled");
     let status = app.get(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$status").await;
     assert_eq!(status.body["parameter"][1]["valueBoolean"], true, "{}", status.body);
+    assert_eq!(alert_kinds(&app).await, vec!["endpoint-gone"], "one alert, not one per held event");
     // Re-enabled by an operator, both events are delivered.
     app.post(OPERATOR, "/fhir/Endpoint/stroke-association-webhook/$resend", &json!({})).await;
     let r = worker.drain_all(now()).await.unwrap();
     assert_eq!(r.delivered, 2, "{r:?}");
+}
+
+/// The kinds of the operator alerts, newest first.
+async fn alert_kinds(app: &TestApp) -> Vec<String> {
+    let r = app.get(OPERATOR, "/fhir/Endpoint/$alerts").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["part"][1]["valueCode"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn alerts_reach_the_operators_channel_signed_until_it_answers() {
+    let app = spawn_with(|s| s.delivery.enabled = false).await;
+    let receiver = Receiver::start().await;
+    point_endpoint(&app, "stroke-association-webhook", "stroke-association", &receiver.url).await;
+    let pager = Receiver::start().await;
+    let pager_secret = signpost::delivery::signature::new_secret();
+    let worker = Worker::new(
+        app.pool.clone(),
+        WorkerSettings {
+            allow_loopback: true,
+            alert_url: Some(pager.url.clone()),
+            alert_secret: Some(pager_secret.clone()),
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    receiver.answer(410, Vec::new());
+    pager.answer(503, Vec::new());
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let t = now();
+    // The charity's endpoint is gone; the pager is down at first: the alert waits, then arrives.
+    assert_eq!(worker.drain_once(t).await.unwrap().alerts_pushed, 0);
+    assert_eq!(pager.hits().len(), 1);
+    assert_eq!(worker.drain_once(t + 30_000).await.unwrap().alerts_pushed, 0, "retried once a minute");
+    assert_eq!(worker.drain_once(t + 61_000).await.unwrap().alerts_pushed, 1);
+    assert_eq!(worker.drain_once(t + 200_000).await.unwrap().alerts_pushed, 0, "pushed once");
+    let hits = pager.hits();
+    assert_eq!(hits.len(), 2);
+    assert!(verify(&pager_secret, &hits[1]), "signed with the alert secret");
+    assert_eq!(hits[0].headers["webhook-id"], hits[1].headers["webhook-id"], "one id across retries");
+    let body: Value = serde_json::from_slice(&hits[1].body).unwrap();
+    assert_eq!(body["data"]["kind"], "endpoint-gone");
+    assert_eq!(body["data"]["endpoint"], "Endpoint/stroke-association-webhook");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("signpost_alerts_unsent 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_receiver_sees_the_gap_and_catches_up_from_the_event_list() {
+    // D7: events 5 and 6 are refused; 7 gets through; the receiver sees 1-4 then 7, asks for the
+    // events since 4 and gets 5, 6 and 7; the retries then fill the gap.
+    let (app, receiver, worker, _) = setup().await;
+    let numbers = |r: &Receiver| -> Vec<i64> {
+        r.hits()
+            .iter()
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["eventNumber"].as_i64().unwrap())
+            .collect()
+    };
+    for _ in 0..4 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    assert_eq!(worker.drain_all(now()).await.unwrap().delivered, 4);
+    receiver.answer(503, Vec::new());
+    receiver.answer(503, Vec::new());
+    for _ in 0..2 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let t = now();
+    assert_eq!(worker.drain_all(t).await.unwrap().retrying, 2);
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    assert_eq!(worker.drain_all(now().min(t + 4_000)).await.unwrap().delivered, 1);
+    // The receiver got 1-4, then 5 and 6 (refused), then 7.
+    // (Delivery is at least once and unordered: receivers order by eventNumber.)
+    let mut seen = numbers(&receiver);
+    seen[..4].sort();
+    seen[4..6].sort();
+    assert_eq!(&seen[..6], &[1, 2, 3, 4, 5, 6]);
+    assert_eq!(seen[6], 7, "7 arrived while 5 and 6 wait for their retry: the gap shows");
+    // The status call says the last number is 7; the event list since 4 holds 5, 6 (pending) and 7.
+    let status = app.get(STROKE, "/fhir/Endpoint/stroke-association-webhook/$status").await;
+    assert_eq!(status.body["parameter"][0]["valueInteger"], 7, "{}", status.body);
+    let events = app.get(STROKE, "/fhir/Endpoint/stroke-association-webhook/$events?since=4").await;
+    let listed: Vec<(i64, String)> = events.body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["part"][1]["valueInteger"].as_i64().unwrap(), e["part"][3]["valueCode"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(listed, vec![(5, "pending".into()), (6, "pending".into()), (7, "delivered".into())]);
+    // Each listed event carries the payload the webhook would have, so the gap can be filled
+    // from the list alone.
+    let payload: Value =
+        serde_json::from_str(events.body["parameter"][0]["part"][6]["valueString"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["data"]["eventNumber"], 5);
+    // The retries deliver 5 and 6 with their first webhook-ids.
+    assert_eq!(worker.drain_all(t + 6_000).await.unwrap().delivered, 2);
+    let hits = receiver.hits();
+    let id_of = |n: i64| -> Vec<String> {
+        hits.iter()
+            .zip(numbers(&receiver))
+            .filter(|(_, m)| *m == n)
+            .map(|(h, _)| h.headers["webhook-id"].to_str().unwrap().to_string())
+            .collect()
+    };
+    for n in [5, 6] {
+        let ids = id_of(n);
+        assert_eq!(ids.len(), 2, "event {n}: refused once, then delivered");
+        assert_eq!(ids[0], ids[1]);
+    }
 }
 
 #[tokio::test]
@@ -324,40 +439,57 @@ async fn webhook_addresses_must_be_public_https() {
     app.get(OPERATOR, "/fhir/Endpoint/hostile").await.assert_outcome(404, "not-found");
 }
 
+/// Two `signpost serve` processes on one database take referrals and deliver them: 2,000
+/// events, each delivered once, gap-free numbers per Endpoint, never more than 4 requests open at
+/// one Endpoint across both processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_worker_processes_share_the_outbox_without_double_delivery() {
-    let (app, receiver, _worker, secret) = setup().await;
-    let gp = Receiver::start().await;
-    point_endpoint(&app, "riverside-outcomes", "riverside-medical-practice", &gp.url).await;
-    let pid = app.patient(REFERRER).await;
-    let referrals = 600;
+async fn two_gateway_processes_share_the_outbox_without_double_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(dir.path());
+    let (receiver, gp) = (Receiver::start().await, Receiver::start().await);
+    let a = serve_process(&db_url, dir.path());
+    let b = serve_process(&db_url, dir.path());
+    let pid = prepare_process(a.port, &receiver.url).await;
+    let gp_endpoint = json!({ "resourceType": "Endpoint", "id": "riverside-outcomes", "status": "active",
+        "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
+        "managingOrganization": { "reference": "Organization/riverside-medical-practice" },
+        "payloadType": [{ "text": "referral events" }], "address": gp.url });
+    let http = reqwest::Client::new();
+    for (method, path, body) in [
+        (reqwest::Method::PUT, "Endpoint/riverside-outcomes", gp_endpoint),
+        (reqwest::Method::POST, "Endpoint/riverside-outcomes/$secret", json!({})),
+    ] {
+        let r = http
+            .request(method, format!("http://127.0.0.1:{}/fhir/{path}", b.port))
+            .bearer_auth("sp_sandbox_operator")
+            .header("Content-Type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let referrals = 1_000;
     for chunk in (0..referrals).collect::<Vec<_>>().chunks(16) {
-        let sends = chunk.iter().map(|_| {
-            let sr = service_request(&pid, "HealthcareService/stroke-association-support");
-            let app = &app;
-            async move { app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.status }
+        let sends = chunk.iter().map(|i| {
+            let (port, pid) = (if i % 2 == 0 { a.port } else { b.port }, pid.clone());
+            async move {
+                let r = post_referral(port, &pid, &format!("two-{i}")).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
         });
-        assert!(futures::future::join_all(sends).await.iter().all(|s| *s == 201));
+        for (status, body) in futures::future::join_all(sends).await {
+            assert_eq!(status, 201, "{body}");
+        }
     }
     let expected = referrals * 2;
-    let worker = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .args(["worker", "--database", &app.db_url])
-            .env_remove("SIGNPOST_CONFIG")
-            .env("SIGNPOST__DELIVERY__ALLOW_LOOPBACK", "true")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let (mut a, mut b) = (worker(), worker());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while receiver.hits().len() + gp.hits().len() < expected && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    a.kill().unwrap();
-    b.kill().unwrap();
-    let _ = (a.wait(), b.wait());
+    // A moment more, for any double delivery to show.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop((a, b));
     let hits: Vec<Hit> = receiver.hits().into_iter().chain(gp.hits()).collect();
     let mut ids: Vec<String> = hits.iter().map(|h| h.headers["webhook-id"].to_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), expected, "every event delivered");
@@ -365,14 +497,16 @@ async fn two_worker_processes_share_the_outbox_without_double_delivery() {
     ids.dedup();
     assert_eq!(ids.len(), expected, "and none twice");
     // Per Endpoint, the event numbers run 1..=n with no gap.
-    let mut numbers: Vec<i64> = receiver
-        .hits()
-        .iter()
-        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["eventNumber"].as_i64().unwrap())
-        .collect();
-    numbers.sort();
-    assert_eq!(numbers, (1..=referrals as i64).collect::<Vec<_>>());
-    assert!(receiver.hits().iter().all(|h| verify(&secret, h)));
+    for r in [&receiver, &gp] {
+        let mut numbers: Vec<i64> = r
+            .hits()
+            .iter()
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["eventNumber"].as_i64().unwrap())
+            .collect();
+        numbers.sort();
+        assert_eq!(numbers, (1..=referrals as i64).collect::<Vec<_>>());
+    }
+    assert!(receiver.max_open() <= 4 && gp.max_open() <= 4, "{} / {} open at once", receiver.max_open(), gp.max_open());
 }
 
 #[tokio::test]
@@ -401,6 +535,9 @@ async fn five_days_of_failure_disable_an_endpoint_and_hold_its_events() {
     app.get(STROKE, "/fhir/Endpoint/$delivery").await.assert_outcome(403, "forbidden");
     let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("signpost_endpoints_disabled 1"), "{metrics}");
+    assert!(metrics.contains("signpost_alerts_unsent 2"), "{metrics}");
+    assert_eq!(alert_kinds(&app).await, vec!["endpoint-failing", "dead-letter"], "newest first");
+    app.get(STROKE, "/fhir/Endpoint/$alerts").await.assert_outcome(403, "forbidden");
     assert!(metrics.contains("signpost_outbox_dead_letters 1"), "{metrics}");
     assert!(metrics.contains("signpost_outbox_pending 2"), "{metrics}");
     // Fixed and re-enabled: all three events arrive.
@@ -453,7 +590,7 @@ async fn a_huge_response_is_read_no_further_than_64_kib() {
 }
 
 /// A `signpost serve` process on `db_url`, killed with SIGKILL by the test (or when dropped).
-fn serve_process(db_url: &str, home: &std::path::Path) -> ServeProcess {
+pub(crate) fn serve_process(db_url: &str, home: &std::path::Path) -> ServeProcess {
     serve_process_with(db_url, home, &[])
 }
 
@@ -721,7 +858,7 @@ async fn sqlite_is_durable_and_concurrent_writers_queue() {
 
 /// Set up a serve process's Stroke Association Endpoint at `url`, and a patient with consent;
 /// the patient's id.
-async fn prepare_process(port: u16, url: &str) -> String {
+pub(crate) async fn prepare_process(port: u16, url: &str) -> String {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}/fhir");
     let call = |method: reqwest::Method, path: String, key: &str, body: Value| {
@@ -763,7 +900,7 @@ async fn prepare_process(port: u16, url: &str) -> String {
     pid
 }
 
-async fn post_referral(port: u16, pid: &str, request_id: &str) -> Result<reqwest::Response, reqwest::Error> {
+pub(crate) async fn post_referral(port: u16, pid: &str, request_id: &str) -> Result<reqwest::Response, reqwest::Error> {
     post_body(port, &service_request(pid, "HealthcareService/stroke-association-support"), request_id).await
 }
 

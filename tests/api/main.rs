@@ -4,6 +4,7 @@
 mod access;
 mod binary;
 mod changes;
+mod db_crash;
 mod delivery;
 mod directory;
 mod edge;
