@@ -199,7 +199,16 @@ where
         DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
     };
     begun.map_err(|e| E::from(StoreError::from(e)))?;
-    match f(conn) {
+    // A panic inside `f` rolls the transaction back before it unwinds further, so the pooled
+    // connection never goes back to the pool mid-transaction.
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+            std::panic::resume_unwind(panic);
+        }
+    };
+    match outcome {
         Ok(value) => match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
             Ok(()) => Ok(value),
             Err(e) => {
@@ -229,5 +238,33 @@ mod tests {
         };
         assert_eq!(names("sqlite"), names("postgres"));
         assert!(names("sqlite").len() >= 2);
+    }
+
+    #[test]
+    fn a_panic_inside_a_write_transaction_rolls_it_back_and_frees_the_connection() {
+        use diesel::connection::SimpleConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("t.db").display()), 1).unwrap();
+        let mut conn = pool.get().unwrap();
+        conn.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+                c.batch_execute("INSERT INTO t VALUES (1)").unwrap();
+                panic!("inside the transaction");
+            });
+        }));
+        assert!(panicked.is_err());
+        // The same connection starts a new transaction (it would fail if one were still open),
+        // and the panicking one's row is gone.
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (2)")?))
+            .unwrap();
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        use diesel::RunQueryDsl;
+        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *conn).unwrap();
+        assert_eq!(n.n, 1);
     }
 }
