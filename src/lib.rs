@@ -8,7 +8,8 @@
 //! | [`fhir`] | FHIR knowledge: types, search, JSON limits, structure validation, outcomes |
 //! | [`routing`] | pure routing decisions: explicit performers, conditions → services |
 //! | [`delivery`] | webhooks: signatures, retry schedule, SSRF checks, the outbox worker |
-//! | [`lifecycle`] | the Task state machine |
+//! | [`lifecycle`] | the Task state machine and its coded stages, reasons and outcomes |
+//! | [`summary`] | the outcome summary for the GP record |
 //! | [`store`] | diesel over SQLite and PostgreSQL |
 //! | [`auth`] | API keys, roles |
 //! | [`config`], [`telemetry`], [`app`], [`cli`], [`sandbox`] | start-up and operations |
@@ -27,5 +28,6 @@ pub mod lifecycle;
 pub mod routing;
 pub mod sandbox;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 pub mod validate_cli;

@@ -82,6 +82,8 @@ pub enum Action {
     /// `Endpoint/$delivery`: the operators' delivery view.
     EndpointDelivery,
     EndpointAlerts,
+    Timeline,
+    OutcomeSummary,
 }
 
 impl Action {
@@ -112,6 +114,8 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     ("/{type}/$delivery", "GET", Action::EndpointDelivery, "$delivery"),
     ("/{type}/$alerts", "GET", Action::EndpointAlerts, "$alerts"),
     ("/{type}/{id}/$routing", "GET", Action::Routing, "$routing"),
+    ("/{type}/{id}/$timeline", "GET", Action::Timeline, "$timeline"),
+    ("/{type}/{id}/$outcome-summary", "GET", Action::OutcomeSummary, "$outcome-summary"),
     ("/{type}/{id}/$secret", "POST", Action::EndpointSecret, "$secret"),
     ("/{type}/{id}/$events", "GET", Action::EndpointEvents, "$events"),
     ("/{type}/{id}/$status", "GET", Action::EndpointStatus, "$status"),
@@ -359,6 +363,8 @@ async fn handle_inner(
         Action::Vread => gw.vread(&ctx, &ty, &id, &vid),
         Action::Route => gw.route_dry_run(&ctx, &ty, body.unwrap_or_default()),
         Action::Routing => gw.routing_explanation(&ctx, &ty, &id),
+        Action::Timeline => gw.timeline(&ctx, &ty, &id),
+        Action::OutcomeSummary => gw.outcome_summary(&ctx, &ty, &id),
         Action::Unmatched => gw.unmatched_needs(&ctx, &ty),
         Action::Changes => gw.changes(&ctx, &query),
         Action::EndpointSecret => gw.endpoint_secret(&ctx, &ty, &id),

@@ -46,10 +46,12 @@ static FILES: &[&str] = &[
     include_str!("../../fhir-profiles/signpost/ValueSet-contact-mode.json"),
     include_str!("../../fhir-profiles/signpost/CodeSystem-referral-outcome.json"),
     include_str!("../../fhir-profiles/signpost/CodeSystem-rejection-reason.json"),
+    include_str!("../../fhir-profiles/signpost/CodeSystem-support-outcome.json"),
     include_str!("../../fhir-profiles/signpost/CodeSystem-contact-preference.json"),
     include_str!("../../fhir-profiles/signpost/CodeSystem-consent-category.json"),
     include_str!("../../fhir-profiles/signpost/ValueSet-referral-outcome.json"),
     include_str!("../../fhir-profiles/signpost/ValueSet-rejection-reason.json"),
+    include_str!("../../fhir-profiles/signpost/ValueSet-support-outcome.json"),
     include_str!("../../fhir-profiles/signpost/ValueSet-contact-preference.json"),
     include_str!("../../fhir-profiles/signpost/ValueSet-consent-category.json"),
 ];

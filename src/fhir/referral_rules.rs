@@ -293,6 +293,12 @@ fn date_bound(s: &str, end: bool) -> Option<DateTime<Utc>> {
     Some(if end { t - chrono::Duration::milliseconds(1) } else { t })
 }
 
+/// Whether a Consent lets Signpost share a referral with a charity now: share-with-vcs,
+/// active, permit, in its period.
+pub fn consent_counts(c: &Value, now: DateTime<Utc>) -> bool {
+    consent_fault(c, now).is_none()
+}
+
 /// Why a Consent does not count, if it does not.
 fn consent_fault(c: &Value, now: DateTime<Utc>) -> Option<&'static str> {
     if !array(c, "category").any(|(_, cat)| has_coding(cat, CONSENT_CATEGORY_SYSTEM, SHARE_WITH_VCS)) {

@@ -9,9 +9,12 @@
 mod access;
 pub mod directory;
 mod endpoints;
+pub mod flow;
+mod provenance;
 mod read;
 mod referral;
 mod route;
+mod timeline;
 mod transaction;
 mod write;
 

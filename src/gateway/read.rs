@@ -9,7 +9,8 @@ use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
 use crate::fhir::search;
 use crate::fhir::{TypeClass, instant};
-use crate::store::resources;
+use crate::store::DbConn;
+use crate::store::resources::{self, StoredResource};
 
 impl Gateway {
     /// `GET /fhir/{type}/{id}`.
@@ -21,9 +22,30 @@ impl Gateway {
             return Err(ApiError::not_found());
         }
         check_stored(&r)?;
+        let r = if spec.name == "Task" && ctx.principal.role == Role::Charity {
+            self.first_view(&mut conn, ctx, r)?
+        } else {
+            r
+        };
         let mut reply = resource_reply(ctx, 200, &r, false, &[]);
         reply.body = Some(r.body);
         Ok(reply)
+    }
+
+    /// The owning charity's first read of a new Task records the `viewed` stage (a new version,
+    /// which this read returns, so its ETag is the one to update with).
+    fn first_view(&self, conn: &mut DbConn, ctx: &Ctx, r: StoredResource) -> Result<StoredResource, ApiError> {
+        let task = r.json()?;
+        let fresh = task.get("status").and_then(Value::as_str) == Some("requested")
+            && matches!(
+                crate::lifecycle::code_in(task.get("businessStatus"), crate::lifecycle::STAGE_SYSTEM),
+                None | Some("delivered")
+            );
+        if !fresh || super::access::owner_org(conn, &task)?.as_deref() != Some(ctx.principal.org_id.as_str()) {
+            return Ok(r);
+        }
+        let viewed = crate::store::write_txn(conn, |conn| super::flow::mark_stage(conn, &r.id, "viewed"))?;
+        Ok(viewed.unwrap_or(r))
     }
 
     /// `GET /fhir/{type}/{id}/_history/{vid}`.

@@ -284,7 +284,8 @@ impl Gateway {
                     responses[e.index] = entry_response(ctx, "200 OK", &r)?;
                     continue;
                 }
-                let stored = insert_resource(conn, p, spec, &e.id, &mut e.resource, &p.org_id, now)?;
+                let author = super::flow::Author::of(p, &ctx.correlation_id);
+                let stored = insert_resource(conn, &author, spec, &e.id, &mut e.resource, &p.org_id, now)?;
                 if e.ty == "Task" {
                     tasks.push((e.id.clone(), e.resource.clone()));
                 }
@@ -292,7 +293,7 @@ impl Gateway {
                     && let Some(chosen) = routes.get(&e.id)
                 {
                     let mut task_ids = Vec::new();
-                    for t in create_routed_tasks(conn, p, &e.id, &e.resource, &chosen.routes(), now)? {
+                    for t in create_routed_tasks(conn, &author, &p.org_id, &e.id, &e.resource, &chosen.routes(), now)? {
                         task_ids.push(t.id.clone());
                         tasks.push((t.id.clone(), t.json()?));
                     }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::access;
+use super::flow::Author;
+use super::provenance;
 use super::referral::{enforce_referral_rules, referral_issues};
 use super::route::Plan;
 use super::{Ctx, Gateway, Reply, WriteOpts, resource_reply, served_type};
@@ -14,7 +16,7 @@ use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, has_errors};
 use crate::fhir::search::index_values;
 use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, stamp_meta, type_spec};
-use crate::lifecycle::{self, Actor, Needs};
+use crate::lifecycle::{self, Actor};
 use crate::routing::{self, DirectoryFacts};
 use crate::store::resources::{self, StoredResource};
 use crate::store::{DbConn, StoreError};
@@ -91,7 +93,7 @@ pub(super) fn performer_facts(conn: &mut DbConn, sr: &Value) -> Result<Directory
 /// Task points to is stored.
 pub(super) fn insert_resource(
     conn: &mut DbConn,
-    p: &Principal,
+    author: &Author,
     spec: &TypeSpec,
     id: &str,
     body: &mut Value,
@@ -109,7 +111,8 @@ pub(super) fn insert_resource(
     };
     resources::insert_new(conn, &stored, &index_values(spec, body))?;
     access::grant_sender(conn, spec, id, sender_org)?;
-    tracing::info!(resource_type = spec.name, id, version = 1, client = %p.name, "created");
+    provenance::record(conn, &stored, author, "CREATE")?;
+    tracing::info!(resource_type = spec.name, id, version = 1, client = %author.client, "created");
     Ok(stored)
 }
 
@@ -117,7 +120,8 @@ pub(super) fn insert_resource(
 /// caller's to write, with [`access::grant_task`]).
 pub(super) fn create_routed_tasks(
     conn: &mut DbConn,
-    p: &Principal,
+    author: &Author,
+    sender_org: &str,
     sr_id: &str,
     sr: &Value,
     routes: &[routing::Route],
@@ -126,7 +130,7 @@ pub(super) fn create_routed_tasks(
     let task_spec = type_spec("Task").expect("Task is served");
     let mut out = Vec::new();
     for route in routes {
-        let mut task = routing::task_for(sr_id, sr, route, &p.org_id, &instant(now));
+        let mut task = routing::task_for(sr_id, sr, route, sender_org, &instant(now));
         // Routed Tasks pass the Task profile like any other write.
         let mut issues = Vec::new();
         crate::fhir::validate_resource(&task, "Task", &mut issues);
@@ -135,7 +139,7 @@ pub(super) fn create_routed_tasks(
             return Err(ApiError::Internal(format!("a routed Task fails validation: {codes:?}")));
         }
         let id = uuid::Uuid::new_v4().to_string();
-        out.push(insert_resource(conn, p, task_spec, &id, &mut task, &p.org_id, now)?);
+        out.push(insert_resource(conn, author, task_spec, &id, &mut task, sender_org, now)?);
         tracing::info!(task = %id, via = %route.via, "routed");
     }
     Ok(out)
@@ -263,10 +267,11 @@ impl Gateway {
                 }
                 _ => {}
             }
-            let stored = insert_resource(conn, p, spec, &id, &mut body, &p.org_id, now)?;
+            let author = Author::of(p, &ctx.correlation_id);
+            let stored = insert_resource(conn, &author, spec, &id, &mut body, &p.org_id, now)?;
             if let Some(plan) = &plan {
                 let mut task_ids = Vec::new();
-                for task in create_routed_tasks(conn, p, &id, &body, &plan.routes(), now)? {
+                for task in create_routed_tasks(conn, &author, &p.org_id, &id, &body, &plan.routes(), now)? {
                     access::grant_task(conn, &task.id, &task.json()?)?;
                     task_ids.push(task.id);
                 }
@@ -308,7 +313,8 @@ impl Gateway {
                         }
                         check_endpoint_address(resource, self.allow_loopback_webhooks, spec.name)?;
                         let mut body = resource.clone();
-                        let stored = insert_resource(conn, p, spec, id, &mut body, &p.org_id, now_ms())?;
+                        let author = Author::of(p, &ctx.correlation_id);
+                        let stored = insert_resource(conn, &author, spec, id, &mut body, &p.org_id, now_ms())?;
                         Ok(resource_reply(ctx, 201, &stored, true, &issues))
                     }
                     _ => Err(ApiError::not_found()),
@@ -384,7 +390,9 @@ impl Gateway {
                 "ServiceRequest" => access::regrant_tasks_of(conn, id)?,
                 _ => {}
             }
+            provenance::record(conn, &stored, &Author::of(p, &ctx.correlation_id), "UPDATE")?;
             tracing::info!(resource_type = spec.name, id, version, client = %p.name, "updated");
+            self.after_update(conn, &ctx.correlation_id, &old, &stored)?;
             Ok(resource_reply(ctx, 200, &stored, false, &issues))
         })
     }
@@ -409,6 +417,25 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
         Role::Referrer => Actor::Referrer,
         Role::Operator => Actor::Operator,
     };
+    check_task_move(actor, p.role.as_str(), old, new)
+}
+
+/// The Task rules of PRODUCT.md §6 for one change by `actor` (Signpost's own moves included).
+pub(super) fn check_task_move(actor: Actor, who: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+    // The move first: an illegal move is a 409 whatever else the change holds.
+    let from = old.get("status").and_then(Value::as_str).unwrap_or("");
+    let to = new.get("status").and_then(Value::as_str).unwrap_or("");
+    if let Err(allowed) = lifecycle::check(from, to, actor) {
+        let moves = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+        return Err(ApiError::new(
+            409,
+            Issue::error(
+                IssueCode::IllegalTransition,
+                format!("a {who} cannot move a Task from '{from}' to '{to}'; allowed moves: {moves}"),
+            )
+            .at("Task.status"),
+        ));
+    }
     if let Some(editable) = lifecycle::editable(actor) {
         let mut keys: Vec<&String> = old.as_object().into_iter().flat_map(|o| o.keys()).collect();
         keys.extend(new.as_object().into_iter().flat_map(|o| o.keys()));
@@ -419,7 +446,7 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
             .filter(|k| !matches!(k.as_str(), "meta" | "id" | "resourceType"))
             .filter(|k| old.get(k.as_str()) != new.get(k.as_str()) && !editable.contains(&k.as_str()))
             .map(|k| {
-                Issue::error(IssueCode::FieldNotChangeable, format!("a {} may not change Task.{k}", p.role.as_str()))
+                Issue::error(IssueCode::FieldNotChangeable, format!("a {who} may not change Task.{k}"))
                     .at(format!("Task.{k}"))
             })
             .collect();
@@ -427,37 +454,20 @@ fn check_task_change(p: &Principal, old: &Value, new: &Value) -> Result<(), ApiE
             return Err(ApiError::issues(422, issues));
         }
     }
-    let from = old.get("status").and_then(Value::as_str).unwrap_or("");
-    let to = new.get("status").and_then(Value::as_str).unwrap_or("");
-    if let Err(allowed) = lifecycle::check(from, to, actor) {
-        let moves = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-        return Err(ApiError::new(
-            409,
-            Issue::error(
-                IssueCode::IllegalTransition,
-                format!("a {} cannot move a Task from '{from}' to '{to}'; allowed moves: {moves}", p.role.as_str()),
-            )
-            .at("Task.status"),
-        ));
-    }
-    if from != to {
-        match lifecycle::needs(to) {
-            Some(Needs::StatusReason) if new.get("statusReason").is_none() => {
-                return Err(ApiError::new(
-                    422,
-                    Issue::error(IssueCode::ReasonRequired, format!("moving a Task to '{to}' needs a statusReason"))
-                        .at("Task.statusReason"),
-                ));
-            }
-            Some(Needs::Output) if new.get("output").is_none() => {
-                return Err(ApiError::new(
-                    422,
-                    Issue::error(IssueCode::OutputRequired, "completing a Task needs an output with the outcome")
-                        .at("Task.output"),
-                ));
-            }
-            _ => {}
-        }
+    let problems = lifecycle::check_codes(new, from != to, &|k| old.get(k) != new.get(k));
+    if !problems.is_empty() {
+        let issues = problems
+            .into_iter()
+            .map(|pr| {
+                let code = match (pr.missing, pr.path.as_str()) {
+                    (true, "Task.output") => IssueCode::OutputRequired,
+                    (true, _) => IssueCode::ReasonRequired,
+                    (false, _) => IssueCode::UnknownLifecycleCode,
+                };
+                Issue::error(code, pr.message).at(pr.path)
+            })
+            .collect();
+        return Err(ApiError::issues(422, issues));
     }
     Ok(())
 }

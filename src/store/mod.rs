@@ -14,6 +14,7 @@ pub mod changes;
 pub mod clients;
 pub mod idempotency;
 pub mod outbox;
+pub mod provenance;
 pub mod resources;
 pub mod routing;
 pub mod schema;

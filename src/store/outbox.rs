@@ -57,7 +57,7 @@ pub const FAILED: &str = "failed";
 pub const MAX_IN_FLIGHT: i64 = 4;
 
 /// The Organization behind a Task's owner (an Organization, or a HealthcareService's provider).
-fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
+pub fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
     let Some((ty, id)) = task.get("owner").and_then(crate::fhir::reference_of) else { return Ok(None) };
     match ty {
         "Organization" => Ok(Some(id.to_string())),
@@ -126,7 +126,7 @@ fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError>
 /// Write the outbox rows for a new or changed Task: one per active Endpoint of the charity that
 /// owns it and of the organisation that sent its referral. A new Task is `referral.created`; a
 /// change of `status` or `businessStatus` is `referral.updated` (`referral.cancelled` when
-/// cancelled); other changes notify nobody.
+/// cancelled); other changes, and Signpost's own `delivered` / `viewed` stages, notify nobody.
 pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), StoreError> {
     let body = task.json()?;
     let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
@@ -141,6 +141,12 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
         {
             return Ok(());
         }
+        // The stages Signpost records itself (delivered, viewed) are visible on the Task but
+        // notify nobody: a delivery must not cause another delivery.
+        let stage = crate::lifecycle::code_in(body.get("businessStatus"), crate::lifecycle::STAGE_SYSTEM);
+        if previous.get("status") == body.get("status") && matches!(stage, Some("delivered" | "viewed")) {
+            return Ok(());
+        }
         if status == "cancelled" { "referral.cancelled" } else { "referral.updated" }
     };
     let sr = body
@@ -149,11 +155,14 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
         .filter(|(t, _)| *t == "ServiceRequest")
         .map(|(_, id)| id.to_string());
     let mut orgs: Vec<String> = owner_org(conn, &body)?.into_iter().collect();
+    let mut referrer_endpoints = Vec::new();
     if let Some(sr) = &sr
         && let Some(sender) = resources::sender_of(conn, "ServiceRequest", sr)?
     {
+        referrer_endpoints = endpoints_of(conn, &sender)?;
         orgs.push(sender);
     }
+    let finished = task.version_id > 1 && crate::lifecycle::is_finished(status);
     orgs.sort();
     orgs.dedup();
     let mut endpoints = Vec::new();
@@ -173,8 +182,18 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
                 "eventNumber": number,
             }
         });
-        if wants_full(conn, &endpoint)? {
+        let full = wants_full(conn, &endpoint)?;
+        if full {
             payload["data"]["resources"] = full_resources(conn, &body, sr.as_deref())?;
+        }
+        // A finished Task tells the referrer where its outcome summary is (the summary itself
+        // for an Endpoint that asked for full resources).
+        if finished && referrer_endpoints.contains(&endpoint) {
+            payload["data"]["outcomeSummary"] = if full {
+                crate::summary::outcome_document(conn, task)?
+            } else {
+                json!(format!("Task/{}/$outcome-summary", task.id))
+            };
         }
         diesel::insert_into(outbox::table)
             .values(OutboxRow {

@@ -146,3 +146,19 @@ diesel::table! {
         notified_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    provenance (id) {
+        id -> Text,
+        target_type -> Text,
+        target_id -> Text,
+        target_version -> BigInt,
+        recorded -> BigInt,
+        client -> Text,
+        org -> Nullable<Text>,
+        role -> Text,
+        activity -> Text,
+        correlation_id -> Text,
+        reason -> Nullable<Text>,
+    }
+}

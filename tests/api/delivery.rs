@@ -208,6 +208,66 @@ async fn status_changes_notify_the_charity_and_the_referrer() {
     assert!(gp.hits().iter().all(|h| verify(&gp_secret, h)));
 }
 
+/// Delivery to the charity records the `delivered` stage and the charity's first read `viewed`,
+/// neither notifying anyone; when the charity completes, the referrer's Endpoint hears it with
+/// the address of the outcome summary (or the summary itself, for a full-resource Endpoint).
+#[tokio::test]
+async fn delivery_marks_delivered_and_the_referrer_receives_the_outcome_summary() {
+    let (app, receiver, worker, _) = setup().await;
+    let gp = Receiver::start().await;
+    point_endpoint(&app, "riverside-outcomes", "riverside-medical-practice", &gp.url).await;
+    let (sr, _) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    assert_eq!(worker.drain_all(now()).await.unwrap().delivered, 2);
+    let tid = app.tasks_of(REFERRER, &sr).await[0]["id"].as_str().unwrap().to_string();
+    let path = format!("/fhir/Task/{tid}");
+    let seen = app.get(REFERRER, &path).await.body;
+    assert_eq!(seen["businessStatus"]["coding"][0]["code"], "delivered");
+    let read = app.get(STROKE, &path).await;
+    assert_eq!(read.body["businessStatus"]["coding"][0]["code"], "viewed");
+    assert_eq!(worker.drain_all(now()).await.unwrap().claimed, 0, "delivered and viewed notify nobody");
+
+    let mut done = read.body.clone();
+    done["status"] = json!("accepted");
+    let accepted = app.put(STROKE, &path, &done, None).await.body;
+    let mut done = accepted.clone();
+    done["status"] = json!("completed");
+    done["output"] = json!([{ "type": { "text": "outcome" }, "valueCodeableConcept": { "coding": [{
+        "system": "https://signpost.example/fhir/CodeSystem/support-outcome", "code": "advice-given" }] } }]);
+    assert_eq!(app.put(STROKE, &path, &done, None).await.status, 200);
+    worker.drain_all(now()).await.unwrap();
+    let last: Value = serde_json::from_slice(&gp.hits().last().unwrap().body).unwrap();
+    assert_eq!(last["type"], "referral.updated");
+    assert_eq!(last["data"]["outcomeSummary"], format!("Task/{tid}/$outcome-summary"));
+    let charity_last: Value = serde_json::from_slice(&receiver.hits().last().unwrap().body).unwrap();
+    assert!(charity_last["data"].get("outcomeSummary").is_none(), "the summary is for the referrer");
+    let summary = app.get(REFERRER, &format!("{path}/$outcome-summary")).await;
+    assert_eq!(summary.status, 200);
+    assert!(summary.body.to_string().contains("Advice and information given"));
+
+    // A referrer Endpoint that asked for full resources gets the document itself.
+    let mut full = app.get(OPERATOR, "/fhir/Endpoint/riverside-outcomes").await.body;
+    full["payloadType"] = json!([{ "coding": [{ "system": "https://signpost.example/fhir/CodeSystem/webhook-payload", "code": "full-resource" }] }]);
+    assert_eq!(app.put(OPERATOR, "/fhir/Endpoint/riverside-outcomes", &full, None).await.status, 200);
+    let (sr2, _) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    let t2 = app.tasks_of(STROKE, &sr2).await[0].clone();
+    let mut rejected = t2.clone();
+    rejected["status"] = json!("rejected");
+    rejected["statusReason"] = json!({ "coding": [{ "system": "https://signpost.example/fhir/CodeSystem/rejection-reason", "code": "service-full" }] });
+    assert_eq!(
+        app.put(STROKE, &format!("/fhir/Task/{}", t2["id"].as_str().unwrap()), &rejected, None).await.status,
+        200
+    );
+    worker.drain_all(now()).await.unwrap();
+    let documents: Vec<Value> = gp
+        .hits()
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap())
+        .filter(|b| b["data"]["outcomeSummary"]["resourceType"] == "Bundle")
+        .collect();
+    assert!(!documents.is_empty(), "the document was pushed");
+    assert!(documents[0]["data"]["outcomeSummary"].to_string().contains("Service full"));
+}
+
 #[tokio::test]
 async fn failures_retry_on_the_schedule_with_one_webhook_id_then_dead_letter_and_resend() {
     let (app, receiver, worker, _) = setup().await;

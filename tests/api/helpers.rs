@@ -17,6 +17,7 @@ pub const REFERRER_2: &str = "test-referrer-lgi";
 pub const STROKE: &str = "test-charity-stroke";
 pub const BEFRIENDING: &str = "test-charity-befriending";
 pub const OPERATOR: &str = "test-operator";
+pub const AGE_UK: &str = "test-charity-ageuk";
 
 pub struct TestApp {
     pub base: String,
@@ -140,6 +141,7 @@ pub fn test_settings(db_url: &str) -> Settings {
         client(STROKE, Role::Charity, "stroke-association"),
         client(BEFRIENDING, Role::Charity, "befriending-network-leeds"),
         client(OPERATOR, Role::Operator, "signpost-operator"),
+        client(AGE_UK, Role::Charity, "age-uk-leeds"),
     ];
     s
 }
