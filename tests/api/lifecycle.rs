@@ -162,20 +162,7 @@ fn force_status(app: &TestApp, id: &str, status: &str) {
 #[tokio::test]
 async fn every_move_of_every_actor_through_the_api() {
     let app = spawn().await;
-    let statuses = [
-        "draft",
-        "requested",
-        "received",
-        "accepted",
-        "rejected",
-        "ready",
-        "cancelled",
-        "in-progress",
-        "on-hold",
-        "failed",
-        "completed",
-        "entered-in-error",
-    ];
+    let statuses = signpost::lifecycle::STATUSES;
     let open = ["requested", "accepted", "in-progress", "on-hold"];
     let allowed = |from: &str, to: &str, who: &str| -> bool {
         match who {
@@ -193,7 +180,7 @@ async fn every_move_of_every_actor_through_the_api() {
     let (sr, tid) = routed_task(&app).await;
     let path = format!("/fhir/Task/{tid}");
     let mut moves = 0;
-    for from in statuses {
+    for from in statuses.iter().copied() {
         for to in statuses.iter().filter(|t| **t != from) {
             for (who, key) in [("charity", STROKE), ("referrer", REFERRER), ("operator", OPERATOR)] {
                 force_status(&app, &tid, from);
