@@ -42,6 +42,17 @@ impl ApiError {
         Self::new(403, Issue::error(IssueCode::Forbidden, diag))
     }
 
+    /// Rewrite the issues' expressions (e.g. from a derived Bundle back to the one received).
+    pub fn map_expressions(&mut self, f: impl Fn(&str) -> String) {
+        if let ApiError::Refused { issues, .. } = self {
+            for issue in issues {
+                if let Some(e) = &issue.expression {
+                    issue.expression = Some(f(e));
+                }
+            }
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {

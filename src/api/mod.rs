@@ -82,6 +82,7 @@ pub enum Action {
     /// `Endpoint/$delivery`: the operators' delivery view.
     EndpointDelivery,
     EndpointAlerts,
+    ProcessMessage,
     Timeline,
     OutcomeSummary,
 }
@@ -108,6 +109,7 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
     // Operations first: `/{type}/{id}` would otherwise claim `/{type}/$validate`.
     ("/$validate", "POST", Action::Validate, "$validate"),
     ("/$changes", "GET", Action::Changes, "$changes"),
+    ("/$process-message", "POST", Action::ProcessMessage, "$process-message"),
     ("/{type}/$validate", "POST", Action::Validate, "$validate"),
     ("/{type}/$route", "POST", Action::Route, "$route"),
     ("/{type}/$unmatched", "GET", Action::Unmatched, "$unmatched"),
@@ -310,7 +312,13 @@ async fn handle_inner(
     let gw = state.gateway.clone();
     let writes = matches!(
         action,
-        Action::Validate | Action::Transaction | Action::Create | Action::Update | Action::Patch | Action::Route
+        Action::Validate
+            | Action::Transaction
+            | Action::ProcessMessage
+            | Action::Create
+            | Action::Update
+            | Action::Patch
+            | Action::Route
     );
     let mut permit = None;
     let (body, opts) = if writes {
@@ -340,12 +348,14 @@ async fn handle_inner(
         (None, Default::default())
     };
     let query = request::query_pairs(req)?;
+    let message_headers = request::message_headers(req);
     let result = web::block(move || match action {
         Action::Validate => {
             let profile = query.iter().find(|(k, _)| k == "profile").map(|(_, v)| v.clone());
             gw.validate(&ctx, (!ty.is_empty()).then_some(ty.as_str()), body.unwrap_or_default(), profile)
         }
         Action::Transaction => gw.transaction(&ctx, body.unwrap_or_default(), &opts),
+        Action::ProcessMessage => gw.process_message(&ctx, body.unwrap_or_default(), &opts, &message_headers),
         Action::Create => gw.create(&ctx, &ty, body.unwrap_or_default(), &opts),
         Action::Update => gw.update(&ctx, &ty, &id, Change::Replace(body.unwrap_or_default()), &opts),
         Action::Patch => {

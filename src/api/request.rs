@@ -220,6 +220,7 @@ pub fn write_opts(req: &HttpRequest, body: &[u8]) -> Result<WriteOpts, ApiError>
         request_hash: hex::encode(hash.finalize()),
         if_match,
         if_none_exist: header(req, "if-none-exist").map(str::to_string),
+        message: None,
     })
 }
 
@@ -227,4 +228,13 @@ pub fn write_opts(req: &HttpRequest, body: &[u8]) -> Result<WriteOpts, ApiError>
 pub fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
         .map_err(|_| ApiError::new(400, Issue::error(IssueCode::BadSearchValue, "the query string cannot be decoded")))
+}
+
+/// The BaRS headers of a message, as sent (not the correlation id Signpost makes up when one is
+/// missing).
+pub fn message_headers(req: &HttpRequest) -> crate::gateway::messaging::MessageHeaders {
+    crate::gateway::messaging::MessageHeaders {
+        request_id: header(req, "x-request-id").map(str::to_string),
+        correlation_id: header(req, "x-correlation-id").map(str::to_string),
+    }
 }

@@ -374,15 +374,23 @@ impl Worker {
         let Some(signature) = signature::header(secret, previous, &row.id, timestamp, &row.body) else {
             return retry("the endpoint secret is not valid".into());
         };
-        let sent = client
+        // A message's own headers (X-Request-Id, X-Correlation-Id); a message is FHIR JSON.
+        let extra = row.headers.as_deref().and_then(|h| serde_json::from_str::<serde_json::Map<String, Value>>(h).ok());
+        let content_type = if extra.is_some() { "application/fhir+json" } else { "application/json" };
+        let mut request = client
             .post(target.url.clone())
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .header("webhook-id", &row.id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(row.body.clone())
-            .send()
-            .await;
+            .header("webhook-signature", signature);
+        if let Some(extra) = extra {
+            for (name, value) in extra {
+                if let Some(v) = value.as_str() {
+                    request = request.header(name, v);
+                }
+            }
+        }
+        let sent = request.body(row.body.clone()).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return retry("timed out".into()),

@@ -10,6 +10,7 @@ mod access;
 pub mod directory;
 mod endpoints;
 pub mod flow;
+pub mod messaging;
 mod provenance;
 mod read;
 mod referral;
@@ -65,6 +66,9 @@ pub struct WriteOpts {
     pub if_match: Option<i64>,
     /// `If-None-Exist` query.
     pub if_none_exist: Option<String>,
+    /// A transaction made from a BaRS-style message: the index of its focus ServiceRequest and
+    /// where the message came from (stored with the referral, in the same transaction).
+    pub message: Option<(usize, crate::store::messages::MessageOrigin)>,
 }
 
 /// A reply, independent of the HTTP framework (and storable for idempotent replays).

@@ -286,6 +286,15 @@ impl Gateway {
                 }
                 let author = super::flow::Author::of(p, &ctx.correlation_id);
                 let stored = insert_resource(conn, &author, spec, &e.id, &mut e.resource, &p.org_id, now)?;
+                // A message's origin is stored before the referral's Tasks, so that their events
+                // already answer that message.
+                if let Some((focus, origin)) = &opts.message
+                    && *focus == e.index
+                {
+                    let mut origin = origin.clone();
+                    origin.service_request_id = e.id.clone();
+                    crate::store::messages::insert(conn, &origin)?;
+                }
                 if e.ty == "Task" {
                     tasks.push((e.id.clone(), e.resource.clone()));
                 }

@@ -13,6 +13,7 @@ pub mod alerts;
 pub mod changes;
 pub mod clients;
 pub mod idempotency;
+pub mod messages;
 pub mod outbox;
 pub mod provenance;
 pub mod resources;

@@ -29,6 +29,8 @@ pub struct OutboxRow {
     pub fencing: i64,
     pub last_error: Option<String>,
     pub delivered_at: Option<i64>,
+    /// Extra HTTP headers (a JSON object), e.g. a message's X-Correlation-Id.
+    pub headers: Option<String>,
 }
 
 /// An Endpoint's delivery state.
@@ -195,13 +197,22 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
                 json!(format!("Task/{}/$outcome-summary", task.id))
             };
         }
+        let id = uuid::Uuid::new_v4();
+        let mut headers = None;
+        if is_messaging(conn, &endpoint)? {
+            // A BaRS-style receiver gets a response message instead of the webhook payload.
+            let (message, extra) = response_message(conn, &body, task, sr.as_deref(), number, &id)?;
+            payload = message;
+            headers = Some(extra.to_string());
+        }
         diesel::insert_into(outbox::table)
             .values(OutboxRow {
-                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                id: format!("msg_{}", id.simple()),
                 endpoint_id: endpoint,
                 event_number: number,
                 event_type: event_type.to_string(),
                 body: payload.to_string(),
+                headers,
                 created_at: task.last_updated,
                 state: PENDING.into(),
                 attempts: 0,
@@ -215,6 +226,65 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// An Endpoint whose `connectionType` is `hl7-fhir-msg` takes FHIR messages (BaRS style).
+fn is_messaging(conn: &mut DbConn, endpoint: &str) -> Result<bool, StoreError> {
+    let Some(e) = resources::get(conn, "Endpoint", endpoint)? else { return Ok(false) };
+    Ok(e.json()?.pointer("/connectionType/code").and_then(Value::as_str) == Some("hl7-fhir-msg"))
+}
+
+/// The BaRS event code of a response message.
+pub const BARS_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+
+/// A status change as a BaRS-style response message: a `message` Bundle whose MessageHeader
+/// (`servicerequest-response`) answers the referral's original message Bundle (its id in
+/// `response.identifier`) and focuses the Task; with the headers the message travels with
+/// (`X-Request-Id` new per message, `X-Correlation-Id` the conversation's).
+fn response_message(
+    conn: &mut DbConn,
+    task_json: &Value,
+    task: &StoredResource,
+    sr: Option<&str>,
+    number: i64,
+    id: &uuid::Uuid,
+) -> Result<(Value, Value), StoreError> {
+    let origin = match sr {
+        Some(sr) => super::messages::of(conn, sr)?,
+        None => None,
+    };
+    let mut header = json!({
+        "resourceType": "MessageHeader",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "eventCoding": { "system": BARS_EVENTS, "code": "servicerequest-response" },
+        "source": {
+            "name": "Signpost",
+            "endpoint": origin.as_ref().map(|o| o.receiver_base.clone()).unwrap_or_else(|| "urn:signpost".into())
+        },
+        "focus": [{ "reference": format!("urn:uuid:{id}") }],
+    });
+    if let Some(o) = &origin {
+        header["destination"] = json!([{ "endpoint": o.source_endpoint }]);
+        header["response"] = json!({ "identifier": o.bundle_id, "code": "ok" });
+    }
+    let message = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": { "lastUpdated": crate::fhir::instant(task.last_updated) },
+        "type": "message",
+        "timestamp": crate::fhir::instant(task.last_updated),
+        "entry": [
+            { "fullUrl": format!("urn:uuid:{}", header["id"].as_str().unwrap_or_default()), "resource": header },
+            { "fullUrl": format!("urn:uuid:{id}"), "resource": task_json },
+        ],
+    });
+    let correlation = origin.map(|o| o.correlation_id).unwrap_or_else(|| task.id.clone());
+    let headers = json!({
+        "X-Request-Id": id.to_string(),
+        "X-Correlation-Id": correlation,
+        "X-Signpost-Event-Number": number.to_string(),
+    });
+    Ok((message, headers))
 }
 
 /// The Endpoint's state row, created when first needed.

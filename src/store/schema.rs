@@ -130,6 +130,7 @@ diesel::table! {
         fencing -> BigInt,
         last_error -> Nullable<Text>,
         delivered_at -> Nullable<BigInt>,
+        headers -> Nullable<Text>,
     }
 }
 
@@ -160,5 +161,16 @@ diesel::table! {
         activity -> Text,
         correlation_id -> Text,
         reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    messages (service_request_id) {
+        service_request_id -> Text,
+        bundle_id -> Text,
+        correlation_id -> Text,
+        source_endpoint -> Text,
+        receiver_base -> Text,
+        received_at -> BigInt,
     }
 }

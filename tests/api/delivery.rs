@@ -1036,8 +1036,12 @@ async fn a_crash_between_send_and_record_redelivers_with_the_same_id() {
         serve_process_with(&db_url, dir.path(), &[fast[0], fast[1], ("SIGNPOST_FAILPOINTS", "outbox::after_send")]);
     let port = child.port;
     let pid = prepare_process(port, &receiver.url).await;
-    let r = post_referral(port, &pid, "c3-referral").await.unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    // The worker may deliver and hit the fail point before the 201 is written back: the
+    // referral is committed either way (its event exists), so only a 201 or a dropped
+    // connection are acceptable answers.
+    if let Ok(r) = post_referral(port, &pid, "c3-referral").await {
+        assert_eq!(r.status().as_u16(), 201);
+    }
     wait_for_hits(&receiver, 1).await;
     assert_eq!(receiver.hits().len(), 1);
     drop(child);

@@ -11,6 +11,7 @@ mod edge;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod messaging;
 mod referral_rules;
 mod rest;
 mod routing;

@@ -1,0 +1,2 @@
+DROP TABLE messages;
+ALTER TABLE outbox DROP COLUMN headers;
