@@ -7,8 +7,9 @@
 //! SQLite every write transaction holds the database write lock. A reader that asks for
 //! `seq > cursor` therefore never sees n + 1 before n, and never skips a change that commits late.
 //! (A plain PostgreSQL sequence would not do: its numbers are handed out at insert time, not in
-//! commit order.) The price is that writes on PostgreSQL serialise on the counter row for the
-//! rest of their transaction.
+//! commit order.) To keep that serialised stretch short, a write transaction ([`super::write_txn`])
+//! collects its changes and numbers them all just before it commits ([`record`], [`flush`]):
+//! writers on PostgreSQL overlap for everything else they do.
 
 use diesel::dsl::exists;
 use diesel::prelude::*;
@@ -25,6 +26,57 @@ pub struct Change {
     pub resource_id: String,
     pub version_id: i64,
     pub changed_at: i64,
+}
+
+/// Changes waiting for their numbers: (type, id, version, time).
+type Pending = Vec<(String, String, i64, i64)>;
+
+thread_local! {
+    /// The changes of the write transaction running on this thread, numbered at its end.
+    static PENDING: std::cell::RefCell<Option<Pending>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Start collecting this thread's changes (the outermost write transaction); `false` when a
+/// transaction already collects them.
+pub(super) fn begin_collecting() -> bool {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_some() {
+            return false;
+        }
+        *p = Some(Vec::new());
+        true
+    })
+}
+
+/// Number and write the collected changes (just before commit), and stop collecting.
+pub(super) fn flush(conn: &mut DbConn) -> Result<(), StoreError> {
+    let pending = PENDING.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    for (ty, id, version, at) in pending {
+        append(conn, &ty, &id, version, at)?;
+    }
+    Ok(())
+}
+
+/// Drop the collected changes (the transaction rolled back).
+pub(super) fn discard() {
+    PENDING.with(|p| p.borrow_mut().take());
+}
+
+/// Record that `ty/id` now has `version`: collected for the end of the running write
+/// transaction, or appended at once outside one.
+pub fn record(conn: &mut DbConn, ty: &str, id: &str, version: i64, at: i64) -> Result<(), StoreError> {
+    let collected = PENDING.with(|p| match p.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push((ty.to_string(), id.to_string(), version, at));
+            true
+        }
+        None => false,
+    });
+    if !collected {
+        append(conn, ty, id, version, at)?;
+    }
+    Ok(())
 }
 
 /// Record that `ty/id` now has `version`; returns its sequence number. Call inside the write

@@ -196,18 +196,39 @@ pub fn write_txn<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<
 where
     E: From<StoreError>,
 {
+    // SQLite has one writer at a time: this process's writers queue here, in order, instead of
+    // sleeping in SQLite's busy handler (other processes still meet the busy timeout).
+    let _writer = match conn {
+        DbConn::Sqlite(_) => Some(SQLITE_WRITER.lock().unwrap_or_else(|e| e.into_inner())),
+        DbConn::Pg(_) => None,
+    };
     let begun = match conn {
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
         DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
     };
     begun.map_err(|e| E::from(StoreError::from(e)))?;
+    let collecting = changes::begin_collecting();
     // A panic inside `f` rolls the transaction back before it unwinds further, so the pooled
     // connection never goes back to the pool mid-transaction.
     let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
         Ok(outcome) => outcome,
         Err(panic) => {
+            if collecting {
+                changes::discard();
+            }
             let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
             std::panic::resume_unwind(panic);
+        }
+    };
+    // The change log is numbered last, just before the commit (see `changes`).
+    let outcome = match outcome {
+        Ok(value) if collecting => changes::flush(conn).map(|()| value).map_err(E::from),
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if collecting {
+                changes::discard();
+            }
+            Err(e)
         }
     };
     match outcome {
@@ -224,6 +245,9 @@ where
         }
     }
 }
+
+/// The SQLite writers of this process, one at a time.
+static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(test)]
 mod tests {

@@ -125,10 +125,14 @@ fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -
             )
         })
         .collect();
-    // One statement per row: batch inserts are not available through MultiConnection.
-    for row in rows {
-        diesel::insert_into(search_index::table).values(row).execute(conn)?;
+    // One multi-row INSERT (MultiConnection has no batch insert, so per backend).
+    if rows.is_empty() {
+        return Ok(());
     }
+    match conn {
+        DbConn::Sqlite(c) => diesel::insert_into(search_index::table).values(&rows).execute(c)?,
+        DbConn::Pg(c) => diesel::insert_into(search_index::table).values(&rows).execute(c)?,
+    };
     Ok(())
 }
 
@@ -143,7 +147,7 @@ pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -
 
 /// The change log and, for Tasks, the outbox: written with every stored version.
 fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
-    super::changes::append(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
+    super::changes::record(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     if r.resource_type == "Task" {
         crate::failpoint::hit("store::before_outbox");
         super::outbox::enqueue_for_task(conn, r)?;
@@ -199,9 +203,13 @@ pub fn replace_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Resu
             )
         })
         .collect();
-    for row in rows {
-        diesel::insert_into(access_grants::table).values(row).execute(conn)?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    match conn {
+        DbConn::Sqlite(c) => diesel::insert_into(access_grants::table).values(&rows).execute(c)?,
+        DbConn::Pg(c) => diesel::insert_into(access_grants::table).values(&rows).execute(c)?,
+    };
     Ok(())
 }
 

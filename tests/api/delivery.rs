@@ -235,10 +235,18 @@ async fn delivery_marks_delivered_and_the_referrer_receives_the_outcome_summary(
         "system": "https://signpost.example/fhir/CodeSystem/support-outcome", "code": "advice-given" }] } }]);
     assert_eq!(app.put(STROKE, &path, &done, None).await.status, 200);
     worker.drain_all(now()).await.unwrap();
-    let last: Value = serde_json::from_slice(&gp.hits().last().unwrap().body).unwrap();
+    // Deliveries are unordered: the latest event is the one with the highest eventNumber.
+    let latest = |r: &Receiver| -> Value {
+        r.hits()
+            .iter()
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap())
+            .max_by_key(|b| b["data"]["eventNumber"].as_i64().unwrap())
+            .unwrap()
+    };
+    let last = latest(&gp);
     assert_eq!(last["type"], "referral.updated");
     assert_eq!(last["data"]["outcomeSummary"], format!("Task/{tid}/$outcome-summary"));
-    let charity_last: Value = serde_json::from_slice(&receiver.hits().last().unwrap().body).unwrap();
+    let charity_last = latest(&receiver);
     assert!(charity_last["data"].get("outcomeSummary").is_none(), "the summary is for the referrer");
     let summary = app.get(REFERRER, &format!("{path}/$outcome-summary")).await;
     assert_eq!(summary.status, 200);
