@@ -51,7 +51,7 @@ function init(args)
 end
 function request()
   counter = counter + 1
-  local unique = string.format("%d%09d", tid, counter)
+  local unique = string.format("%s%d%09d", os.getenv("BENCH_RUN") or "", tid, counter)
   local body = string.gsub(template, "__UNIQUE__", unique)
   return wrk.format(nil, nil, nil, body)
 end
@@ -134,7 +134,7 @@ def wrk(url, seconds, connections, body_file=None, auth=GP, script=LUA):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         lua = f.name
-    env = dict(os.environ, BENCH_AUTH=auth)
+    env = dict(os.environ, BENCH_AUTH=auth, BENCH_RUN=str(time.time_ns() % 10**8))
     if body_file:
         env["BENCH_BODY"] = body_file
     out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "-s", lua, url],

@@ -28,8 +28,13 @@ pub struct Change {
     pub changed_at: i64,
 }
 
-/// Changes waiting for their numbers: (type, id, version, time).
-type Pending = Vec<(String, String, i64, i64)>;
+/// What a write transaction does last: the changes waiting for their numbers (type, id,
+/// version, time), and the open-Task counts to adjust (Organization, delta).
+#[derive(Default)]
+struct Pending {
+    changes: Vec<(String, String, i64, i64)>,
+    open: Vec<(String, i64)>,
+}
 
 thread_local! {
     /// The changes of the write transaction running on this thread, numbered at its end.
@@ -44,7 +49,7 @@ pub(super) fn begin_collecting() -> bool {
         if p.is_some() {
             return false;
         }
-        *p = Some(Vec::new());
+        *p = Some(Pending::default());
         true
     })
 }
@@ -52,8 +57,20 @@ pub(super) fn begin_collecting() -> bool {
 /// Number and write the collected changes (just before commit), and stop collecting.
 pub(super) fn flush(conn: &mut DbConn) -> Result<(), StoreError> {
     let pending = PENDING.with(|p| p.borrow_mut().take()).unwrap_or_default();
-    for (ty, id, version, at) in pending {
+    for (ty, id, version, at) in pending.changes {
         append(conn, &ty, &id, version, at)?;
+    }
+    // Per Organization, one update (its row is then locked only until the commit that follows).
+    let mut open: Vec<(String, i64)> = Vec::new();
+    for (org, delta) in pending.open {
+        match open.iter_mut().find(|(o, _)| *o == org) {
+            Some((_, d)) => *d += delta,
+            None => open.push((org, delta)),
+        }
+    }
+    open.sort();
+    for (org, delta) in open.into_iter().filter(|(_, d)| *d != 0) {
+        super::routing::add_open(conn, &org, delta)?;
     }
     Ok(())
 }
@@ -67,14 +84,30 @@ pub(super) fn discard() {
 /// transaction, or appended at once outside one.
 pub fn record(conn: &mut DbConn, ty: &str, id: &str, version: i64, at: i64) -> Result<(), StoreError> {
     let collected = PENDING.with(|p| match p.borrow_mut().as_mut() {
-        Some(list) => {
-            list.push((ty.to_string(), id.to_string(), version, at));
+        Some(pending) => {
+            pending.changes.push((ty.to_string(), id.to_string(), version, at));
             true
         }
         None => false,
     });
     if !collected {
         append(conn, ty, id, version, at)?;
+    }
+    Ok(())
+}
+
+/// Adjust an Organization's open-Task count: at the end of the running write transaction, or
+/// at once outside one.
+pub(super) fn count_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(), StoreError> {
+    let collected = PENDING.with(|p| match p.borrow_mut().as_mut() {
+        Some(pending) => {
+            pending.open.push((org.to_string(), delta));
+            true
+        }
+        None => false,
+    });
+    if !collected {
+        super::routing::add_open(conn, org, delta)?;
     }
     Ok(())
 }

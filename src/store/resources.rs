@@ -149,6 +149,12 @@ pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -
 fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
     super::changes::record(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     if r.resource_type == "Task" {
+        let new = r.json()?;
+        let old = match r.version_id {
+            1 => None,
+            v => get_version(conn, "Task", &r.id, v - 1)?.map(|o| o.json()).transpose()?,
+        };
+        super::routing::note_task_change(conn, old.as_ref(), &new)?;
         crate::failpoint::hit("store::before_outbox");
         super::outbox::enqueue_for_task(conn, r)?;
     }

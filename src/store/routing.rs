@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
 
-use super::schema::{resources, routing_decisions, search_index};
+use super::schema::{open_tasks, resources, routing_decisions};
 use super::{DbConn, StoreError};
 use crate::store::resources::StoredResource;
 
@@ -26,23 +26,62 @@ pub fn directory_resources(conn: &mut DbConn) -> Result<Vec<StoredResource>, Sto
     Ok(resources::table.filter(resources::resource_type.eq_any(DIRECTORY_TYPES)).load(conn)?)
 }
 
-/// Open referrals (Tasks requested, accepted, in progress or on hold) per owner Organization id.
+/// Open referrals (Tasks requested, accepted, in progress or on hold) per owner Organization id,
+/// as every Task write keeps them (`open_tasks`, see [`note_task_change`]).
 pub fn open_referrals(conn: &mut DbConn) -> Result<HashMap<String, i64>, StoreError> {
-    let status = diesel::alias!(search_index as status);
-    let open = status
-        .filter(status.field(search_index::resource_type).eq("Task"))
-        .filter(status.field(search_index::param).eq("status"))
-        .filter(status.field(search_index::value).eq_any(["requested", "accepted", "in-progress", "on-hold"]))
-        .select(status.field(search_index::resource_id));
-    let rows: Vec<(String, i64)> = search_index::table
-        .filter(search_index::resource_type.eq("Task"))
-        .filter(search_index::param.eq("owner"))
-        .filter(search_index::value.like("Organization/%"))
-        .filter(search_index::resource_id.eq_any(open))
-        .group_by(search_index::value)
-        .select((search_index::value, count_star()))
-        .load(conn)?;
-    Ok(rows.into_iter().map(|(v, n)| (v.trim_start_matches("Organization/").to_string(), n)).collect())
+    let rows: Vec<(String, i64)> = open_tasks::table.select((open_tasks::org_id, open_tasks::open)).load(conn)?;
+    Ok(rows.into_iter().filter(|(_, n)| *n > 0).collect())
+}
+
+fn open_owner(task: &serde_json::Value) -> Option<String> {
+    let status = task.get("status").and_then(serde_json::Value::as_str)?;
+    if !matches!(status, "requested" | "accepted" | "in-progress" | "on-hold") {
+        return None;
+    }
+    match task.get("owner").and_then(crate::fhir::reference_of) {
+        Some(("Organization", org)) => Some(org.to_string()),
+        _ => None,
+    }
+}
+
+/// Keep `open_tasks` right for a Task going from `old` (none when new) to `new`.
+pub fn note_task_change(
+    conn: &mut DbConn,
+    old: Option<&serde_json::Value>,
+    new: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let (was, is) = (old.and_then(open_owner), open_owner(new));
+    if was == is {
+        return Ok(());
+    }
+    if let Some(org) = was {
+        super::changes::count_open(conn, &org, -1)?;
+    }
+    if let Some(org) = is {
+        super::changes::count_open(conn, &org, 1)?;
+    }
+    Ok(())
+}
+
+/// Add `delta` to an Organization's open Tasks.
+pub(super) fn add_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    let row = (open_tasks::org_id.eq(org), open_tasks::open.eq(delta));
+    match conn {
+        DbConn::Sqlite(c) => diesel::insert_into(open_tasks::table)
+            .values(row)
+            .on_conflict(open_tasks::org_id)
+            .do_update()
+            .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
+            .execute(c)?,
+        DbConn::Pg(c) => diesel::insert_into(open_tasks::table)
+            .values(row)
+            .on_conflict(open_tasks::org_id)
+            .do_update()
+            .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
+            .execute(c)?,
+    };
+    Ok(())
 }
 
 /// A stored decision.

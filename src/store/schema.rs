@@ -174,3 +174,10 @@ diesel::table! {
         received_at -> BigInt,
     }
 }
+
+diesel::table! {
+    open_tasks (org_id) {
+        org_id -> Text,
+        open -> BigInt,
+    }
+}

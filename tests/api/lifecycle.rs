@@ -431,3 +431,38 @@ async fn the_timeline_shows_every_version_with_its_provenance_to_the_referral_pa
     app.get(BEFRIENDING, &format!("/fhir/ServiceRequest/{sr}/$timeline")).await.assert_outcome(404, "not-found");
     app.get(OPERATOR, &format!("/fhir/ServiceRequest/{sr}/$timeline")).await.assert_outcome(403, "forbidden");
 }
+
+/// Routing ranks charities by their open referrals, kept as Tasks are written: after creating,
+/// accepting, rejecting (with a re-route), completing and cancelling, the kept counts equal a
+/// recount of every Task.
+#[tokio::test]
+async fn open_referral_counts_follow_every_task_move() {
+    let app = spawn().await;
+    let (sr_a, ta) = routed_task(&app).await;
+    let (_, tb) = routed_task(&app).await;
+    let (_, tc) = routed_task(&app).await;
+    let accept = |t: &Value| with_status(t, "accepted");
+    let a = app.get(STROKE, &format!("/fhir/Task/{ta}")).await.body;
+    let a = app.put(STROKE, &format!("/fhir/Task/{ta}"), &accept(&a), None).await.body;
+    assert_eq!(app.put(STROKE, &format!("/fhir/Task/{ta}"), &moved(&a, "completed"), None).await.status, 200);
+    let b = app.get(STROKE, &format!("/fhir/Task/{tb}")).await.body;
+    assert_eq!(app.put(STROKE, &format!("/fhir/Task/{tb}"), &moved(&b, "rejected"), None).await.status, 200);
+    let c = app.get(REFERRER, &format!("/fhir/Task/{tc}")).await.body;
+    assert_eq!(app.put(REFERRER, &format!("/fhir/Task/{tc}"), &moved(&c, "cancelled"), None).await.status, 200);
+    app.referral(REFERRER, "Organization/befriending-network-leeds").await;
+    let _ = sr_a;
+
+    let everything = app.get(OPERATOR, "/fhir/Task?_count=100").await.resources();
+    let mut recount = std::collections::HashMap::<String, i64>::new();
+    for t in &everything {
+        if ["requested", "accepted", "in-progress", "on-hold"].contains(&t["status"].as_str().unwrap()) {
+            let owner = t["owner"]["reference"].as_str().unwrap().trim_start_matches("Organization/").to_string();
+            *recount.entry(owner).or_default() += 1;
+        }
+    }
+    let mut conn = app.pool.get().unwrap();
+    let kept = signpost::store::routing::open_referrals(&mut conn).unwrap();
+    assert_eq!(kept, recount);
+    assert_eq!(kept.get("befriending-network-leeds"), Some(&1));
+    assert_eq!(kept.get("stroke-association"), None, "all three stroke Tasks are finished");
+}
