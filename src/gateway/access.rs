@@ -90,7 +90,7 @@ pub(super) fn is_charity(conn: &mut DbConn, org_id: &str) -> Result<bool, StoreE
         count: 1,
         ..Default::default()
     };
-    Ok(resources::search(conn, &criteria)?.0 > 0)
+    Ok(!resources::find(conn, &criteria)?.is_empty())
 }
 
 /// The charity Organization that owns a Task (from `Task.owner`).
@@ -220,7 +220,7 @@ pub(super) fn regrant_tasks_of(conn: &mut DbConn, sr_id: &str) -> Result<(), Sto
         count: 1000,
         ..Default::default()
     };
-    for t in resources::search(conn, &criteria)?.1 {
+    for t in resources::find(conn, &criteria)? {
         grant_task(conn, &t.id, &t.json()?)?;
     }
     Ok(())
@@ -276,7 +276,7 @@ fn task_grants(conn: &mut DbConn, task_id: &str, task: &Value, org: &str) -> Res
                 count: 100,
                 ..Default::default()
             };
-            for c in resources::search(conn, &criteria)?.1 {
+            for c in resources::find(conn, &criteria)? {
                 targets.push(("Consent".into(), c.id));
             }
         }

@@ -107,7 +107,7 @@ pub(super) fn tasks_of(conn: &mut DbConn, sr_id: &str) -> Result<Vec<StoredResou
         count: 1000,
         ..Default::default()
     };
-    Ok(resources::search(conn, &criteria)?.1)
+    resources::find(conn, &criteria)
 }
 
 fn status_of(v: &Value) -> &str {
@@ -272,7 +272,7 @@ impl Gateway {
             count: 100,
             ..Default::default()
         };
-        for c in resources::search(conn, &consents)?.1 {
+        for c in resources::find(conn, &consents)? {
             if crate::fhir::referral_rules::consent_counts(&c.json()?, now) {
                 return Ok(());
             }
@@ -283,7 +283,7 @@ impl Gateway {
             count: 1000,
             ..Default::default()
         };
-        for sr in resources::search(conn, &referrals)?.1 {
+        for sr in resources::find(conn, &referrals)? {
             let n = cancel_open_tasks(conn, &sr.id, "consent-withdrawn", correlation_id)?;
             if n > 0 {
                 tracing::info!(service_request = %sr.id, cancelled = n, "consent withdrawn: open Tasks cancelled");

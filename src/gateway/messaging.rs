@@ -242,7 +242,7 @@ impl Gateway {
                 count: 1,
                 ..Default::default()
             };
-            if let Some(found) = resources::search(&mut conn, &criteria)?.1.into_iter().next() {
+            if let Some(found) = resources::find(&mut conn, &criteria)?.into_iter().next() {
                 return Ok(found.id);
             }
         }

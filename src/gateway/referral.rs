@@ -76,7 +76,7 @@ impl Records for StoreRecords<'_> {
             count: 50,
             ..Default::default()
         };
-        let (_, found) = resources::search(self.conn, &criteria)?;
+        let found = resources::find(self.conn, &criteria)?;
         Ok(Lookup::Found(found.iter().map(resources::StoredResource::json).collect::<Result<_, _>>()?))
     }
 }

@@ -374,7 +374,7 @@ pub(super) fn match_directory_org(conn: &mut DbConn, org: &Value) -> Result<Opti
             count: 1,
             ..Default::default()
         };
-        let (_, found) = resources::search(conn, &criteria)?;
+        let found = resources::find(conn, &criteria)?;
         if let Some(r) = found.first() {
             return Ok(Some(r.id.clone()));
         }

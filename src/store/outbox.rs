@@ -122,7 +122,7 @@ fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError>
         count: 20,
         ..Default::default()
     };
-    Ok(resources::search(conn, &criteria)?.1.into_iter().map(|r| r.id).collect())
+    Ok(resources::find(conn, &criteria)?.into_iter().map(|r| r.id).collect())
 }
 
 /// Write the outbox rows for a new or changed Task: one per active Endpoint of the charity that

@@ -358,17 +358,30 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
     Ok(Some(narrowed))
 }
 
+/// The matches of a search, one page of them, without counting them all (for Signpost's own
+/// lookups, which never need the total).
+pub fn find(conn: &mut DbConn, q: &SearchQuery) -> Result<Vec<StoredResource>, StoreError> {
+    let q = narrow(conn, q)?.unwrap_or_else(|| q.clone());
+    page_of(conn, &q)
+}
+
 fn search_all(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {
     if q.ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok((0, Vec::new()));
     }
     let total: i64 = filtered(q).count().get_result(conn)?;
+    Ok((total, page_of(conn, q)?))
+}
+
+fn page_of(conn: &mut DbConn, q: &SearchQuery) -> Result<Vec<StoredResource>, StoreError> {
+    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
     let mut page = filtered(q);
     page = match q.sort_desc {
         Some(true) => page.order((resources::last_updated.desc(), resources::id.desc())),
         Some(false) => page.order((resources::last_updated.asc(), resources::id.asc())),
         None => page.order(resources::id.asc()),
     };
-    let rows = page.limit(q.count).offset(q.offset).load::<StoredResource>(conn)?;
-    Ok((total, rows))
+    Ok(page.limit(q.count).offset(q.offset).load::<StoredResource>(conn)?)
 }

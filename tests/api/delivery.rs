@@ -515,8 +515,12 @@ async fn two_gateway_processes_share_the_outbox_without_double_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database(dir.path());
     let (receiver, gp) = (Receiver::start().await, Receiver::start().await);
-    let a = serve_process(&db_url, dir.path());
-    let b = serve_process(&db_url, dir.path());
+    // The default lease: with the short one of the crash tests, a send recorded late under a
+    // busy test machine could expire and be redelivered (allowed, at least once, but this test
+    // checks that claims never overlap).
+    let lease = [("SIGNPOST__DELIVERY__TIMEOUT_SECS", "15"), ("SIGNPOST__DELIVERY__LEASE_SECS", "60")];
+    let a = serve_process_with(&db_url, dir.path(), &lease);
+    let b = serve_process_with(&db_url, dir.path(), &lease);
     let pid = prepare_process(a.port, &receiver.url).await;
     let gp_endpoint = json!({ "resourceType": "Endpoint", "id": "riverside-outcomes", "status": "active",
         "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
@@ -560,10 +564,10 @@ async fn two_gateway_processes_share_the_outbox_without_double_delivery() {
     drop((a, b));
     let hits: Vec<Hit> = receiver.hits().into_iter().chain(gp.hits()).collect();
     let mut ids: Vec<String> = hits.iter().map(|h| h.headers["webhook-id"].to_str().unwrap().to_string()).collect();
-    assert_eq!(ids.len(), expected, "every event delivered");
+    let received = ids.len();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), expected, "and none twice");
+    assert_eq!((received, ids.len()), (expected, expected), "(requests received, distinct events)");
     // Per Endpoint, the event numbers run 1..=n with no gap.
     for r in [&receiver, &gp] {
         let mut numbers: Vec<i64> = r
