@@ -262,6 +262,18 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
         query = query.filter(resources::id.eq_any(ids));
     }
     for (param, values) in &q.params {
+        if q.ids.is_some() {
+            // A known, short list of ids: probe the index for each (its primary key) rather
+            // than collect every resource with the value.
+            query = query.filter(diesel::dsl::exists(
+                search_index::table
+                    .filter(search_index::resource_type.eq(&q.resource_type))
+                    .filter(search_index::param.eq(param))
+                    .filter(search_index::value.eq_any(values))
+                    .filter(search_index::resource_id.eq(resources::id)),
+            ));
+            continue;
+        }
         query = query.filter(
             resources::id.eq_any(
                 search_index::table
@@ -299,11 +311,15 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
 /// query for everything.
 const FEW: usize = 200;
 
+/// The most resources of a type an Organization's grants may give for the search to start from
+/// them.
+const GRANTED: usize = 10_000;
+
 /// Run a search: the total number of matches and one page of them.
 ///
-/// A selective parameter (`identifier`, `_id`) is resolved first: its few candidate ids, then
-/// which of them the caller may see (index lookups on the grants' primary key), then the rest of
-/// the search over those ids. One query for everything would leave the join order to the
+/// A selective start is resolved first — the few candidates of `identifier` or `_id`, or the
+/// resources the caller's Organization holds grants on (up to 10,000) — then the rest of the
+/// search probes the index for each of those ids. One query for everything would leave the join order to the
 /// database's statistics, and a PostgreSQL whose statistics lag behind fast-growing tables
 /// scans every grant of the caller's Organization for each conditional create.
 pub fn search(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {
@@ -315,12 +331,9 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredReso
 
 fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, StoreError> {
     let identifier = q.params.iter().position(|(p, _)| p == "identifier");
-    if identifier.is_none() && q.ids.is_none() {
-        return Ok(None);
-    }
     let mut narrowed = q.clone();
-    let mut ids: Vec<String> = match identifier {
-        Some(i) => {
+    let mut ids: Vec<String> = match (identifier, &q.ids, &q.visible_to) {
+        (Some(i), _, _) => {
             let (param, values) = narrowed.params.remove(i);
             let found: Vec<String> = search_index::table
                 .filter(search_index::resource_type.eq(&q.resource_type))
@@ -337,14 +350,31 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
                 None => found,
             }
         }
-        None => q.ids.clone().unwrap_or_default(),
+        (None, Some(ids), _) => ids.clone(),
+        // What an Organization may see is usually far less than everything (a charity's own
+        // Tasks): start from its grants.
+        (None, None, Some(org)) => {
+            let granted: Vec<String> = access_grants::table
+                .filter(access_grants::resource_type.eq(&q.resource_type))
+                .filter(access_grants::org_id.eq(org))
+                .select(access_grants::resource_id)
+                .distinct()
+                .limit(GRANTED as i64 + 1)
+                .load(conn)?;
+            if granted.len() > GRANTED {
+                return Ok(None);
+            }
+            narrowed.visible_to = None;
+            granted
+        }
+        (None, None, None) => return Ok(None),
     };
-    if ids.len() > FEW {
+    if ids.len() > GRANTED {
         return Ok(None);
     }
     ids.sort();
     ids.dedup();
-    if let Some(org) = &q.visible_to {
+    if let Some(org) = &narrowed.visible_to {
         ids = access_grants::table
             .filter(access_grants::resource_type.eq(&q.resource_type))
             .filter(access_grants::org_id.eq(org))
