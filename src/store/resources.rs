@@ -399,8 +399,13 @@ fn search_all(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredReso
     if q.ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok((0, Vec::new()));
     }
+    let page = page_of(conn, q)?;
+    // A first page that is not full holds every match: no need to count them.
+    if q.offset == 0 && (page.len() as i64) < q.count {
+        return Ok((page.len() as i64, page));
+    }
     let total: i64 = filtered(q).count().get_result(conn)?;
-    Ok((total, page_of(conn, q)?))
+    Ok((total, page))
 }
 
 fn page_of(conn: &mut DbConn, q: &SearchQuery) -> Result<Vec<StoredResource>, StoreError> {
