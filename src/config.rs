@@ -19,7 +19,7 @@
 //! | `limits.max_string_bytes` | `65536` | longest JSON string (400 above) |
 //! | `limits.max_issues` | `100` | issues in one OperationOutcome; one more issue says how many were left out |
 //! | `limits.body_timeout_secs` | `10` | time allowed to send a request body (408 after) |
-//! | `limits.max_concurrent_writes` | `16` | writes and validations in progress at once; more wait briefly, then get 503 with `Retry-After` |
+//! | `limits.max_concurrent_writes` | `16` | writes and validations in progress at once; more wait up to 250 ms, then get 503 with `Retry-After` |
 //! | `delivery.enabled` | `true` | run the webhook delivery worker inside `serve` |
 //! | `delivery.allow_loopback` | `false` (always on in sandbox mode) | allow `http` and loopback webhook addresses (tests, the sandbox) |
 //! | `delivery.timeout_secs` | `15` | per-attempt timeout (1–30) |

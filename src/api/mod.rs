@@ -29,8 +29,10 @@ use crate::store::clients;
 
 pub use request::CorrelationId;
 
-/// How long a write waits for a free slot (`limits.max_concurrent_writes`) before 503.
-const HEAVY_WAIT: Duration = Duration::from_secs(2);
+/// How long a write waits for a free slot (`limits.max_concurrent_writes`) before 503: short, so
+/// that under overload the requests that are taken keep their latency and the rest are told to
+/// come back (`Retry-After`) instead of queueing.
+const HEAVY_WAIT: Duration = Duration::from_millis(250);
 
 /// FHIR JSON media type of every response.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
