@@ -65,6 +65,9 @@ impl Gateway {
         opts: &WriteOpts,
         headers: &MessageHeaders,
     ) -> Result<Reply, ApiError> {
+        if ctx.principal.role == crate::auth::Role::Charity {
+            return Err(ApiError::forbidden("referral messages come from referrers; charities update their Tasks"));
+        }
         let (Some(request_id), Some(correlation_id)) = (&headers.request_id, &headers.correlation_id) else {
             return Err(ApiError::new(
                 400,
@@ -165,6 +168,7 @@ impl Gateway {
         let sr = entries[focus_index]["resource"].clone();
         let mut opts = opts.clone();
         opts.idempotency_key = Some(key);
+        let mut warnings: Vec<Value> = Vec::new();
         let (reply_sr, reply_status) = match reason.as_str() {
             "new" => {
                 let tx = self.as_transaction(&entries, focus_index)?;
@@ -182,6 +186,24 @@ impl Gateway {
                     .map_err(|_| ApiError::Internal("transaction response".into()))?;
                 let location = response.pointer(&format!("/entry/{}/response/location", tx.1)).and_then(Value::as_str);
                 let id = location.and_then(|l| l.split('/').nth(1)).unwrap_or_default().to_string();
+                // The warnings each entry got, pointed back at the message's own entries.
+                for (i, entry) in response.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                    for issue in
+                        entry.pointer("/response/outcome/issue").and_then(Value::as_array).into_iter().flatten()
+                    {
+                        let mut issue = issue.clone();
+                        if let Some(exprs) = issue.get_mut("expression").and_then(Value::as_array_mut) {
+                            for e in exprs.iter_mut() {
+                                if let Some(text) = e.as_str() {
+                                    *e = json!(renumber_expression(text, &tx.2));
+                                }
+                            }
+                        } else if let Some(origin) = tx.2.get(i) {
+                            issue["expression"] = json!([format!("Bundle.entry[{origin}].resource")]);
+                        }
+                        warnings.push(issue);
+                    }
+                }
                 (id, 200)
             }
             "update" | "delete" => {
@@ -222,7 +244,7 @@ impl Gateway {
                 ));
             }
         };
-        self.response_message(ctx, &bundle_id, &source, &reply_sr, reply_status)
+        self.response_message(ctx, &bundle_id, &source, &reply_sr, reply_status, warnings)
     }
 
     /// The stored referral an update or cancellation message is about: the caller's
@@ -345,6 +367,7 @@ impl Gateway {
         destination: &str,
         sr_id: &str,
         status: u16,
+        warnings: Vec<Value>,
     ) -> Result<Reply, ApiError> {
         let mut conn = self.conn()?;
         let sr = resources::get(&mut conn, "ServiceRequest", sr_id)?.ok_or_else(ApiError::not_found)?;
@@ -367,6 +390,15 @@ impl Gateway {
         ];
         for t in tasks {
             entry.push(json!({ "fullUrl": format!("{}/Task/{}", ctx.base, t.id), "resource": t.json()? }));
+        }
+        // Warnings never refuse a message: they come back as the response's details.
+        if !warnings.is_empty() {
+            let outcome_id = uuid::Uuid::new_v4().to_string();
+            entry[0]["resource"]["response"]["details"] = json!({ "reference": format!("urn:uuid:{outcome_id}") });
+            entry.push(json!({
+                "fullUrl": format!("urn:uuid:{outcome_id}"),
+                "resource": { "resourceType": "OperationOutcome", "id": outcome_id, "issue": warnings },
+            }));
         }
         let message = json!({
             "resourceType": "Bundle",
@@ -405,13 +437,16 @@ fn replace_references(value: &mut Value, replaced: &HashMap<String, Value>) {
 
 /// Point the issues of the transaction made from a message back at the message's entries.
 fn renumber(mut e: ApiError, origin: &[usize]) -> ApiError {
-    e.map_expressions(|expr| {
-        let Some(rest) = expr.strip_prefix("Bundle.entry[") else { return expr.to_string() };
-        let Some((n, tail)) = rest.split_once(']') else { return expr.to_string() };
-        match n.parse::<usize>().ok().and_then(|n| origin.get(n)) {
-            Some(i) => format!("Bundle.entry[{i}]{tail}"),
-            None => expr.to_string(),
-        }
-    });
+    e.map_expressions(|expr| renumber_expression(expr, origin));
     e
+}
+
+/// `Bundle.entry[n]...` of the transaction made from a message → the message's own entry.
+fn renumber_expression(expr: &str, origin: &[usize]) -> String {
+    let Some(rest) = expr.strip_prefix("Bundle.entry[") else { return expr.to_string() };
+    let Some((n, tail)) = rest.split_once(']') else { return expr.to_string() };
+    match n.parse::<usize>().ok().and_then(|n| origin.get(n)) {
+        Some(i) => format!("Bundle.entry[{i}]{tail}"),
+        None => expr.to_string(),
+    }
 }

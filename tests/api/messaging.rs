@@ -75,6 +75,28 @@ async fn a_new_referral_message_is_stored_routed_and_answered_with_a_response_me
     let sr_id = sr["id"].as_str().unwrap();
     assert_eq!(app.tasks_of(BEFRIENDING, sr_id).await.len(), 1);
     assert_eq!(app.get(REFERRER, &format!("/fhir/ServiceRequest/{sr_id}")).await.status, 200);
+    // Only referrers send referral messages.
+    send(&app, STROKE, &message("referral-message.json", &new_ubrn()), Some(&uuid()), Some(&uuid()))
+        .await
+        .assert_outcome(403, "forbidden");
+    // Warnings never refuse a message: they come back with the response, at the message's entry.
+    let mut local_code = message("referral-message.json", &new_ubrn());
+    let patient_index = local_code["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["resource"]["resourceType"] == "Patient")
+        .unwrap();
+    local_code["entry"][patient_index]["resource"]["maritalStatus"] =
+        json!({ "coding": [{ "system": "https://gp-system.example.org.uk/marital", "code": "CIV" }] });
+    let warned = send(&app, REFERRER, &local_code, Some(&uuid()), Some(&uuid())).await;
+    assert_eq!(warned.status, 200, "{}", warned.body);
+    let outcome = entry(&warned.body, "OperationOutcome");
+    assert_eq!(outcome.len(), 1, "{}", warned.body);
+    assert_eq!(outcome[0]["issue"][0]["severity"], "warning");
+    let at = outcome[0]["issue"][0]["expression"][0].as_str().unwrap();
+    assert!(at.starts_with(&format!("Bundle.entry[{patient_index}]")), "{at}");
+    assert!(entry(&warned.body, "MessageHeader")[0]["response"]["details"]["reference"].is_string());
     // A second referral for the same patient reuses the Patient (NHS number).
     let again =
         send(&app, REFERRER, &message("referral-message.json", &new_ubrn()), Some(&uuid()), Some(&uuid())).await;
