@@ -4,6 +4,7 @@
     python3 bench/load.py ingest  [--seconds 15] [--db sqlite|postgres|both] [--connections 16,64]
     python3 bench/load.py poll    [--seconds 15] [--tasks 100000] [--charities 50]
     python3 bench/load.py burst   [--seconds 15]
+    python3 bench/load.py multi   [--seconds 15]
 
 It builds what it runs (`cargo build --release --bin signpost --example ceiling`), installs its
 load generator when missing (Debian's `wrk`; `apt-get install -y wrk`), runs everything on
@@ -20,6 +21,10 @@ poll: seeds N Tasks over C charities into a SQLite database through Signpost's o
     `GET /fhir/Task?owner=...&status=requested&_count=50` and the change feed.
 burst: 256 connections against a server whose write limit is the default: how much is shed with
     503 + Retry-After, and the latency of what is accepted.
+multi: one, two and four `signpost serve` processes on one PostgreSQL schema, each with its
+    delivery worker, a local receiver for the charity's webhooks; referrals spread over the
+    processes (one wrk per process, together); throughput, and every Task delivered exactly once
+    (webhook-ids counted at the receiver after the load).
 """
 import argparse, json, os, re, shutil, signal, sqlite3, subprocess, sys, tempfile, time, urllib.request, uuid
 
@@ -315,9 +320,72 @@ def burst(args):
         server.stop()
 
 
+class Receiver:
+    """A local webhook receiver counting webhook-ids (answers 200)."""
+
+    def __init__(self):
+        import http.server, threading
+        ids = self.ids = []
+        lock = self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                with lock:
+                    ids.append(self.headers.get("webhook-id"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def multi(args):
+    print("| processes | req/s (sum) | × one process | p99 ms (worst) | 201s counted by wrk | webhooks received | distinct | duplicates |\n|---|---|---|---|---|---|---|---|")
+    one = None
+    for n in [1, 2, 4]:
+        with tempfile.TemporaryDirectory() as home:
+            schema, url = pg_schema()
+            receiver = Receiver()
+            servers = [signpost(home, url, {"SIGNPOST__DELIVERY__ENABLED": "true"}) for _ in range(n)]
+            base = f"http://127.0.0.1:{servers[0].port}/fhir"
+            endpoint = {"resourceType": "Endpoint", "id": "stroke-association-webhook", "status": "active",
+                        "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
+                        "managingOrganization": {"reference": "Organization/stroke-association"},
+                        "payloadType": [{"text": "referral events"}], "address": f"http://127.0.0.1:{receiver.port}/hook"}
+            call(base, "PUT", "/Endpoint/stroke-association-webhook", endpoint, OP)
+            call(base, "POST", "/Endpoint/stroke-association-webhook/$secret", {}, OP)
+            path, body = prepare_bodies(base, home)["ServiceRequest, explicit performer"]
+            import concurrent.futures
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                results = list(pool.map(lambda s: wrk(f"http://127.0.0.1:{s.port}{path}", args.seconds, max(4, 16 // n), body), servers))
+            rps = sum(r["rps"] for r in results)
+            accepted = sum(r["requests"] - r["non2xx"] for r in results)
+            # Let the workers finish, then count.
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                with receiver.lock:
+                    if len(set(receiver.ids)) >= accepted:
+                        break
+                time.sleep(0.5)
+            time.sleep(2)
+            with receiver.lock:
+                got, distinct = len(receiver.ids), len(set(receiver.ids))
+            one = one or rps
+            print(f"| {n} | {rps:.0f} | {rps / one:.2f}× | {max(r['p99'] for r in results):.1f} | {accepted} | {got} | {distinct} | {got - distinct} |", flush=True)
+            for s in servers:
+                s.stop()
+            receiver.server.shutdown()
+            drop_schema(schema)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["ingest", "poll", "burst"])
+    ap.add_argument("what", choices=["ingest", "poll", "burst", "multi"])
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--db", default="both", choices=["sqlite", "postgres", "both"])
     ap.add_argument("--connections", default="16,64")
@@ -326,7 +394,7 @@ def main():
     args = ap.parse_args()
     ensure_tools()
     print(f"{time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} cores · git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}")
-    {"ingest": ingest, "poll": poll, "burst": burst}[args.what](args)
+    {"ingest": ingest, "poll": poll, "burst": burst, "multi": multi}[args.what](args)
 
 
 if __name__ == "__main__":
