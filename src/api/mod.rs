@@ -7,6 +7,7 @@
 //! OperationOutcome, and every response echoes `X-Correlation-Id`.
 
 mod capability;
+mod openapi;
 mod request;
 
 use std::collections::HashMap;
@@ -138,7 +139,8 @@ pub const ROUTES: &[(&str, &str, Action, &str)] = &[
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/livez", web::get().to(livez))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi::serve));
     let mut fhir = web::scope("/fhir").service(
         web::resource("/metadata")
             .route(web::get().to(capability::metadata))

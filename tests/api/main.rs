@@ -12,6 +12,7 @@ mod helpers;
 mod idempotency;
 mod lifecycle;
 mod messaging;
+mod openapi;
 mod referral_rules;
 mod rest;
 mod routing;
