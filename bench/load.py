@@ -60,6 +60,10 @@ function request()
   local body = string.gsub(template, "__UNIQUE__", unique)
   return wrk.format(nil, nil, nil, body)
 end
+"""
+
+# One result line per run, read back by wrk().
+DONE_LUA = r"""
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT {\"requests\": %d, \"seconds\": %.3f, \"non2xx\": %d, \"socket\": %d, \"p50\": %.3f, \"p99\": %.3f, \"p999\": %.3f}\n",
@@ -67,18 +71,13 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000))
 end
 """
+LUA += DONE_LUA
 
 GET_LUA = r"""
 function init(args)
   wrk.headers["Authorization"] = os.getenv("BENCH_AUTH") or ""
 end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT {\"requests\": %d, \"seconds\": %.3f, \"non2xx\": %d, \"socket\": %d, \"p50\": %.3f, \"p99\": %.3f, \"p999\": %.3f}\n",
-    summary.requests, summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000))
-end
-"""
+""" + DONE_LUA
 
 
 def sh(*cmd, **kw):

@@ -59,6 +59,11 @@ pub const STATUSES: &[&str] = &[
     "entered-in-error",
 ];
 
+/// A resource's `status` ("" when it has none).
+pub fn status_of(resource: &Value) -> &str {
+    resource.get("status").and_then(Value::as_str).unwrap_or("")
+}
+
 /// Statuses in which a charity still has work to do.
 pub const OPEN: &[&str] = &["requested", "accepted", "in-progress", "on-hold"];
 

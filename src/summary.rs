@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use crate::fhir::{instant, items, now_ms, reference_of};
-use crate::lifecycle::{self, OUTCOME_SYSTEM};
+use crate::lifecycle::{self, OUTCOME_SYSTEM, status_of};
 use crate::store::resources::{self, StoredResource};
 use crate::store::{DbConn, outbox};
 
@@ -17,10 +17,6 @@ use crate::store::{DbConn, outbox};
 const SUMMARY_TYPE: (&str, &str, &str) = ("http://loinc.org", "34133-9", "Summary of episode note");
 /// The Composition's section codes (Signpost's; after the PRSB headings).
 pub const SECTION_SYSTEM: &str = "https://signpost.example/fhir/CodeSystem/outcome-summary-section";
-
-fn status_of(v: &Value) -> &str {
-    v.get("status").and_then(Value::as_str).unwrap_or("")
-}
 
 /// The words of a CodeableConcept: its text, a coding's display, or a Signpost code's display.
 fn text_of(concept: Option<&Value>) -> Option<String> {

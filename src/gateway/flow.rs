@@ -16,7 +16,7 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::fhir::search::{Criteria, index_values};
 use crate::fhir::{instant, now_ms, reference_of, stamp_meta, type_spec};
-use crate::lifecycle::{self, Actor, REASON_SYSTEM, STAGE_SYSTEM};
+use crate::lifecycle::{self, Actor, REASON_SYSTEM, STAGE_SYSTEM, status_of};
 use crate::routing::rules::{self, Snapshot};
 use crate::routing::snomed::Hierarchy;
 use crate::store::resources::{self, StoredResource};
@@ -108,10 +108,6 @@ pub(super) fn tasks_of(conn: &mut DbConn, sr_id: &str) -> Result<Vec<StoredResou
         ..Default::default()
     };
     resources::find(conn, &criteria)
-}
-
-fn status_of(v: &Value) -> &str {
-    v.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Move every open Task of the referral to `cancelled` with a coded reason (Signpost's move).
@@ -365,8 +361,7 @@ impl Gateway {
             }
             t["businessStatus"] = lifecycle::concept(STAGE_SYSTEM, stage);
             if !new_tasks.is_empty() {
-                let notes = t.get("note").and_then(Value::as_array).cloned().unwrap_or_default();
-                let mut notes = notes;
+                let mut notes = t.get("note").and_then(Value::as_array).cloned().unwrap_or_default();
                 notes.push(json!({
                     "authorString": "Signpost routing",
                     "time": instant(now_ms()),

@@ -30,7 +30,6 @@ use super::write::{Change, validate_structure};
 use super::{Ctx, Gateway, Reply, WriteOpts};
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, has_errors};
-use crate::fhir::search::Criteria;
 use crate::fhir::{instant, now_ms};
 use crate::store::messages::MessageOrigin;
 use crate::store::outbox::BARS_EVENTS;
@@ -251,22 +250,10 @@ impl Gateway {
     /// ServiceRequest with one of the message ServiceRequest's identifiers.
     fn stored_referral(&self, ctx: &Ctx, sr: &Value, focus_index: usize) -> Result<String, ApiError> {
         let mut conn = self.conn()?;
-        for ident in crate::fhir::items(sr, "identifier") {
-            let (Some(system), Some(value)) =
-                (ident.get("system").and_then(Value::as_str), ident.get("value").and_then(Value::as_str))
-            else {
-                continue;
-            };
-            let criteria = Criteria {
-                resource_type: "ServiceRequest".into(),
-                params: vec![("identifier".into(), vec![format!("{system}|{value}")])],
-                visible_to: Some(ctx.principal.org_id.clone()),
-                count: 1,
-                ..Default::default()
-            };
-            if let Some(found) = resources::find(&mut conn, &criteria)?.into_iter().next() {
-                return Ok(found.id);
-            }
+        if let Some(found) =
+            resources::find_by_identifiers(&mut conn, "ServiceRequest", sr, Some(&ctx.principal.org_id))?
+        {
+            return Ok(found.id);
         }
         Err(ApiError::new(
             404,

@@ -17,7 +17,7 @@ use crate::auth::Role;
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode};
 use crate::fhir::type_spec;
-use crate::lifecycle;
+use crate::lifecycle::{self, status_of};
 use crate::store::DbConn;
 use crate::store::provenance as rows;
 use crate::store::resources::{self, StoredResource};
@@ -28,10 +28,6 @@ fn only(ty: &str, want: &str, op: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(404, Issue::error(IssueCode::UnknownPath, format!("{op} is defined on {want} only"))))
     }
-}
-
-fn status_of(v: &Value) -> &str {
-    v.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
 impl Gateway {

@@ -21,7 +21,6 @@ use super::{Ctx, Gateway, Reply, WriteOpts, bundle, etag};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, Severity, has_errors, operation_outcome};
-use crate::fhir::search::Criteria;
 use crate::fhir::{instant, now_ms, reference_of, type_spec};
 use crate::routing;
 use crate::store::resources;
@@ -361,23 +360,5 @@ fn entry_response(ctx: &Ctx, status: &str, r: &resources::StoredResource) -> Res
 
 /// The directory Organization with one of this Organization's identifiers.
 pub(super) fn match_directory_org(conn: &mut DbConn, org: &Value) -> Result<Option<String>, StoreError> {
-    let Some(identifiers) = org.get("identifier").and_then(Value::as_array) else { return Ok(None) };
-    for ident in identifiers {
-        let (Some(system), Some(value)) =
-            (ident.get("system").and_then(Value::as_str), ident.get("value").and_then(Value::as_str))
-        else {
-            continue;
-        };
-        let criteria = Criteria {
-            resource_type: "Organization".into(),
-            params: vec![("identifier".into(), vec![format!("{system}|{value}")])],
-            count: 1,
-            ..Default::default()
-        };
-        let found = resources::find(conn, &criteria)?;
-        if let Some(r) = found.first() {
-            return Ok(Some(r.id.clone()));
-        }
-    }
-    Ok(None)
+    Ok(resources::find_by_identifiers(conn, "Organization", org, None)?.map(|r| r.id))
 }

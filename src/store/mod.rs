@@ -41,6 +41,18 @@ pub enum DbConn {
     Pg(PgConnection),
 }
 
+/// Run `$body` with `$c` bound to the backend's own connection: for the statements diesel does not
+/// offer through `MultiConnection` (multi-row inserts, upserts, row locks).
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Sqlite($c) => $body,
+            $crate::store::DbConn::Pg($c) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
 /// The backend type shared by every query built for [`DbConn`].
 pub type Backend = <DbConn as Connection>::Backend;
 

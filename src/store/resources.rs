@@ -129,10 +129,7 @@ fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -
     if rows.is_empty() {
         return Ok(());
     }
-    match conn {
-        DbConn::Sqlite(c) => diesel::insert_into(search_index::table).values(&rows).execute(c)?,
-        DbConn::Pg(c) => diesel::insert_into(search_index::table).values(&rows).execute(c)?,
-    };
+    super::on_backend!(conn, c => diesel::insert_into(search_index::table).values(&rows).execute(c)?);
     Ok(())
 }
 
@@ -212,10 +209,7 @@ pub fn replace_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Resu
     if rows.is_empty() {
         return Ok(());
     }
-    match conn {
-        DbConn::Sqlite(c) => diesel::insert_into(access_grants::table).values(&rows).execute(c)?,
-        DbConn::Pg(c) => diesel::insert_into(access_grants::table).values(&rows).execute(c)?,
-    };
+    super::on_backend!(conn, c => diesel::insert_into(access_grants::table).values(&rows).execute(c)?);
     Ok(())
 }
 
@@ -386,6 +380,35 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
     }
     narrowed.ids = Some(ids);
     Ok(Some(narrowed))
+}
+
+/// The first `ty` resource that carries one of `resource`'s identifiers (system and value), among
+/// those `visible_to` may see (`None`: any).
+pub fn find_by_identifiers(
+    conn: &mut DbConn,
+    ty: &str,
+    resource: &serde_json::Value,
+    visible_to: Option<&str>,
+) -> Result<Option<StoredResource>, StoreError> {
+    for ident in crate::fhir::items(resource, "identifier") {
+        let (Some(system), Some(value)) = (
+            ident.get("system").and_then(serde_json::Value::as_str),
+            ident.get("value").and_then(serde_json::Value::as_str),
+        ) else {
+            continue;
+        };
+        let criteria = SearchQuery {
+            resource_type: ty.to_string(),
+            params: vec![("identifier".into(), vec![format!("{system}|{value}")])],
+            visible_to: visible_to.map(str::to_string),
+            count: 1,
+            ..Default::default()
+        };
+        if let Some(found) = find(conn, &criteria)?.into_iter().next() {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// The matches of a search, one page of them, without counting them all (for Signpost's own

@@ -67,20 +67,12 @@ pub fn note_task_change(
 pub(super) fn add_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     let row = (open_tasks::org_id.eq(org), open_tasks::open.eq(delta));
-    match conn {
-        DbConn::Sqlite(c) => diesel::insert_into(open_tasks::table)
-            .values(row)
-            .on_conflict(open_tasks::org_id)
-            .do_update()
-            .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
-            .execute(c)?,
-        DbConn::Pg(c) => diesel::insert_into(open_tasks::table)
-            .values(row)
-            .on_conflict(open_tasks::org_id)
-            .do_update()
-            .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
-            .execute(c)?,
-    };
+    super::on_backend!(conn, c => diesel::insert_into(open_tasks::table)
+        .values(row)
+        .on_conflict(open_tasks::org_id)
+        .do_update()
+        .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
+        .execute(c)?);
     Ok(())
 }
 
