@@ -97,7 +97,7 @@ pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
         if !dir.is_dir() {
             anyhow::bail!("directory.path: the folder {} does not exist", dir.display());
         }
-        let loaded = directory::load(pool, dir, settings.allow_loopback_webhooks())?;
+        let loaded = load_directory_files(pool, settings, &directory::read_files(dir)?, directory::Overwrite::Yes)?;
         tracing::info!(path = %dir.display(), created = loaded.created, updated = loaded.updated, "directory loaded");
     } else if settings.mode == RunMode::Sandbox {
         let files: Vec<(String, String)> = sandbox::DIRECTORY
@@ -108,6 +108,25 @@ pub fn load_directory(pool: &Pool, settings: &Settings) -> anyhow::Result<()> {
         tracing::info!(created = loaded.created, updated = loaded.updated, "example directory loaded (sandbox mode)");
     }
     Ok(())
+}
+
+/// Load directory files as `settings` allow: a production configuration refuses any file that
+/// holds sandbox data (resources tagged by the sandbox), so sandbox charities never reach it.
+pub fn load_directory_files(
+    pool: &Pool,
+    settings: &Settings,
+    files: &[(String, String)],
+    overwrite: directory::Overwrite,
+) -> anyhow::Result<directory::Loaded> {
+    if settings.mode == RunMode::Production
+        && let Some(name) = sandbox::marked(files)
+    {
+        anyhow::bail!(
+            "{name} holds sandbox data (meta.tag {}); a production configuration never loads it",
+            sandbox::simulator::TAG_SYSTEM
+        );
+    }
+    directory::load_files(pool, files, settings.allow_loopback_webhooks(), overwrite)
 }
 
 impl Application {
@@ -138,6 +157,16 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let base = format!("{}/fhir", settings.server.base_url(port));
+        let simulator = if settings.mode == RunMode::Sandbox && settings.sandbox.charities {
+            let (pool, root) = (pool.clone(), settings.server.base_url(port));
+            let sim = tokio::task::spawn_blocking(move || sandbox::install(&pool, &root)).await??;
+            tracing::warn!(
+                "SANDBOX MODE: simulated charities sandbox-charity-webhook and sandbox-charity-polling are answering referrals"
+            );
+            Some(sim)
+        } else {
+            None
+        };
         let mut gateway = Gateway::new(pool.clone(), settings.limits, settings.validation.mode);
         gateway.allow_loopback_webhooks = settings.allow_loopback_webhooks();
         if settings.delivery.enabled {
@@ -145,10 +174,17 @@ impl Application {
             tokio::spawn(worker.run());
         }
         let state = api::state(gateway, base);
+        let sim_data = simulator.clone().map(actix_web::web::Data::new);
         let server = HttpServer::new(move || {
+            let sim_data = sim_data.clone();
             App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(api::correlate))
+                .configure(move |cfg| {
+                    if let Some(sim) = sim_data {
+                        cfg.app_data(sim).route("/sandbox/hook", actix_web::web::post().to(sandbox::simulator::hook));
+                    }
+                })
                 .configure(api::configure)
         })
         .workers(settings.server.workers)
@@ -156,6 +192,9 @@ impl Application {
         .shutdown_timeout(30)
         .listen(listener)?
         .run();
+        if let Some(sim) = simulator {
+            tokio::spawn(sim.poll());
+        }
         tracing::info!(port, ms = started.elapsed().as_millis() as u64, "Signpost listening");
         Ok(Application { port, server, pool })
     }

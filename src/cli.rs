@@ -29,6 +29,11 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
+        /// Run as a sandbox (the example directory, the public sandbox keys and the simulated
+        /// charities), whatever the configuration file says about the mode; refused with a
+        /// configuration file in production mode (a file's default).
+        #[arg(long)]
+        sandbox: bool,
         /// Port to listen on (overrides server.port).
         #[arg(long)]
         port: Option<u16>,
@@ -68,10 +73,91 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// The conformance kit: black-box scenarios against a Signpost deployment (exit 1 on any
+    /// failure), or one side of the webhook contract (`receiver`, `webhook`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Conformance {
+        #[command(subcommand)]
+        mode: Option<ConformanceMode>,
+        #[command(flatten)]
+        kit: Box<KitArgs>,
+    },
     /// Print the catalogue of Signpost issue codes (Markdown, or a FHIR CodeSystem with --fhir).
     IssueCodes {
         #[arg(long)]
         fhir: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct KitArgs {
+    /// The deployment's root URL (without /fhir), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// A referrer's API key.
+    #[arg(long, env = "SIGNPOST_CONFORMANCE_KEY")]
+    key: Option<String>,
+    /// A charity's API key (the charity suite).
+    #[arg(long)]
+    charity_key: Option<String>,
+    /// The Organization id that charity acts for.
+    #[arg(long, default_value = "stroke-association")]
+    charity_org: String,
+    /// Another charity's API key (CH-FOREIGN-01: it must not see the first charity's Task).
+    #[arg(long)]
+    other_charity_key: Option<String>,
+    /// An operator's API key (CH-WEBHOOK-01 adds a temporary Endpoint for the charity, pointed
+    /// at the kit's receiver, and turns it off afterwards).
+    #[arg(long)]
+    operator_key: Option<String>,
+    /// A SNOMED CT condition the deployment's directory routes (REF-ROUTE-01).
+    #[arg(long, default_value = "230690007")]
+    condition: String,
+    /// referrer, charity or all.
+    #[arg(long, default_value = "all")]
+    suite: String,
+    /// The address the deployment reaches the kit's webhook receiver at.
+    #[arg(long, default_value = "127.0.0.1")]
+    receiver_host: String,
+    /// Seconds to wait for asynchronous results (cascades, webhooks).
+    #[arg(long, default_value_t = 20)]
+    wait: u64,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Write an HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Write a JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the requirement catalogue (Markdown) and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConformanceMode {
+    /// Act as a charity's webhook endpoint: verify each request's Standard Webhooks signature
+    /// (401 when it does not verify) and print what arrived.
+    Receiver {
+        #[arg(long)]
+        port: u16,
+        /// The Endpoint's secret (whsec_...).
+        #[arg(long, env = "WEBHOOK_SECRET")]
+        secret: String,
+        /// Exit after this many verified events (exit 1 if any request was refused).
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Test a charity's own receiver: send a correctly signed event and forged, altered and
+    /// replayed ones; exit 1 if it accepted a bad one or refused the good one.
+    Webhook {
+        #[arg(long)]
+        url: String,
+        /// The secret the receiver verifies with (whsec_...).
+        #[arg(long, env = "WEBHOOK_SECRET")]
+        secret: String,
     },
 }
 
@@ -126,9 +212,25 @@ pub fn run() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Conformance { mode, kit } = &cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let ok = runtime.block_on(conformance(mode, kit))?;
+        if !ok {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let mut settings = load_settings(&cli)?;
     match cli.command {
-        Command::Serve { port, log_format } => {
+        Command::Serve { sandbox, port, log_format } => {
+            if sandbox {
+                if settings.mode == crate::config::RunMode::Production {
+                    anyhow::bail!(
+                        "--sandbox: this configuration runs in production mode, which never loads sandbox data or keys"
+                    );
+                }
+                settings.sandbox.charities = true;
+            }
             if let Some(p) = port {
                 settings.server.port = p;
             }
@@ -176,12 +278,8 @@ pub fn run() -> anyhow::Result<()> {
             crate::telemetry::init(&settings.log);
             let pool = app::open_database(&settings)?;
             let files = crate::gateway::directory::read_files(&path)?;
-            let loaded = crate::gateway::directory::load_files(
-                &pool,
-                &files,
-                settings.allow_loopback_webhooks(),
-                crate::gateway::directory::Overwrite::Yes,
-            )?;
+            let loaded =
+                app::load_directory_files(&pool, &settings, &files, crate::gateway::directory::Overwrite::Yes)?;
             println!(
                 "{} file(s): {} created, {} updated, {} unchanged",
                 files.len(),
@@ -191,7 +289,9 @@ pub fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Validate { .. } => unreachable!("handled before the settings are loaded"),
+        Command::Validate { .. } | Command::Conformance { .. } => {
+            unreachable!("handled before the settings are loaded")
+        }
         Command::IssueCodes { fhir } => {
             if fhir {
                 println!("{}", serde_json::to_string_pretty(&crate::fhir::outcome::catalogue_codesystem())?);
@@ -199,6 +299,43 @@ pub fn run() -> anyhow::Result<()> {
                 print!("{}", crate::fhir::outcome::catalogue_markdown());
             }
             Ok(())
+        }
+    }
+}
+
+/// `signpost conformance ...`; true when everything passed.
+async fn conformance(mode: &Option<ConformanceMode>, kit: &KitArgs) -> anyhow::Result<bool> {
+    use crate::conformance::{self, ReportFiles, kit::KitOptions};
+    match mode {
+        Some(ConformanceMode::Receiver { port, secret, count }) => {
+            let (_, refused) = conformance::receiver::run(*port, secret.clone(), *count).await?;
+            Ok(refused == 0)
+        }
+        Some(ConformanceMode::Webhook { url, secret }) => {
+            Ok(conformance::webhook::print(&conformance::webhook::probe(url, secret).await?))
+        }
+        None if kit.list => {
+            print!("{}", conformance::catalogue_markdown());
+            Ok(true)
+        }
+        None => {
+            let (Some(base_url), Some(key)) = (&kit.base_url, &kit.key) else {
+                anyhow::bail!("the kit needs --base-url and --key (a referrer's API key); see --help");
+            };
+            let opts = KitOptions {
+                base_url: base_url.clone(),
+                referrer_key: key.clone(),
+                charity_key: kit.charity_key.clone(),
+                charity_org: kit.charity_org.clone(),
+                other_charity_key: kit.other_charity_key.clone(),
+                operator_key: kit.operator_key.clone(),
+                condition: kit.condition.clone(),
+                suites: conformance::suites(&kit.suite)?,
+                receiver_host: kit.receiver_host.clone(),
+                wait_secs: kit.wait,
+            };
+            let files = ReportFiles { junit: kit.junit.clone(), html: kit.html.clone(), json: kit.json.clone() };
+            conformance::run(opts, &files).await
         }
     }
 }

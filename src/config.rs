@@ -29,6 +29,7 @@
 //! | `validation.mode` | `enforce` | `enforce` (refuse invalid resources), `log` (accept; errors of the R4 validator, profiles and referral rules become warnings and are logged), `off` (JSON Schema structure check only) |
 //! | `log.format` | `text` | `text` or `json` |
 //! | `log.level` | `info` | tracing filter, e.g. `info,signpost=debug` |
+//! | `sandbox.charities` | `true` | in sandbox mode, run the simulated charities (`sandbox-charity-webhook`, `sandbox-charity-polling`) that answer referrals as their sentinel notes ask; production never runs them |
 //! | `clients` | none | API clients: `name`, `role`, `organization`, `key_sha256`; a client dropped from the list stops working at the next start |
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,21 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub log: LogSettings,
     pub clients: Vec<ClientSettings>,
+    pub sandbox: SandboxSettings,
+}
+
+/// Sandbox mode's extras (PRODUCT.md §10).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Run the simulated charities (sandbox mode only; never in production).
+    pub charities: bool,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings { charities: true }
+    }
 }
 
 /// Sandbox (public example data and keys, loopback only) or production (PRODUCT.md §11).

@@ -19,6 +19,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod delivery;
 pub mod error;
 pub mod failpoint;

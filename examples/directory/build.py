@@ -6,7 +6,7 @@ HealthcareServices, the Locations they cover and its webhook Endpoint), in this 
 
 The charities are real UK charities; every contact detail is fictional (Ofcom's drama number
 ranges, example.org.uk addresses). The directory is embedded in the binary for sandbox mode
-(src/sandbox.rs lists the files). referrers.json and operator.json are written by hand.
+(src/sandbox/mod.rs lists the files). referrers.json and operator.json are written by hand.
 
 A service states: the conditions it serves (specialty, SNOMED CT), its coverage (coverageArea:
 Locations listing postcode areas or districts; none = all of the UK), ages (service-age-range),

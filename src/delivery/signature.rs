@@ -33,6 +33,27 @@ pub fn header(current: &str, previous: Option<&str>, id: &str, timestamp: i64, b
     Some(out)
 }
 
+/// Check a received webhook's Standard Webhooks headers against `secret` with the Standard
+/// Webhooks reference implementation (the `standardwebhooks` crate, independent of [`sign`]):
+/// the signature, and a timestamp within five minutes. The error says what was wrong.
+pub fn verify_request(secret: &str, headers: &actix_web::http::header::HeaderMap, body: &[u8]) -> Result<(), String> {
+    let mut converted = http::HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) =
+            (http::HeaderName::from_bytes(name.as_str().as_bytes()), http::HeaderValue::from_bytes(value.as_bytes()))
+        {
+            converted.append(n, v);
+        }
+    }
+    verify_headers(secret, &converted, body)
+}
+
+/// [`verify_request`] for `http` headers (a reqwest or hyper request).
+pub fn verify_headers(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<(), String> {
+    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("the secret is not usable: {e}"))?;
+    webhook.verify(body, headers).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

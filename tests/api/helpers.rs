@@ -129,6 +129,7 @@ pub fn test_settings(db_url: &str) -> Settings {
     s.database.url = db_url.to_string();
     s.database.pool_size = 8;
     s.directory.path = format!("{}/examples/directory", env!("CARGO_MANIFEST_DIR")).into();
+    s.sandbox.charities = false;
     let client = |key: &str, role: Role, org: &str| ClientSettings {
         name: key.to_string(),
         role,
