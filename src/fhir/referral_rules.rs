@@ -104,6 +104,7 @@ pub fn check_submission<R: Records>(
     let mut issues = Vec::new();
     match resource.get("resourceType").and_then(Value::as_str) {
         Some("ServiceRequest") => check_one(resource, root, &[], records, now, &mut issues)?,
+        Some("Patient") => patient_nhs_numbers(resource, root, &mut issues),
         Some("Bundle") => {
             let entries: Vec<(String, &Value, String)> = array(resource, "entry")
                 .filter_map(|(i, e)| {
@@ -197,6 +198,22 @@ pub fn nhs_number_valid(value: &str) -> bool {
         11 => digits[9] == 0,
         10 => false,
         check => digits[9] == check,
+    }
+}
+
+/// A Patient on its own: an NHS number that fails Modulus 11 is a warning (the Patient is
+/// stored; a referral for it is refused with `nhs-number-invalid`).
+fn patient_nhs_numbers(patient: &Value, root: &str, issues: &mut Vec<Issue>) {
+    for (k, ident) in array(patient, "identifier").filter(|(_, i)| system_is(i, NHS_NUMBER_SYSTEM)) {
+        if !ident.get("value").and_then(Value::as_str).is_some_and(nhs_number_valid) {
+            issues.push(
+                Issue::warning(
+                    IssueCode::NhsNumberInvalid,
+                    "this NHS number is not 10 digits passing the Modulus 11 check: a referral for this patient will be refused",
+                )
+                .at(format!("{root}.identifier[{k}].value")),
+            );
+        }
     }
 }
 

@@ -248,6 +248,7 @@ impl Gateway {
             let mut plan = None;
             let mut warnings = warnings.clone();
             match spec.name {
+                "Patient" => warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?),
                 "ServiceRequest" => {
                     warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?);
                     let chosen = if routing::performer_targets(&body).is_empty() {
