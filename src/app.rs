@@ -169,6 +169,7 @@ impl Application {
         };
         let mut gateway = Gateway::new(pool.clone(), settings.limits, settings.validation.mode);
         gateway.allow_loopback_webhooks = settings.allow_loopback_webhooks();
+        gateway.production = settings.mode == RunMode::Production;
         if settings.delivery.enabled {
             let worker = Worker::new(pool.clone(), WorkerSettings::from_settings(&settings), gateway.wake.clone());
             tokio::spawn(worker.run());

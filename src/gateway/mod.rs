@@ -112,6 +112,8 @@ pub struct Gateway {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
     /// Webhook addresses may be `http` and loopback (tests, the sandbox).
     pub allow_loopback_webhooks: bool,
+    /// A production deployment: resources tagged as sandbox data are refused.
+    pub production: bool,
 }
 
 impl Gateway {
@@ -123,6 +125,7 @@ impl Gateway {
             directory: Default::default(),
             wake: Default::default(),
             allow_loopback_webhooks: false,
+            production: false,
         }
     }
 

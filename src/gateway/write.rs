@@ -43,6 +43,27 @@ pub(super) fn validate_structure(
 
 /// An active Endpoint's address must be one Signpost may send to (RELIABILITY.md S3): checked
 /// here at registration, and again at send time.
+impl Gateway {
+    /// What this deployment refuses whatever the validator says: webhook addresses it will not
+    /// send to, and (in production) resources marked as sandbox data.
+    pub(super) fn check_deployment_rules(&self, resource: &Value, path: &str) -> Result<(), ApiError> {
+        check_endpoint_address(resource, self.allow_loopback_webhooks, path)?;
+        if self.production && crate::sandbox::is_marked(resource) {
+            return Err(ApiError::issues(
+                422,
+                vec![
+                    Issue::error(
+                        IssueCode::SandboxData,
+                        "the resource is tagged as sandbox data, which a production deployment never stores",
+                    )
+                    .at(format!("{path}.meta.tag")),
+                ],
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn check_endpoint_address(resource: &Value, allow_loopback: bool, path: &str) -> Result<(), ApiError> {
     if resource.get("resourceType").and_then(Value::as_str) != Some("Endpoint")
         || resource.get("status").and_then(Value::as_str) != Some("active")
@@ -230,7 +251,7 @@ impl Gateway {
         if has_errors(&warnings) {
             return Err(ApiError::issues(400, warnings));
         }
-        check_endpoint_address(&resource, self.allow_loopback_webhooks, spec.name)?;
+        self.check_deployment_rules(&resource, spec.name)?;
         let conditional = match &opts.if_none_exist {
             Some(q) => Some(conditional_identifier(q)?),
             None => None,
@@ -312,7 +333,7 @@ impl Gateway {
                         if has_errors(&issues) {
                             return Err(ApiError::issues(400, issues));
                         }
-                        check_endpoint_address(resource, self.allow_loopback_webhooks, spec.name)?;
+                        self.check_deployment_rules(resource, spec.name)?;
                         let mut body = resource.clone();
                         let author = Author::of(p, &ctx.correlation_id);
                         let stored = insert_resource(conn, &author, spec, id, &mut body, &p.org_id, now_ms())?;
@@ -372,7 +393,7 @@ impl Gateway {
             if spec.name == "Task" {
                 check_task_change(p, &old, &new)?;
             }
-            check_endpoint_address(&new, self.allow_loopback_webhooks, spec.name)?;
+            self.check_deployment_rules(&new, spec.name)?;
             let now = now_ms();
             let version = current.version_id + 1;
             stamp_meta(&mut new, version, now);

@@ -105,24 +105,25 @@ pub fn install(pool: &Pool, root: &str) -> anyhow::Result<std::sync::Arc<simulat
     Ok(simulator::Simulator::new(format!("{root}/fhir"), secret))
 }
 
+/// Whether a resource (or any resource of a Bundle) carries the sandbox tag.
+pub fn is_marked(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let tags = v.pointer("/meta/tag").and_then(Value::as_array).into_iter().flatten();
+    let own = tags.into_iter().any(|t| t.get("system").and_then(Value::as_str) == Some(simulator::TAG_SYSTEM));
+    own || v
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| e.get("resource").is_some_and(is_marked))
+}
+
 /// The first of `files` (name, JSON text) holding a resource tagged as sandbox data, which a
 /// production configuration refuses to load.
 pub fn marked(files: &[(String, String)]) -> Option<&str> {
-    fn tagged(v: &serde_json::Value) -> bool {
-        let tags = v.pointer("/meta/tag").and_then(serde_json::Value::as_array).into_iter().flatten();
-        let own = tags
-            .into_iter()
-            .any(|t| t.get("system").and_then(serde_json::Value::as_str) == Some(simulator::TAG_SYSTEM));
-        own || v
-            .get("entry")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|e| e.get("resource").is_some_and(tagged))
-    }
     files
         .iter()
-        .find(|(_, text)| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| tagged(&v)))
+        .find(|(_, text)| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| is_marked(&v)))
         .map(|(n, _)| n.as_str())
 }
 

@@ -177,6 +177,12 @@ async fn a_production_configuration_refuses_sandbox_data() {
     settings.directory.path = folder.path().to_path_buf();
     let err = signpost::app::Application::build(settings).await.err().expect("production refuses to start");
     assert!(err.to_string().contains("sandbox data"), "{err}");
+    // Nor can an operator put it in through the API.
+    let app = spawn_with(|s| s.mode = signpost::config::RunMode::Production).await;
+    let directory: Value = serde_json::from_str(signpost::sandbox::simulator::DIRECTORY).unwrap();
+    let org = &directory["entry"][0]["resource"];
+    app.put(OPERATOR, &format!("/fhir/Organization/{WEBHOOK}"), org, None).await.assert_outcome(422, "sandbox-data");
+    app.get(OPERATOR, &format!("/fhir/Organization/{WEBHOOK}")).await.assert_outcome(404, "not-found");
     // ... and `serve --sandbox` refuses a production configuration.
     let config = dir.path().join("signpost.toml");
     std::fs::write(&config, format!("[database]\nurl = \"sqlite://{}/x.db\"\n", dir.path().display())).unwrap();
