@@ -128,16 +128,20 @@ impl Gateway {
         for (rel, offset) in page_links(criteria.offset, criteria.count, total) {
             links.push((rel, link(offset)));
         }
+        // Each stored body goes into the Bundle as stored (checked to be JSON, not re-encoded):
+        // a placeholder string now, the body spliced in after serialising.
         let mut entries: Vec<Value> = rows
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                check_stored(r)?;
                 Ok(json!({
                     "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
-                    "resource": r.json()?,
+                    "resource": format!("{RAW_MARK}{i}{RAW_MARK}"),
                     "search": { "mode": "match" }
                 }))
             })
-            .collect::<Result<_, crate::store::StoreError>>()?;
+            .collect::<Result<_, ApiError>>()?;
         if !parsed.ignored.is_empty() {
             // Only names shaped like FHIR search parameters are repeated: a query can carry
             // anything, patient data included.
@@ -158,8 +162,31 @@ impl Gateway {
                 "search": { "mode": "outcome" }
             }));
         }
-        Ok(Reply::json(200, &bundle("searchset", Some(total), links, entries)))
+        let text = bundle("searchset", Some(total), links, entries).to_string();
+        let raws: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+        Ok(Reply { status: 200, headers: Vec::new(), body: Some(splice_raw(&text, &raws)) })
     }
+}
+
+/// The placeholder character around an entry's index while a Bundle is serialised.
+const RAW_MARK: char = '\u{1}';
+
+/// Replace the serialised placeholders `"\u0001{i}\u0001"` of `text`, in order, by `raws[i]`.
+/// A placeholder cannot be forged: any U+0001 in submitted data was escaped the same way, but
+/// only the Bundle's own `resource` strings are looked for, in entry order.
+fn splice_raw(text: &str, raws: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len() + raws.iter().map(|r| r.len()).sum::<usize>());
+    let mut rest = text;
+    for (i, raw) in raws.iter().enumerate() {
+        let marker = format!("\"resource\":\"\\u0001{i}\\u0001\"");
+        let Some(at) = rest.find(&marker) else { break };
+        out.push_str(&rest[..at]);
+        out.push_str("\"resource\":");
+        out.push_str(raw);
+        rest = &rest[at + marker.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A stored body is served as stored, once it is known to be JSON (a corrupt row is an

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
 
-use super::schema::{open_tasks, resources, routing_decisions};
+use super::schema::{open_tasks, resources, routing_decisions, task_queue};
 use super::{DbConn, StoreError};
 use crate::store::resources::StoredResource;
 
@@ -60,6 +60,42 @@ pub fn note_task_change(
     if let Some(org) = is {
         super::changes::count_open(conn, &org, 1)?;
     }
+    Ok(())
+}
+
+/// Keep `task_queue` right for a stored Task version: its owner Organization, status and
+/// lastUpdated (no row when it has no Organization owner).
+pub fn note_task_queue(
+    conn: &mut DbConn,
+    id: &str,
+    task: &serde_json::Value,
+    last_updated: i64,
+) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    let owner = match task.get("owner").and_then(crate::fhir::reference_of) {
+        Some(("Organization", org)) => org.to_string(),
+        _ => {
+            diesel::delete(task_queue::table.find(id)).execute(conn)?;
+            return Ok(());
+        }
+    };
+    let status = task.get("status").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let row = (
+        task_queue::task_id.eq(id),
+        task_queue::owner_org.eq(&owner),
+        task_queue::status.eq(status),
+        task_queue::last_updated.eq(last_updated),
+    );
+    super::on_backend!(conn, c => diesel::insert_into(task_queue::table)
+        .values(row)
+        .on_conflict(task_queue::task_id)
+        .do_update()
+        .set((
+            task_queue::owner_org.eq(excluded(task_queue::owner_org)),
+            task_queue::status.eq(excluded(task_queue::status)),
+            task_queue::last_updated.eq(excluded(task_queue::last_updated)),
+        ))
+        .execute(c)?);
     Ok(())
 }
 

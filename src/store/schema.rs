@@ -181,3 +181,15 @@ diesel::table! {
         open -> BigInt,
     }
 }
+
+diesel::table! {
+    task_queue (task_id) {
+        task_id -> Text,
+        owner_org -> Text,
+        status -> Text,
+        last_updated -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(task_queue, access_grants);
+diesel::allow_tables_to_appear_in_same_query!(task_queue, resources);

@@ -15,6 +15,7 @@ mod idempotency;
 mod lifecycle;
 mod messaging;
 mod openapi;
+mod polling;
 mod referral_rules;
 mod rest;
 mod routing;

@@ -1,0 +1,86 @@
+//! Charity polling reads `task_queue` (the owner's Tasks by status and time) instead of every
+//! Task the charity may see: the same answers as the general search plan, for every status,
+//! sort, page and `_lastUpdated` bound, kept right by every Task write.
+
+use serde_json::json;
+use signpost::store::resources::{Cmp, SearchQuery, search, search_general};
+
+use crate::helpers::*;
+
+fn ids(found: &(i64, Vec<signpost::store::resources::StoredResource>)) -> (i64, Vec<String>) {
+    (found.0, found.1.iter().map(|r| r.id.clone()).collect())
+}
+
+#[tokio::test]
+async fn the_polling_plan_answers_as_the_general_plan_does() {
+    let app = spawn().await;
+    let mut tasks = Vec::new();
+    for _ in 0..14 {
+        let (sr, _) = app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+        tasks.push(app.tasks_of(STROKE, &sr).await[0]["id"].as_str().unwrap().to_string());
+    }
+    // Move some on: accepted, rejected, completed; one read (a Signpost `viewed` write).
+    let patch = |status: &str| match status {
+        "rejected" => json!([{ "op": "replace", "path": "/status", "value": "rejected" },
+            { "op": "add", "path": "/statusReason", "value": { "coding": [{ "system": "https://signpost.example/fhir/CodeSystem/rejection-reason", "code": "service-full" }] } }]),
+        s => json!([{ "op": "replace", "path": "/status", "value": s }]),
+    };
+    for (i, t) in tasks.iter().enumerate() {
+        let path = format!("/fhir/Task/{t}");
+        match i % 4 {
+            1 => assert_eq!(app.patch(STROKE, &path, &patch("accepted"), None).await.status, 200),
+            2 => assert_eq!(app.patch(STROKE, &path, &patch("rejected"), None).await.status, 200),
+            3 => {
+                assert_eq!(app.patch(STROKE, &path, &patch("accepted"), None).await.status, 200);
+                let done = json!([{ "op": "replace", "path": "/status", "value": "completed" },
+                    { "op": "add", "path": "/output", "value": [{ "type": { "text": "outcome" }, "valueCodeableConcept": { "coding": [{ "system": "https://signpost.example/fhir/CodeSystem/support-outcome", "code": "advice-given" }] } }] }]);
+                assert_eq!(app.patch(STROKE, &path, &done, None).await.status, 200);
+            }
+            _ => {}
+        }
+    }
+    let mut conn = app.pool.get().unwrap();
+    let now = signpost::fhir::now_ms();
+    let owner = ("owner".to_string(), vec!["Organization/stroke-association".to_string()]);
+    let mut queries = Vec::new();
+    for statuses in [None, Some(vec!["requested"]), Some(vec!["accepted", "rejected"]), Some(vec!["cancelled"])] {
+        for sort in [None, Some(true), Some(false)] {
+            for (count, offset) in [(5, 0), (5, 5), (100, 0)] {
+                for visible in [Some("stroke-association"), None] {
+                    for bound in [vec![], vec![(Cmp::Lt, now + 60_000)], vec![(Cmp::Gt, now + 60_000)]] {
+                        let mut params = vec![owner.clone()];
+                        if let Some(s) = &statuses {
+                            params.push(("status".into(), s.iter().map(|x| x.to_string()).collect()));
+                        }
+                        queries.push(SearchQuery {
+                            resource_type: "Task".into(),
+                            params,
+                            visible_to: visible.map(str::to_string),
+                            sort_desc: sort,
+                            count,
+                            offset,
+                            last_updated: bound,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for q in &queries {
+        let fast = ids(&search(&mut conn, q).unwrap());
+        let general = ids(&search_general(&mut conn, q).unwrap());
+        assert_eq!(fast, general, "{q:?}");
+    }
+    // Another charity asking for the Stroke Association's Tasks sees none of them.
+    let mut foreign = queries[0].clone();
+    foreign.visible_to = Some("befriending-network-leeds".into());
+    assert_eq!(ids(&search(&mut conn, &foreign).unwrap()), (0, vec![]));
+    // Through HTTP: the poll lists exactly the requested ones, newest first.
+    let r =
+        app.get(STROKE, "/fhir/Task?owner=Organization/stroke-association&status=requested&_sort=-_lastUpdated").await;
+    let polled: Vec<String> = r.resources().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let open: Vec<&String> = tasks.iter().enumerate().filter(|(i, _)| i % 4 == 0).map(|(_, t)| t).collect();
+    assert_eq!(r.total(), open.len() as i64);
+    assert!(open.iter().all(|t| polled.contains(t)));
+}
