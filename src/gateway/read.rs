@@ -245,9 +245,11 @@ impl Gateway {
         let mut conn = self.conn()?;
         let rows = crate::store::changes::since(&mut conn, cursor, count, visible_to, &directory)?;
         let mut entries = Vec::new();
-        for c in &rows {
+        let mut bodies: Vec<String> = Vec::with_capacity(rows.len());
+        for (i, c) in rows.iter().enumerate() {
             let v = resources::get_version(&mut conn, &c.resource_type, &c.resource_id, c.version_id)?
                 .ok_or_else(|| ApiError::Internal(format!("change {} names a missing version", c.seq)))?;
+            check_stored(&v)?;
             let (method, status, url) = if c.version_id == 1 {
                 ("POST", "201 Created", c.resource_type.clone())
             } else {
@@ -256,15 +258,18 @@ impl Gateway {
             entries.push(json!({
                 "extension": [{ "url": CHANGE_SEQUENCE, "valueString": c.seq.to_string() }],
                 "fullUrl": format!("{}/{}/{}", ctx.base, c.resource_type, c.resource_id),
-                "resource": v.json()?,
+                "resource": format!("{RAW_MARK}{i}{RAW_MARK}"),
                 "request": { "method": method, "url": url },
                 "response": { "status": status, "etag": super::etag(c.version_id), "lastModified": instant(c.changed_at) }
             }));
+            bodies.push(v.body);
         }
         let next = rows.last().map(|c| c.seq).unwrap_or(cursor);
         let link = |n: i64| format!("{}/$changes?cursor={n}&_count={count}", ctx.base);
         let links = vec![("self", link(cursor)), ("next", link(next))];
-        Ok(Reply::json(200, &bundle("history", None, links, entries)))
+        let text = bundle("history", None, links, entries).to_string();
+        let raws: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        Ok(Reply { status: 200, headers: Vec::new(), body: Some(splice_raw(&text, &raws)) })
     }
 }
 
@@ -292,7 +297,27 @@ fn page_links(offset: i64, count: i64, total: i64) -> Vec<(&'static str, i64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::page_links;
+    use super::{RAW_MARK, page_links, splice_raw};
+
+    #[test]
+    fn stored_bodies_are_spliced_in_entry_order_and_submitted_marks_stay_text() {
+        // A submitted string holding the mark is escaped the same way, but it is neither a
+        // `resource` value nor in entry order, so it stays as it is.
+        let sneaky = format!("{RAW_MARK}0{RAW_MARK}");
+        let bundle = serde_json::json!({
+            "link": [{ "url": sneaky }],
+            "entry": [
+                { "fullUrl": "a", "resource": format!("{RAW_MARK}0{RAW_MARK}") },
+                { "fullUrl": "b", "resource": format!("{RAW_MARK}1{RAW_MARK}") }
+            ]
+        })
+        .to_string();
+        let out = splice_raw(&bundle, &[r#"{"resourceType":"Task","id":"1"}"#, r#"{"resourceType":"Task","id":"2"}"#]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["entry"][0]["resource"]["id"], "1");
+        assert_eq!(v["entry"][1]["resource"]["id"], "2");
+        assert_eq!(v["link"][0]["url"], sneaky);
+    }
 
     #[test]
     fn paging_links_lead_to_results_and_never_loop() {
