@@ -307,7 +307,7 @@ def main():
         resources.append(endpoint(oid, name))
         bundle = {
             "resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in resources],
+            "entry": [{"fullUrl": f"https://signpost.example/fhir/{r['resourceType']}/{r['id']}", "resource": r} for r in resources],
         }
         with open(os.path.join(HERE, f"{oid}.json"), "w") as f:
             json.dump(bundle, f, indent=2, ensure_ascii=False)

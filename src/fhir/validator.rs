@@ -24,6 +24,44 @@ use super::outcome::{Issue, IssueCode};
 use super::parse_reference;
 use super::{fhirpath, narrative};
 
+/// Whether `s` is an absolute URI: a scheme (a letter, then letters, digits, `+`, `-`, `.`)
+/// and a colon, then something.
+fn is_absolute_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else { return false };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+}
+
+/// The (type, id) of a URL shaped like a RESTful resource URL, as the reference validator's
+/// pattern has it: optionally `http(s)://` and path segments of letters, digits and `\ . : % $`,
+/// then a resource type, an id of 1–64 letters, digits, `-` and `.`, and optionally
+/// `/_history/` and a version of the same form; the whole string.
+fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u str)> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
+    let mut parts: Vec<&str> = rest.split('/').collect();
+    let token =
+        |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if parts.len() >= 4 && parts[parts.len() - 2] == "_history" {
+        if !token(parts[parts.len() - 1]) {
+            return None;
+        }
+        parts.truncate(parts.len() - 2);
+    }
+    let n = parts.len();
+    if n < 2 || !token(parts[n - 1]) || !defs.is_resource(parts[n - 2]) {
+        return None;
+    }
+    let base = &parts[..n - 2];
+    if rest.len() == url.len() && !base.is_empty() {
+        return None; // without a scheme the pattern allows no base
+    }
+    let segment_ok =
+        |s: &&str| s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'\\' | b'.' | b':' | b'%' | b'$'));
+    base.iter().all(segment_ok).then_some((parts[n - 2], parts[n - 1]))
+}
+
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
@@ -115,6 +153,7 @@ impl<'v> Walker<'_, 'v> {
         self.object(obj, td, ty, path, true);
         if ty == "Bundle" {
             self.bundle_links(obj, path);
+            self.bundle_full_urls(obj, path);
             super::definitional::bundle_references(value, path, self.issues);
         }
         if let Some(root_el) = td.elements.first() {
@@ -177,6 +216,55 @@ impl<'v> Walker<'_, 'v> {
                     format!("{path}.contained[{i}]"),
                     "Constraint failed: dom-3: 'If the resource is contained in another resource, it SHALL be referred to from elsewhere in the resource or SHALL refer to the containing resource'",
                 );
+            }
+        }
+    }
+
+    /// Each entry's `fullUrl`, as the reference validator's BundleValidator checks it: outside
+    /// transactions and batches every entry has one; it is an absolute URI; and one shaped like a
+    /// RESTful URL (`[http(s)://base/]Type/id`, see [`restful_type_id`]) ends with the type and id
+    /// of the entry's resource, which must then have an id. (A `urn:uuid` fullUrl is not compared
+    /// with the id: Java does not either.)
+    fn bundle_full_urls(&mut self, bundle: &Map<String, Value>, path: &str) {
+        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default();
+        let optional = matches!(kind, "transaction" | "transaction-response" | "batch" | "batch-response");
+        let Some(entries) = bundle.get("entry").and_then(Value::as_array) else { return };
+        for (i, entry) in entries.iter().enumerate() {
+            let at = format!("{path}.entry[{i}]");
+            let resource = entry.get("resource");
+            let rtype = resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str);
+            let id = resource.and_then(|r| r.get("id")).and_then(Value::as_str);
+            match entry.get("fullUrl").and_then(Value::as_str) {
+                None if !optional && entry.get("fullUrl").is_none() => self.error(
+                    IssueCode::BundleFullUrl,
+                    at,
+                    "Except in transactions and batches, each Bundle entry must have a fullUrl, the identity of its resource",
+                ),
+                None => {}
+                Some(url) if !is_absolute_uri(url) => {
+                    self.error(IssueCode::BundleFullUrl, at, "The fullUrl must be an absolute URL (a relative reference is not)")
+                }
+                Some(url) => {
+                    let Some(rtype) = rtype.filter(|t| self.defs.is_resource(t)) else { continue };
+                    if restful_type_id(url, self.defs).is_none() {
+                        continue;
+                    }
+                    match id {
+                        None => self.error(
+                            IssueCode::BundleFullUrl,
+                            at,
+                            "The fullUrl looks like a RESTful server URL, so the entry's resource must have an id",
+                        ),
+                        Some(id) if !url.ends_with(&format!("/{rtype}/{id}")) => self.error(
+                            IssueCode::BundleFullUrl,
+                            at,
+                            format!(
+                                "The fullUrl looks like a RESTful server URL, so it must end with the resource's type and id (/{rtype}/{id})"
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
             }
         }
     }
@@ -997,6 +1085,53 @@ mod tests {
             codes(with("<a href=\"#nowhere/else\">x</a>")),
             vec![(IssueCode::Invariant, "List.text.div".to_string())]
         );
+    }
+
+    /// Bundle entry fullUrls, as the HL7 Java validator's BundleValidator checks them
+    /// (BUNDLE_BUNDLE_ENTRY_FULLURL_REQUIRED, BUNDLE_ENTRY_URL_ABSOLUTE,
+    /// BUNDLE_ENTRY_URL_MATCHES_NO_ID, BUNDLE_ENTRY_URL_MATCHES_TYPE_ID).
+    #[test]
+    fn bundle_entry_full_urls_follow_the_reference_validator() {
+        let entry = |full_url: Option<&str>, id: Option<&str>| {
+            let mut e = json!({ "resource": { "resourceType": "Patient" } });
+            if let Some(u) = full_url {
+                e["fullUrl"] = json!(u);
+            }
+            if let Some(i) = id {
+                e["resource"]["id"] = json!(i);
+            }
+            e
+        };
+        let check = |kind: &str, e: Value| {
+            let mut b = json!({ "resourceType": "Bundle", "type": kind, "entry": [e] });
+            if kind == "transaction" {
+                b["entry"][0]["request"] = json!({ "method": "POST", "url": "Patient" });
+            }
+            codes(b).into_iter().filter(|(c, _)| *c == IssueCode::BundleFullUrl).map(|(_, at)| at).collect::<Vec<_>>()
+        };
+        let flagged = vec!["Bundle.entry[0]".to_string()];
+        let fine: Vec<String> = vec![];
+        // Valid: RESTful URL with its type and id; urn:uuid (not compared with the id, as in
+        // Java); a base whose segments the pattern does not cover (a hyphen) is not RESTful-shaped;
+        // a transaction needs no fullUrl.
+        assert_eq!(check("collection", entry(Some("http://x.org/fhir/Patient/1"), Some("1"))), fine);
+        assert_eq!(check("collection", entry(Some("https://x.org/Patient/a.b-1"), Some("a.b-1"))), fine);
+        assert_eq!(check("collection", entry(Some("urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"), Some("1"))), fine);
+        assert_eq!(check("collection", entry(Some("http://my-host.org/Patient/9"), Some("1"))), fine);
+        assert_eq!(check("transaction", entry(None, None)), fine);
+        // Errors.
+        assert_eq!(check("collection", entry(None, Some("1"))), flagged, "fullUrl required outside transactions");
+        assert_eq!(check("searchset", entry(None, Some("1"))), flagged);
+        assert_eq!(check("collection", entry(Some("Patient/1"), Some("1"))), flagged, "relative");
+        assert_eq!(check("transaction", entry(Some("Patient/1"), None)), flagged, "relative, even in a transaction");
+        assert_eq!(check("collection", entry(Some("http://x.org/fhir/Patient/1"), Some("2"))), flagged, "another id");
+        assert_eq!(
+            check("collection", entry(Some("http://x.org/fhir/Observation/1"), Some("1"))),
+            flagged,
+            "another type"
+        );
+        assert_eq!(check("collection", entry(Some("http://x.org/fhir/Patient/1"), None)), flagged, "no id");
+        assert_eq!(check("document", entry(Some("Patient/1"), Some("1"))).len(), 1);
     }
 
     #[test]

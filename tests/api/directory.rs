@@ -23,16 +23,16 @@ fn heart_charity() -> Value {
         "resourceType": "Bundle",
         "type": "collection",
         "entry": [
-            { "fullUrl": "Organization/heart-support", "resource": {
+            { "fullUrl": "https://directory.example.org/fhir/Organization/heart-support", "resource": {
                 "resourceType": "Organization", "id": "heart-support", "active": true, "name": "Heart Support (example)" } },
-            { "fullUrl": "HealthcareService/heart-support-line", "resource": {
+            { "fullUrl": "https://directory.example.org/fhir/HealthcareService/heart-support-line", "resource": {
                 "resourceType": "HealthcareService", "id": "heart-support-line", "active": true,
                 "extension": [{ "url": "https://signpost.example/fhir/StructureDefinition/service-capacity", "valueCode": "open" }],
                 "providedBy": { "reference": "Organization/heart-support" },
                 "specialty": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "84114007", "display": "Heart failure" }] }],
                 "name": "Heart failure support line",
                 "endpoint": [{ "reference": "Endpoint/heart-support-webhook" }] } },
-            { "fullUrl": "Endpoint/heart-support-webhook", "resource": {
+            { "fullUrl": "https://directory.example.org/fhir/Endpoint/heart-support-webhook", "resource": {
                 "resourceType": "Endpoint", "id": "heart-support-webhook", "status": "active",
                 "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
                 "managingOrganization": { "reference": "Organization/heart-support" },
