@@ -68,7 +68,7 @@ catalogue! {
     InvalidValue => ("invalid-value", "value", "A primitive value does not have its FHIR lexical form (date, code, id, uri, ...).", "Format the value as the FHIR datatype requires."),
     CodeNotInValueSet => ("code-not-in-value-set", "code-invalid", "A code is not in the value set bound to the element (required: error; extensible: warning).", "Use a code from the bound value set."),
     CodeNotChecked => ("code-not-checked", "informational", "A code is bound to a value set Signpost does not bundle (MIME types, external code systems such as SNOMED CT): it was not checked (information, not an error).", "Nothing to fix; check the code against the code system yourself if it matters."),
-    ReferenceType => ("reference-type", "structure", "A reference points to a resource type the element does not allow (a warning: R4 examples do it too).", "Refer to one of the allowed resource types."),
+    ReferenceType => ("reference-type", "structure", "A reference points to a resource type the element does not allow.", "Refer to one of the allowed resource types."),
     FixedValue => ("fixed-value", "value", "A value differs from the fixed value or pattern the definition requires.", "Send the required value."),
     Invariant => ("invariant", "invariant", "A constraint of the definition (FHIRPath invariant) fails.", "Change the resource so the named constraint holds."),
     NhsNumberMissing => ("nhs-number-missing", "business-rule", "The referral's patient has no NHS number (identifier system https://fhir.nhs.uk/Id/nhs-number).", "Add the patient's NHS number to Patient.identifier (or ServiceRequest.subject.identifier)."),

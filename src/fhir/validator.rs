@@ -691,10 +691,9 @@ impl<'v> Walker<'_, 'v> {
                 at.to_string(),
                 format!("Constraint failed: txt-1: 'The narrative SHALL contain only the basic html formatting elements and attributes described in chapters 7-11 (except section 4 of chapter 9) and 15 of the HTML 4.0 standard, <a> elements (either name or href), images and internally contained style attributes' ({why})"),
             ),
-            // A warning: the HL7 reference does not check content, and official R4 examples
-            // carry empty narratives.
+            // An error, as txt-2 is in R4 and in the HL7 reference validator (htmlChecks).
             Err(narrative::Fault::NoContent) => self.push(
-                Issue::warning(
+                Issue::error(
                     IssueCode::Invariant,
                     "Constraint failed: txt-2: 'The narrative SHALL have some non-whitespace content'",
                 )
@@ -747,11 +746,11 @@ impl<'v> Walker<'_, 'v> {
         let Some((target, _)) = o.get("reference").and_then(Value::as_str).and_then(parse_reference) else {
             return;
         };
-        // A warning, not an error: the official R4 examples themselves contain such references
-        // (e.g. Observation.performer naming an Encounter), and they must stay valid.
+        // An error, as the HL7 reference validator reports it when the type is known from the
+        // reference (REFERENCE_REF_BADTARGETTYPE).
         if self.defs.is_resource(target) && !ty.targets.iter().any(|t| t == target) {
             self.push(
-                Issue::warning(
+                Issue::error(
                     IssueCode::ReferenceType,
                     format!("a reference to {target} is not allowed here (allowed: {})", ty.targets.join(", ")),
                 )
@@ -1085,6 +1084,27 @@ mod tests {
             codes(with("<a href=\"#nowhere/else\">x</a>")),
             vec![(IssueCode::Invariant, "List.text.div".to_string())]
         );
+    }
+
+    /// Severity as the HL7 Java validator gives it: a reference whose type is known and not
+    /// allowed (REFERENCE_REF_BADTARGETTYPE) and an empty narrative (txt-2) are errors.
+    #[test]
+    fn reference_target_types_and_empty_narratives_are_errors() {
+        let severity_of = |v: Value, code: IssueCode| {
+            validate(&v).into_iter().find(|i| i.code == code).map(|i| i.severity).expect("reported")
+        };
+        let bad_target = json!({ "resourceType": "Patient", "managingOrganization": { "reference": "Patient/1" } });
+        use crate::fhir::outcome::Severity;
+        assert_eq!(severity_of(bad_target, IssueCode::ReferenceType), Severity::Error);
+        let empty = json!({ "resourceType": "Patient", "text": { "status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">  </div>" } });
+        assert_eq!(severity_of(empty, IssueCode::Invariant), Severity::Error);
+        // An unknown type in the reference says nothing of the target: not checked.
+        let unknown = json!({ "resourceType": "Patient", "managingOrganization": { "reference": "http://x.org/1" } });
+        assert!(validate(&unknown).iter().all(|i| i.code != IssueCode::ReferenceType));
+        let image = json!({ "resourceType": "Patient", "text": { "status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"#a\"/></div>" } });
+        assert!(validate(&image).iter().all(|i| !i.diagnostics.contains("txt-2")), "an image is content");
     }
 
     /// Bundle entry fullUrls, as the HL7 Java validator's BundleValidator checks them
