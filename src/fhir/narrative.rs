@@ -2,8 +2,9 @@
 //! elements, no scripts, forms or event handlers, in a `div` in the XHTML namespace; `txt-2`,
 //! some non-whitespace content (text or an image).
 //!
-//! A light tag scanner, not an XML parser: it finds elements and attributes, which is what the
-//! rules are about; well-formedness beyond that is not judged here.
+//! A light tag scanner, not a full XML parser: it finds elements and attributes, which is what
+//! the rules are about, and checks the nesting (every start tag closed by its own end tag, one
+//! root `div`), as the reference validator's XHTML parser does in XML mode.
 
 /// Which narrative rule a `div` breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,9 @@ pub enum Fault {
     Markup(String),
     /// `txt-2`: no text and no image.
     NoContent,
+    /// Not well-formed: an end tag that closes another element, an element left open, or
+    /// something after the root `div`.
+    Malformed(String),
 }
 
 /// Elements the R4 narrative may contain (HTML 4.0 chapters 7–11 and 15, `a`, `img`).
@@ -98,6 +102,9 @@ pub fn check(div: &str) -> Result<(), Fault> {
     let mut has_image = false;
     let mut first = true;
     let mut rest = trimmed;
+    // Open elements (local names); the root closes last.
+    let mut open_elements: Vec<String> = Vec::new();
+    let mut closed_root = false;
     while let Some(open) = rest.find('<') {
         has_text |= text_content(&rest[..open]);
         let after = &rest[open + 1..];
@@ -105,15 +112,25 @@ pub fn check(div: &str) -> Result<(), Fault> {
             rest = comment.find("-->").map(|e| &comment[e + 3..]).unwrap_or("");
             continue;
         }
+        if closed_root {
+            return Err(Fault::Malformed("there is content after the root <div>".into()));
+        }
         if after.starts_with('!') || after.starts_with('?') {
             return Err(Fault::Markup("processing instructions and declarations are not allowed".into()));
         }
         let close = after.find('>').ok_or_else(|| Fault::Markup("an element is not closed".into()))?;
         let tag = &after[..close];
         rest = &after[close + 1..];
-        if tag.starts_with('/') {
+        if let Some(end) = tag.strip_prefix('/') {
+            let end = end.trim();
+            let local = end.rsplit(':').next().unwrap_or(end).to_ascii_lowercase();
+            match open_elements.pop() {
+                Some(top) if top == local => closed_root = open_elements.is_empty(),
+                _ => return Err(Fault::Malformed("an end tag does not match the element it closes".into())),
+            }
             continue;
         }
+        let self_closing = tag.ends_with('/');
         let tag = tag.trim_end_matches('/');
         let mut parts = tag.split_ascii_whitespace();
         let name = parts.next().unwrap_or("");
@@ -122,6 +139,11 @@ pub fn check(div: &str) -> Result<(), Fault> {
             return Err(Fault::Markup(format!("{} is not allowed in a narrative", describe(&local))));
         }
         has_image |= local == "img";
+        if !self_closing {
+            open_elements.push(local.clone());
+        } else if open_elements.is_empty() {
+            closed_root = true;
+        }
         let attrs = &tag[name.len()..];
         for attr in attribute_names(attrs) {
             if attr.len() > 2 && attr[..2].eq_ignore_ascii_case("on") {
@@ -138,7 +160,12 @@ pub fn check(div: &str) -> Result<(), Fault> {
             }
         }
     }
-    has_text |= text_content(rest);
+    if !open_elements.is_empty() {
+        return Err(Fault::Malformed("an element is not closed".into()));
+    }
+    if text_content(rest) {
+        return Err(Fault::Malformed("there is text after the root <div>".into()));
+    }
     if has_text || has_image { Ok(()) } else { Err(Fault::NoContent) }
 }
 
@@ -254,6 +281,20 @@ mod tests {
         let div = format!("<div {NS}><p>Referral <b>sent</b></p><!-- note --><img src=\"#a\" alt=\"x\"/></div>");
         assert_eq!(check(&div), Ok(()));
         assert_eq!(check(&format!("<div {NS}>&#160;</div>")), Ok(()));
+    }
+
+    #[test]
+    fn nesting_must_be_well_formed() {
+        let ok = |inner: &str| check(&format!("<div {NS}>{inner}</div>"));
+        assert_eq!(ok("<p>a<br/>b<br />c</p><table><tr><td>x</td></tr></table>"), Ok(()));
+        assert_eq!(ok("<P>mixed case</p>"), Ok(()), "HTML names compare without case");
+        assert!(matches!(ok("<p>unclosed"), Err(Fault::Malformed(_))));
+        assert!(matches!(ok("<p><b>crossed</p></b>"), Err(Fault::Malformed(_))));
+        assert!(matches!(ok("</p>stray end"), Err(Fault::Malformed(_))));
+        assert!(matches!(check(&format!("<div {NS}>a</div><p>b</p>")), Err(Fault::Malformed(_))));
+        assert!(matches!(check(&format!("<div {NS}>a</div>trailing")), Err(Fault::Malformed(_))));
+        assert!(matches!(check(&format!("<div {NS}>a")), Err(Fault::Malformed(_))));
+        assert_eq!(check(&format!("<div {NS}>a</div>\n  ")), Ok(()), "whitespace after the root is fine");
     }
 
     #[test]

@@ -319,9 +319,8 @@ impl<'v> Walker<'_, 'v> {
             if is_resource && key == "resourceType" {
                 continue;
             }
-            if key == "fhir_comments" {
-                continue;
-            }
+            // `fhir_comments` (DSTU2's JSON comments) is not R4 JSON: an unknown property, as the
+            // Java reference's parser reports it (UNRECOGNISED_PROPERTY_).
             let (name, twin) = match key.strip_prefix('_') {
                 Some(n) => (n, true),
                 None => (key.as_str(), false),
@@ -692,6 +691,11 @@ impl<'v> Walker<'_, 'v> {
                 format!("Constraint failed: txt-1: 'The narrative SHALL contain only the basic html formatting elements and attributes described in chapters 7-11 (except section 4 of chapter 9) and 15 of the HTML 4.0 standard, <a> elements (either name or href), images and internally contained style attributes' ({why})"),
             ),
             // An error, as txt-2 is in R4 and in the HL7 reference validator (htmlChecks).
+            Err(narrative::Fault::Malformed(why)) => self.error(
+                IssueCode::InvalidValue,
+                at.to_string(),
+                format!("The narrative is not well-formed XHTML: {why}"),
+            ),
             Err(narrative::Fault::NoContent) => self.push(
                 Issue::error(
                     IssueCode::Invariant,
@@ -1084,6 +1088,18 @@ mod tests {
             codes(with("<a href=\"#nowhere/else\">x</a>")),
             vec![(IssueCode::Invariant, "List.text.div".to_string())]
         );
+    }
+
+    /// R4 JSON has no `fhir_comments` (DSTU2 had): an unknown property wherever it appears.
+    #[test]
+    fn fhir_comments_are_not_r4_json() {
+        let at_root = json!({ "resourceType": "Patient", "fhir_comments": ["a comment"] });
+        assert_eq!(codes(at_root), vec![(IssueCode::UnknownElement, "Patient".to_string())]);
+        let nested = json!({ "resourceType": "Patient", "name": [{ "fhir_comments": ["x"], "family": "Doe" }] });
+        assert_eq!(codes(nested), vec![(IssueCode::UnknownElement, "Patient.name[0]".to_string())]);
+        let on_primitive =
+            json!({ "resourceType": "Patient", "birthDate": "2000-01-01", "_birthDate": { "fhir_comments": ["x"] } });
+        assert!(codes(on_primitive).iter().any(|(c, _)| *c == IssueCode::UnknownElement));
     }
 
     /// Severity as the HL7 Java validator gives it: a reference whose type is known and not
