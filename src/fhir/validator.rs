@@ -24,14 +24,69 @@ use super::outcome::{Issue, IssueCode};
 use super::parse_reference;
 use super::{fhirpath, narrative};
 
-/// Whether `s` is an absolute URI: a scheme (a letter, then letters, digits, `+`, `-`, `.`)
-/// and a colon, then something.
+/// Whether `s` is an absolute URL as the reference validator decides it (`isAbsoluteUrl`): a
+/// scheme that is `http`, `https` or `urn`, or a lowercase token (a letter, then letters, digits,
+/// `_`, `[`, `]`), then a colon and something without a space.
 fn is_absolute_uri(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once(':') else { return false };
     let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        && !rest.is_empty()
+    let token = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '[' | ']'));
+    token && !rest.is_empty() && !rest.contains(' ')
+}
+
+/// What is wrong with a uri, url, canonical, oid or uuid value beyond its lexical form, as the
+/// reference validator's type-specific checks have it (TYPE_SPECIFIC_CHECKS_DT_URI_OID / _UUID,
+/// _OID_START, _UUID_STRAT, CANONICAL_ABSOLUTE, _UUID_VALID, _OID_VALID).
+fn uri_fault(ty: &str, url: &str) -> Option<String> {
+    if url.starts_with("oid:") {
+        return Some("URI values cannot start with oid: (use urn:oid:)".into());
+    }
+    if url.starts_with("uuid:") {
+        return Some("URI values cannot start with uuid: (use urn:uuid:)".into());
+    }
+    if ty == "oid" && !url.starts_with("urn:oid:") {
+        return Some("an oid must start with urn:oid:".into());
+    }
+    if ty == "uuid" && !url.starts_with("urn:uuid:") {
+        return Some("a uuid must start with urn:uuid:".into());
+    }
+    if ty == "canonical" && !url.starts_with('#') && !is_absolute_uri(url) {
+        return Some("a canonical URL must be absolute unless it is a fragment reference (#...)".into());
+    }
+    if let Some(rest) = url.strip_prefix("urn:uuid:") {
+        let mut u = rest.split('#').next().unwrap_or(rest);
+        if ty == "canonical" {
+            u = u.rsplit_once('|').map_or(u, |(head, _)| head);
+        }
+        let groups: Vec<&str> = u.split('-').collect();
+        let shape = [8, 4, 4, 4, 12];
+        let valid = groups.len() == 5
+            && groups
+                .iter()
+                .zip(shape)
+                .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        if !valid {
+            return Some("the text after urn:uuid: is not a UUID (8-4-4-4-12 lowercase hexadecimal digits)".into());
+        }
+    }
+    if let Some(rest) = url.strip_prefix("urn:oid:") {
+        let oid = if ty == "canonical" { rest.split('|').next().unwrap_or(rest) } else { rest };
+        let b = oid.as_bytes();
+        let arcs: Vec<&str> = oid.split('.').collect();
+        let lexical = b.len() >= 2
+            && (b'0'..=b'2').contains(&b[0])
+            && b[1] == b'.'
+            && arcs.len() >= 2
+            && arcs
+                .iter()
+                .all(|a| a == &"0" || (!a.is_empty() && !a.starts_with('0') && a.bytes().all(|c| c.is_ascii_digit())));
+        let rooted = oid.rfind('.').is_some_and(|i| i >= 4) || oid.starts_with("1.3");
+        if !(lexical && rooted) {
+            return Some("the text after urn:oid: is not a usable OID (dot-separated numbers from a 0, 1 or 2 root, more than a bare root)".into());
+        }
+    }
+    None
 }
 
 /// The (type, id) of a URL shaped like a RESTful resource URL, as the reference validator's
@@ -590,6 +645,11 @@ impl<'v> Walker<'_, 'v> {
         if matches!(ty, "date" | "dateTime" | "instant") && text.get(..10).is_some_and(|d| !real_date(d)) {
             self.error(IssueCode::InvalidValue, at.to_string(), format!("the value is not a valid {ty}: no such day"));
         }
+        if matches!(ty, "uri" | "url" | "canonical" | "oid" | "uuid")
+            && let Some(why) = uri_fault(ty, &text)
+        {
+            self.error(IssueCode::InvalidValue, at.to_string(), why);
+        }
     }
 
     fn extension(&mut self, o: &Map<String, Value>, at: &str) {
@@ -1088,6 +1148,46 @@ mod tests {
             codes(with("<a href=\"#nowhere/else\">x</a>")),
             vec![(IssueCode::Invariant, "List.text.div".to_string())]
         );
+    }
+
+    /// uri, url, canonical, oid and uuid values as the reference validator's type-specific
+    /// checks have them.
+    #[test]
+    fn uri_family_values_follow_the_reference_validator() {
+        use super::uri_fault;
+        for (ty, ok) in [
+            ("uri", "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"),
+            ("uri", "urn:oid:2.16.840.1.113883.4.1"),
+            ("uri", "urn:oid:1.3.6"),
+            ("uri", "http://example.org/a"),
+            ("uri", "Patient/1"),
+            ("url", "https://x.org/a#frag"),
+            ("canonical", "http://hl7.org/fhir/ValueSet/x|4.0.1"),
+            ("canonical", "#local"),
+            ("canonical", "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01|1"),
+            ("oid", "urn:oid:2.16.840.1"),
+            ("uuid", "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"),
+        ] {
+            assert_eq!(uri_fault(ty, ok), None, "{ty} {ok}");
+        }
+        for (ty, bad) in [
+            ("uri", "oid:1.2.3.4"),
+            ("uri", "uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"),
+            ("uri", "urn:uuid:not-a-uuid"),
+            ("uri", "urn:uuid:0B3C6C9E-3F0A-4F57-9A3E-1D6A2F1C9A01"),
+            ("uri", "urn:oid:1.2.x"),
+            ("uri", "urn:oid:3.1.2.3.4"),
+            ("uri", "urn:oid:1.2.3"),
+            ("uri", "urn:oid:2.16.0840"),
+            ("oid", "2.16.840.1"),
+            ("uuid", "0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"),
+            ("canonical", "ValueSet/x"),
+        ] {
+            assert!(uri_fault(ty, bad).is_some(), "{ty} {bad}");
+        }
+        // Reported at the element, as invalid-value.
+        let v = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:oid:1.2.x", "value": "1" }] });
+        assert_eq!(codes(v), vec![(IssueCode::InvalidValue, "Patient.identifier[0].system".to_string())]);
     }
 
     /// R4 JSON has no `fhir_comments` (DSTU2 had): an unknown property wherever it appears.
