@@ -18,12 +18,15 @@ pub enum Fault {
     Malformed(String),
 }
 
-/// Elements the R4 narrative may contain (HTML 4.0 chapters 7–11 and 15, `a`, `img`).
+/// Elements a narrative may contain: the reference validator's list (XhtmlValidator
+/// HTML_ELEMENTS), HTML 4.0's basic formatting elements less `ins`/`del` (chapter 9 section 4,
+/// which R4 excludes) and the font styles `s`, `strike` and `u`, which the reference refuses too.
 const ALLOWED: &[&str] = &[
     "a",
     "abbr",
     "acronym",
     "address",
+    "area",
     "b",
     "bdo",
     "big",
@@ -35,7 +38,6 @@ const ALLOWED: &[&str] = &[
     "col",
     "colgroup",
     "dd",
-    "del",
     "dfn",
     "div",
     "dl",
@@ -50,18 +52,16 @@ const ALLOWED: &[&str] = &[
     "hr",
     "i",
     "img",
-    "ins",
     "kbd",
     "li",
+    "map",
     "ol",
     "p",
     "pre",
     "q",
-    "s",
     "samp",
     "small",
     "span",
-    "strike",
     "strong",
     "sub",
     "sup",
@@ -73,10 +73,101 @@ const ALLOWED: &[&str] = &[
     "thead",
     "tr",
     "tt",
-    "u",
     "ul",
     "var",
 ];
+
+/// Attributes allowed on any element (the reference's HTML_ATTRIBUTES); `xmlns...` always.
+const ANY_ATTRIBUTES: &[&str] = &[
+    "title",
+    "style",
+    "class",
+    "id",
+    "lang",
+    "xml:lang",
+    "dir",
+    "accesskey",
+    "tabindex",
+    "span",
+    "width",
+    "align",
+    "valign",
+    "char",
+    "charoff",
+    "abbr",
+    "axis",
+    "headers",
+    "scope",
+    "rowspan",
+    "colspan",
+    "xml:space",
+];
+
+/// Attributes allowed on one element (the reference's HTML_COMBO_LIST), as `element.attribute`.
+const ELEMENT_ATTRIBUTES: &[&str] = &[
+    "a.href",
+    "a.name",
+    "a.charset",
+    "a.type",
+    "a.hreflang",
+    "a.rel",
+    "a.rev",
+    "a.shape",
+    "a.coords",
+    "img.src",
+    "img.border",
+    "img.alt",
+    "img.longdesc",
+    "img.height",
+    "img.width",
+    "img.usemap",
+    "img.ismap",
+    "div.xmlns",
+    "blockquote.cite",
+    "q.cite",
+    "map.name",
+    "area.shape",
+    "area.coords",
+    "area.href",
+    "area.nohref",
+    "area.alt",
+    "table.summary",
+    "table.width",
+    "table.border",
+    "table.frame",
+    "table.rules",
+    "table.cellspacing",
+    "table.cellpadding",
+    "pre.space",
+    "td.nowrap",
+];
+
+/// Block elements a paragraph may not contain.
+const BLOCKS: &[&str] = &["div", "blockquote", "table", "ol", "ul", "p"];
+
+/// What is wrong with an `a href` or `img src` value, as the reference's UrlUtil checks it:
+/// not empty; a `data:` URL has one comma and, when `;base64`, base64 data; any other URL uses
+/// only letters, digits and `;?:@&=+$.,/%-_~#[]!'()*|`.
+fn url_fault(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return Some("a hyperlink or image source is empty");
+    }
+    if let Some(data) = value.strip_prefix("data:") {
+        let parts: Vec<&str> = data.split(',').collect();
+        if parts.len() != 2 {
+            return Some("a data: URL must have exactly one comma, between its type and its data");
+        }
+        if parts[0].ends_with(";base64") {
+            let n = parts[1].chars().filter(|c| c.is_alphanumeric() || matches!(c, '/' | '=' | '+')).count();
+            if n % 4 != 0 {
+                return Some("a data: URL's base64 data is not valid base64");
+            }
+        }
+        return None;
+    }
+    let ok = value.chars().all(|c| c.is_alphanumeric() || ";?:@&=+$.,/%-_~#[]!'()*|".contains(c));
+    (!ok).then_some("a hyperlink or image source has characters a URL may not contain (such as spaces, quotes or <>)")
+}
 
 /// HTML elements a narrative may not use, named in diagnostics; any other tag is described
 /// without its name (a malformed tag could carry narrative text, which is patient data).
@@ -123,7 +214,7 @@ pub fn check(div: &str) -> Result<(), Fault> {
         rest = &after[close + 1..];
         if let Some(end) = tag.strip_prefix('/') {
             let end = end.trim();
-            let local = end.rsplit(':').next().unwrap_or(end).to_ascii_lowercase();
+            let local = end.rsplit(':').next().unwrap_or(end).to_string();
             match open_elements.pop() {
                 Some(top) if top == local => closed_root = open_elements.is_empty(),
                 _ => return Err(Fault::Malformed("an end tag does not match the element it closes".into())),
@@ -134,9 +225,15 @@ pub fn check(div: &str) -> Result<(), Fault> {
         let tag = tag.trim_end_matches('/');
         let mut parts = tag.split_ascii_whitespace();
         let name = parts.next().unwrap_or("");
-        let local = name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase();
+        let local = name.rsplit(':').next().unwrap_or(name).to_string();
         if !ALLOWED.contains(&local.as_str()) {
-            return Err(Fault::Markup(format!("{} is not allowed in a narrative", describe(&local))));
+            return Err(Fault::Markup(format!(
+                "{} is not allowed in a narrative",
+                describe(&local.to_ascii_lowercase())
+            )));
+        }
+        if BLOCKS.contains(&local.as_str()) && open_elements.iter().any(|e| e == "p") {
+            return Err(Fault::Markup(format!("the block element <{local}> is not allowed inside a paragraph <p>")));
         }
         has_image |= local == "img";
         if !self_closing {
@@ -150,6 +247,22 @@ pub fn check(div: &str) -> Result<(), Fault> {
                 return Err(Fault::Markup(
                     "event-handler attributes (on...) are not allowed in a narrative".to_string(),
                 ));
+            }
+            let allowed = attr.starts_with("xmlns")
+                || ANY_ATTRIBUTES.contains(&attr)
+                || ELEMENT_ATTRIBUTES.iter().any(|ea| ea.split_once('.') == Some((local.as_str(), attr)));
+            if !allowed {
+                // Named only when it looks like an attribute name (markup, not narrative text).
+                let shaped = attr.len() <= 30 && attr.bytes().all(|b| b.is_ascii_alphabetic() || b"-_:".contains(&b));
+                let what = if shaped { format!("the attribute {attr}") } else { "an attribute".to_string() };
+                return Err(Fault::Markup(format!("{what} is not allowed on <{local}> in a narrative")));
+            }
+        }
+        for (attr, value) in attributes(attrs) {
+            if ((local == "a" && attr == "href") || (local == "img" && attr == "src"))
+                && let Some(why) = url_fault(value)
+            {
+                return Err(Fault::Markup(why.to_string()));
             }
         }
         if first {
@@ -283,11 +396,44 @@ mod tests {
         assert_eq!(check(&format!("<div {NS}>&#160;</div>")), Ok(()));
     }
 
+    /// The reference validator's element, attribute and hyperlink rules (XhtmlValidator).
+    #[test]
+    fn elements_attributes_and_links_follow_the_reference_validator() {
+        let ok = |inner: &str| check(&format!("<div {NS}>{inner}</div>"));
+        for good in [
+            "<p class=\"x\" style=\"color:red\" id=\"a1\" title=\"t\">a</p>",
+            "<a href=\"#a1\">x</a><a name=\"n\">y</a>",
+            "<a href=\"http://example.org/a?b=c&amp;d=(e)\">link</a>",
+            "<img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"x\"/>",
+            "<table border=\"1\" cellpadding=\"2\"><tr><td colspan=\"2\" nowrap=\"nowrap\">x</td></tr></table>",
+            "<map name=\"m\"><area shape=\"rect\" coords=\"0,0,1,1\" href=\"#a\" alt=\"a\"/></map>x",
+            "<pre xml:space=\"preserve\">x</pre>",
+            "<p>a <b>b</b> <span>c</span></p>",
+        ] {
+            assert_eq!(ok(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "<u>underlined</u>",
+            "<s>struck</s>",
+            "<ins>inserted</ins>",
+            "<p align=\"left\" foo=\"1\">x</p>",
+            "<span href=\"#a\">x</span>",
+            "<img src=\"a b.png\"/>",
+            "<a href=\"\">x</a>",
+            "<img src=\"data:image/png;base64,abc\"/>",
+            "<img src=\"data:a,b,c\"/>",
+            "<p>para <div>block</div></p>",
+            "<p><ul><li>x</li></ul></p>",
+        ] {
+            assert!(matches!(ok(bad), Err(Fault::Markup(_))), "{bad}: {:?}", ok(bad));
+        }
+    }
+
     #[test]
     fn nesting_must_be_well_formed() {
         let ok = |inner: &str| check(&format!("<div {NS}>{inner}</div>"));
         assert_eq!(ok("<p>a<br/>b<br />c</p><table><tr><td>x</td></tr></table>"), Ok(()));
-        assert_eq!(ok("<P>mixed case</p>"), Ok(()), "HTML names compare without case");
+        assert!(ok("<P>upper case</P>").is_err(), "XHTML names are lower case, as in the reference");
         assert!(matches!(ok("<p>unclosed"), Err(Fault::Malformed(_))));
         assert!(matches!(ok("<p><b>crossed</p></b>"), Err(Fault::Malformed(_))));
         assert!(matches!(ok("</p>stray end"), Err(Fault::Malformed(_))));
