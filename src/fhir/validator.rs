@@ -324,13 +324,55 @@ impl<'v> Walker<'_, 'v> {
         }
     }
 
-    /// Each paging relation (self, first, previous, next, last) may occur once.
+    /// The links of a Bundle by its type, as the reference validator's BundleValidator checks
+    /// them: in a searchset or history each of self, first, previous, next and last at most once;
+    /// in every other Bundle the paging relations (first, previous, next, last) are not allowed
+    /// and self at most once (BUNDLE_LINK_SEARCH_PROHIBITED, BUNDLE_LINK_SEARCH_NO_DUPLICATES). A
+    /// searchset's entries each carry a resource (BUNDLE_SEARCH_ENTRY_NO_RESOURCE).
     fn bundle_links(&mut self, bundle: &Map<String, Value>, path: &str) {
+        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default();
+        let search = matches!(kind, "searchset" | "history");
+        let known = search
+            || matches!(
+                kind,
+                "document"
+                    | "message"
+                    | "collection"
+                    | "subscription-notification"
+                    | "transaction"
+                    | "transaction-response"
+                    | "batch"
+                    | "batch-response"
+            );
+        if kind == "searchset" {
+            let entries = bundle.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate();
+            for (i, entry) in entries {
+                if entry.get("resource").is_none() {
+                    self.error(
+                        IssueCode::Cardinality,
+                        format!("{path}.entry[{i}]"),
+                        "A search result entry must have a resource",
+                    );
+                }
+            }
+        }
         let Some(links) = bundle.get("link").and_then(Value::as_array) else { return };
+        if !known {
+            return;
+        }
         let mut seen: Vec<&str> = Vec::new();
         for (i, link) in links.iter().enumerate() {
             let Some(rel) = link.get("relation").and_then(Value::as_str) else { continue };
-            if !matches!(rel, "self" | "first" | "previous" | "prev" | "next" | "last") {
+            let paging = matches!(rel, "first" | "previous" | "next" | "last");
+            if paging && !search {
+                self.error(
+                    IssueCode::Invariant,
+                    format!("{path}.link[{i}].relation"),
+                    format!("The link relationship type '{rel}' is only allowed in a searchset or history Bundle"),
+                );
+                continue;
+            }
+            if !(paging || rel == "self") {
                 continue;
             }
             if seen.contains(&rel) {
@@ -1281,6 +1323,24 @@ mod tests {
             { "relation": "self", "url": "http://x/a" }, { "relation": "next", "url": "http://x/b" }, { "relation": "self", "url": "http://x/c" }
         ]});
         assert_eq!(codes(bundle), vec![(IssueCode::Invariant, "Bundle.link[2]".to_string())]);
+    }
+
+    /// Links by Bundle type and searchset entries, as the reference's BundleValidator has them.
+    #[test]
+    fn bundle_links_by_type_and_search_entries() {
+        let with_links = |kind: &str, rels: &[&str]| {
+            let links: Vec<Value> =
+                rels.iter().map(|r| json!({ "relation": r, "url": "http://x.org/fhir/a" })).collect();
+            codes(json!({ "resourceType": "Bundle", "type": kind, "link": links }))
+        };
+        assert_eq!(with_links("searchset", &["self", "first", "next", "last", "alternate", "alternate"]), vec![]);
+        assert_eq!(with_links("history", &["next", "next"]), vec![(IssueCode::Invariant, "Bundle.link[1]".into())]);
+        assert_eq!(with_links("collection", &["self", "alternate"]), vec![]);
+        assert_eq!(with_links("collection", &["next"]), vec![(IssueCode::Invariant, "Bundle.link[0].relation".into())]);
+        assert_eq!(with_links("transaction", &["self", "self"]), vec![(IssueCode::Invariant, "Bundle.link[1]".into())]);
+        let no_resource = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+            { "fullUrl": "http://x.org/fhir/Patient/1", "search": { "mode": "match" } }] });
+        assert!(codes(no_resource).contains(&(IssueCode::Cardinality, "Bundle.entry[0]".into())));
     }
 
     #[test]
