@@ -117,6 +117,21 @@ fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u
     base.iter().all(segment_ok).then_some((parts[n - 2], parts[n - 1]))
 }
 
+/// Whether `query` (after `Type?`) is a search query as the reference validator reads one
+/// (BaseValidator.isSearchUrl): one or more `name=value` pairs separated by `&` or `;`, each name
+/// `[_a-zA-Z][_a-zA-Z0-9.:-]*`, each value present and without `=` or `&`.
+fn is_search_query(query: &str) -> bool {
+    let pairs: Vec<&str> = query.split(['&', ';']).filter(|p| !p.is_empty()).collect();
+    !pairs.is_empty()
+        && pairs.iter().all(|pair| {
+            let Some((name, value)) = pair.split_once('=') else { return false };
+            let mut chars = name.chars();
+            chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+                && !value.contains('=')
+        })
+}
+
 /// Validate one resource; `path` is its FHIRPath root (`Patient`, `Bundle.entry[0].resource`).
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
@@ -830,6 +845,27 @@ impl<'v> Walker<'_, 'v> {
     }
 
     fn reference(&mut self, o: &Map<String, Value>, ty: &TypeRef, at: &str) {
+        // The reference's own form, as the reference validator checks it: no whitespace
+        // (REFERENCE_REF_INVALID_REF); a conditional reference (`Type?query`) is a search URL
+        // (REFERENCE_REF_QUERY_INVALID).
+        if let Some(r) = o.get("reference").and_then(Value::as_str) {
+            if r.chars().any(char::is_whitespace) {
+                self.error(
+                    IssueCode::InvalidValue,
+                    format!("{at}.reference"),
+                    "a reference must not contain whitespace",
+                );
+            } else if let Some((target, query)) = r.split_once('?')
+                && self.defs.is_resource(target)
+                && !is_search_query(query)
+            {
+                self.error(
+                    IssueCode::InvalidValue,
+                    format!("{at}.reference"),
+                    "a conditional reference must be a search URL: Type?name=value[&name=value...]",
+                );
+            }
+        }
         // ref-1: a local reference (`#id`) names a contained resource of the root resource
         // (`#` alone, from a contained resource, names its container).
         if let Some(id) = o.get("reference").and_then(Value::as_str).and_then(|r| r.strip_prefix('#'))
@@ -1230,6 +1266,32 @@ mod tests {
         // Reported at the element, as invalid-value.
         let v = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:oid:1.2.x", "value": "1" }] });
         assert_eq!(codes(v), vec![(IssueCode::InvalidValue, "Patient.identifier[0].system".to_string())]);
+    }
+
+    /// A reference's own form (REFERENCE_REF_INVALID_REF, REFERENCE_REF_QUERY_INVALID).
+    #[test]
+    fn reference_strings_have_no_whitespace_and_conditional_ones_are_searches() {
+        let at = |r: &str| {
+            codes(json!({ "resourceType": "Patient", "managingOrganization": { "reference": r } }))
+                .into_iter()
+                .filter(|(c, _)| *c == IssueCode::InvalidValue)
+                .map(|(_, p)| p)
+                .collect::<Vec<_>>()
+        };
+        let flagged = vec!["Patient.managingOrganization.reference".to_string()];
+        for ok in [
+            "Organization/1",
+            "http://x.org/fhir/Organization/1",
+            "Organization?identifier=http://x|1",
+            "Organization?name=a&_id=b",
+        ] {
+            assert!(at(ok).is_empty(), "{ok}");
+        }
+        for bad in
+            ["Organization/ 1", "Organization?", "Organization?identifier", "Organization?1x=a", "Organization?a=b=c"]
+        {
+            assert_eq!(at(bad), flagged, "{bad}");
+        }
     }
 
     /// R4 JSON has no `fhir_comments` (DSTU2 had): an unknown property wherever it appears.
