@@ -117,6 +117,29 @@ fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u
     base.iter().all(segment_ok).then_some((parts[n - 2], parts[n - 1]))
 }
 
+/// Whether a Bundle entry's resource must have an id, as the reference validator decides it
+/// (InstanceValidator.idStatusForEntry): not in a response entry; in a request entry only for a
+/// PUT without a url; otherwise unless the fullUrl is a urn:uuid or urn:oid.
+fn entry_needs_id(entry: &Value) -> bool {
+    if entry.get("response").is_some() {
+        return false;
+    }
+    match entry.get("request") {
+        Some(req) => {
+            req.get("method").and_then(Value::as_str) == Some("PUT") && req.get("url").is_none()
+                || req.get("method").is_none() && entry_needs_id_by_full_url(entry)
+        }
+        None => entry_needs_id_by_full_url(entry),
+    }
+}
+
+fn entry_needs_id_by_full_url(entry: &Value) -> bool {
+    match entry.get("fullUrl").and_then(Value::as_str) {
+        None => true,
+        Some(u) => !(u.starts_with("urn:uuid:") || u.starts_with("urn:oid:")),
+    }
+}
+
 /// Whether `query` (after `Type?`) is a search query as the reference validator reads one
 /// (BaseValidator.isSearchUrl): one or more `name=value` pairs separated by `&` or `;`, each name
 /// `[_a-zA-Z][_a-zA-Z0-9.:-]*`, each value present and without `=` or `&`.
@@ -136,8 +159,15 @@ fn is_search_query(query: &str) -> bool {
 pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) {
     let mut path = path.to_string();
     let start = issues.len();
-    let mut walker =
-        Walker { defs: Definitions::shared(), issues, frames: Vec::new(), twin_host: None, start, dropped: 0 };
+    let mut walker = Walker {
+        defs: Definitions::shared(),
+        issues,
+        frames: Vec::new(),
+        twin_host: None,
+        start,
+        dropped: 0,
+        element_ids: Vec::new(),
+    };
     walker.resource(resource, &mut path);
     if walker.dropped > 0 {
         let dropped = walker.dropped;
@@ -172,6 +202,9 @@ struct Walker<'a, 'v> {
     start: usize,
     /// Issues found past [`MAX_COLLECTED`].
     dropped: usize,
+    /// The element ids seen in each resource being walked (innermost last): an element id is
+    /// unique within its resource (the reference's DUPLICATE_ID).
+    element_ids: Vec<Vec<&'v str>>,
 }
 
 /// The diagnostic for an unknown property. Its name is never repeated: a property name can
@@ -220,6 +253,7 @@ impl<'v> Walker<'_, 'v> {
             _ => value,
         };
         self.frames.push((value, root, path.len()));
+        self.element_ids.push(Vec::new());
         self.object(obj, td, ty, path, true);
         if ty == "Bundle" {
             self.bundle_links(obj, path);
@@ -231,6 +265,7 @@ impl<'v> Walker<'_, 'v> {
         }
         self.contained_referenced(obj, path);
         self.frames.pop();
+        self.element_ids.pop();
     }
 
     /// Evaluate the FHIRPath invariants of an element on its value `focus` at `at`.
@@ -271,7 +306,21 @@ impl<'v> Walker<'_, 'v> {
             }
         }
         for (i, c) in contained.iter().enumerate() {
-            let Some(id) = c.get("id").and_then(Value::as_str) else { continue };
+            let Some(id) = c.get("id").and_then(Value::as_str) else {
+                self.error(
+                    IssueCode::Cardinality,
+                    format!("{path}.contained[{i}]"),
+                    "A contained resource requires an id, but none is present",
+                );
+                continue;
+            };
+            if contained[..i].iter().any(|o| o.get("id").and_then(Value::as_str) == Some(id)) {
+                self.error(
+                    IssueCode::Invariant,
+                    format!("{path}.contained[{i}]"),
+                    "Duplicate contained resource id: each contained resource needs its own id",
+                );
+            }
             let target = format!("#{id}");
             let referenced = obj.iter().any(|(k, v)| {
                 if k == "contained" {
@@ -304,6 +353,13 @@ impl<'v> Walker<'_, 'v> {
             let resource = entry.get("resource");
             let rtype = resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str);
             let id = resource.and_then(|r| r.get("id")).and_then(Value::as_str);
+            if resource.is_some_and(Value::is_object) && id.is_none() && entry_needs_id(entry) {
+                self.error(
+                    IssueCode::Cardinality,
+                    format!("{at}.resource"),
+                    "This entry's resource requires an id, but none is present",
+                );
+            }
             match entry.get("fullUrl").and_then(Value::as_str) {
                 None if !optional && entry.get("fullUrl").is_none() => self.error(
                     IssueCode::BundleFullUrl,
@@ -415,6 +471,20 @@ impl<'v> Walker<'_, 'v> {
     ) {
         if obj.is_empty() {
             self.error(IssueCode::EmptyElement, expr.to_string(), "an element must have a value or children");
+        }
+        if !is_resource
+            && let Some(id) = obj.get("id").and_then(Value::as_str)
+            && let Some(seen) = self.element_ids.last_mut()
+        {
+            if seen.contains(&id) {
+                self.error(
+                    IssueCode::Invariant,
+                    expr.to_string(),
+                    "Duplicate id value: an element id is unique within its resource",
+                );
+            } else {
+                seen.push(id);
+            }
         }
         let kids = td.children_of(elem_path);
         let named = td.named.get(elem_path);
@@ -1266,6 +1336,42 @@ mod tests {
         // Reported at the element, as invalid-value.
         let v = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:oid:1.2.x", "value": "1" }] });
         assert_eq!(codes(v), vec![(IssueCode::InvalidValue, "Patient.identifier[0].system".to_string())]);
+    }
+
+    /// Ids as the reference validator requires them: element ids unique within their resource
+    /// (DUPLICATE_ID), contained resources with an id each, unique (RESOURCE_RES_ID_MISSING,
+    /// RESOURCE_DUPLICATE_CONTAINED_ID), Bundle entry resources with an id unless the entry is a
+    /// POST or response or its fullUrl a urn:uuid (idStatusForEntry).
+    #[test]
+    fn element_contained_and_entry_ids_follow_the_reference_validator() {
+        let dup =
+            json!({ "resourceType": "Patient", "name": [{ "id": "n", "family": "a" }, { "id": "n", "family": "b" }] });
+        assert_eq!(codes(dup), vec![(IssueCode::Invariant, "Patient.name[1]".into())]);
+        let scoped = json!({ "resourceType": "Patient", "id": "n", "name": [{ "id": "n", "family": "a" }],
+            "contained": [{ "resourceType": "Organization", "id": "o", "name": "x", "telecom": [{ "id": "n", "system": "phone", "value": "1" }] }],
+            "managingOrganization": { "reference": "#o" } });
+        assert_eq!(codes(scoped), vec![], "the resource id and a contained resource's element ids are other scopes");
+        let no_id =
+            json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Organization", "name": "x" }] });
+        assert!(codes(no_id).contains(&(IssueCode::Cardinality, "Patient.contained[0]".into())));
+        let twice = json!({ "resourceType": "Patient", "contained": [
+            { "resourceType": "Organization", "id": "o", "name": "x" }, { "resourceType": "Organization", "id": "o", "name": "y" }],
+            "managingOrganization": { "reference": "#o" } });
+        assert!(codes(twice).contains(&(IssueCode::Invariant, "Patient.contained[1]".into())));
+        let entry = |e: Value| {
+            let kind = if e.get("request").is_some() { "transaction" } else { "collection" };
+            codes(json!({ "resourceType": "Bundle", "type": kind, "entry": [e] }))
+                .contains(&(IssueCode::Cardinality, "Bundle.entry[0].resource".into()))
+        };
+        let patient = json!({ "resourceType": "Patient" });
+        assert!(entry(json!({ "fullUrl": "http://x.org/fhir/Patient/1", "resource": patient })));
+        assert!(!entry(json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient })));
+        assert!(!entry(
+            json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient, "request": { "method": "POST", "url": "Patient" } })
+        ));
+        assert!(entry(
+            json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient, "request": { "method": "PUT" } })
+        ));
     }
 
     /// A reference's own form (REFERENCE_REF_INVALID_REF, REFERENCE_REF_QUERY_INVALID).
