@@ -8,7 +8,8 @@
 //! - `new`: the referral's resources Signpost keeps (Patient, ServiceRequest, Consent,
 //!   Condition, QuestionnaireResponse, Practitioner, PractitionerRole) go through the
 //!   transaction path (validation, referral rules, routing, one Task per charity), atomically;
-//!   the Patient is matched on its NHS number. References to what Signpost does not keep
+//!   the Patient is matched on its NHS number, a Practitioner, PractitionerRole or Consent on its
+//!   first identifier (what the sender sent before is found, not stored again). References to what Signpost does not keep
 //!   (Encounter, CarePlan, Observation, Flag, ...) become logical references (identifier and
 //!   display); an Organization or HealthcareService that is in the directory (by identifier, or
 //!   by id) is referenced there.
@@ -43,6 +44,23 @@ const KEPT: &[&str] =
     &["Patient", "ServiceRequest", "Consent", "Condition", "QuestionnaireResponse", "Practitioner", "PractitionerRole"];
 
 const NHS_NUMBER: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// The `system|value` a kept resource is matched on, so that a resource the sender has sent
+/// before (in an earlier message) is found instead of stored again: a Patient's NHS number, else
+/// the first identifier of a Patient, Practitioner, PractitionerRole or Consent with a system and
+/// a value that fit a search. The referral itself (ServiceRequest) and clinical resources are
+/// stored as sent.
+fn match_key(ty: &str, resource: &Value) -> Option<String> {
+    if !matches!(ty, "Patient" | "Practitioner" | "PractitionerRole" | "Consent") {
+        return None;
+    }
+    let pairs: Vec<(&str, &str)> = crate::fhir::items(resource, "identifier")
+        .filter_map(|i| Some((i.get("system")?.as_str()?, i.get("value")?.as_str()?)))
+        .filter(|(s, v)| !s.is_empty() && !v.is_empty() && !format!("{s}{v}").contains(['&', '=', ',', '|', ' ']))
+        .collect();
+    let nhs = pairs.iter().find(|(s, _)| *s == NHS_NUMBER);
+    nhs.or_else(|| if ty == "Patient" { None } else { pairs.first() }).map(|(s, v)| format!("{s}|{v}"))
+}
 
 fn refuse(status: u16, code: IssueCode, text: impl Into<String>, at: &str) -> ApiError {
     ApiError::new(status, Issue::error(code, text).at(at))
@@ -324,12 +342,8 @@ impl Gateway {
             }
             replace_references(&mut resource, &replaced);
             let mut request = json!({ "method": "POST", "url": ty });
-            if ty == "Patient"
-                && let Some(nhs) = crate::fhir::items(&resource, "identifier")
-                    .find(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER))
-                    .and_then(|i| i.get("value").and_then(Value::as_str))
-            {
-                request["ifNoneExist"] = json!(format!("identifier={NHS_NUMBER}|{nhs}"));
+            if let Some(key) = match_key(ty, &resource) {
+                request["ifNoneExist"] = json!(format!("identifier={key}"));
             }
             if i == focus_index {
                 focus_tx = tx_entries.len();

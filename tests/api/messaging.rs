@@ -248,3 +248,30 @@ async fn status_changes_go_back_as_response_messages() {
         .collect();
     assert!(statuses.contains(&"accepted".to_string()), "{statuses:?}");
 }
+
+/// A sender's second message about the same people finds what the first stored (the patient by
+/// NHS number, the PractitionerRole and Consent by identifier) instead of storing them again, so
+/// that later lookups by identifier (a transaction's `ifNoneExist`) still find exactly one.
+#[tokio::test]
+async fn a_second_message_reuses_the_patient_practitioner_role_and_consent_it_sent_before() {
+    let app = spawn().await;
+    for _ in 0..2 {
+        let r =
+            send(&app, REFERRER, &message("referral-message.json", &new_ubrn()), Some(&uuid()), Some(&uuid())).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let msg = example("referral-message.json");
+    for ty in ["Patient", "PractitionerRole", "Consent"] {
+        let ident = &entry(&msg, ty)[0]["identifier"][0];
+        let query =
+            format!("/fhir/{ty}?identifier={}|{}", ident["system"].as_str().unwrap(), ident["value"].as_str().unwrap());
+        let found = app.get(REFERRER, &query).await;
+        assert_eq!(found.total(), 1, "{ty} stored once: {}", found.body);
+    }
+    // Both referrals are there, each its own.
+    let srs = app.get(REFERRER, "/fhir/ServiceRequest?_count=10").await;
+    assert_eq!(srs.total(), 2);
+    // The README's transaction walk (a PractitionerRole matched by identifier) still works after.
+    let walk = app.send("POST", Some(REFERRER), "/fhir", Some(&referral_bundle()), &[("X-Request-Id", &uuid())]).await;
+    assert_eq!(walk.status, 200, "{}", walk.body);
+}
