@@ -24,14 +24,7 @@ struct State {
 }
 
 async fn hook(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in req.headers() {
-        if let (Ok(k), Ok(v)) =
-            (http::HeaderName::from_bytes(k.as_str().as_bytes()), http::HeaderValue::from_bytes(v.as_bytes()))
-        {
-            headers.append(k, v);
-        }
-    }
+    let headers = signature::http_headers(req.headers());
     let verified = state.secret.as_ref().map(|s| signature::verify_headers(s, &headers, &body));
     let refused = matches!(verified, Some(Err(_)));
     let _ = state.inbox.send(Received { headers, body: String::from_utf8_lossy(&body).into_owned(), verified });

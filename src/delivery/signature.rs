@@ -37,6 +37,11 @@ pub fn header(current: &str, previous: Option<&str>, id: &str, timestamp: i64, b
 /// Webhooks reference implementation (the `standardwebhooks` crate, independent of [`sign`]):
 /// the signature, and a timestamp within five minutes. The error says what was wrong.
 pub fn verify_request(secret: &str, headers: &actix_web::http::header::HeaderMap, body: &[u8]) -> Result<(), String> {
+    verify_headers(secret, &http_headers(headers), body)
+}
+
+/// Actix's request headers as `http` headers (what the Standard Webhooks crate reads).
+pub fn http_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMap {
     let mut converted = http::HeaderMap::new();
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) =
@@ -45,7 +50,7 @@ pub fn verify_request(secret: &str, headers: &actix_web::http::header::HeaderMap
             converted.append(n, v);
         }
     }
-    verify_headers(secret, &converted, body)
+    converted
 }
 
 /// [`verify_request`] for `http` headers (a reqwest or hyper request).

@@ -117,6 +117,14 @@ fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u
     base.iter().all(segment_ok).then_some((parts[n - 2], parts[n - 1]))
 }
 
+/// Whether `url` ends with `/{ty}/{id}`.
+fn ends_with_type_and_id(url: &str, ty: &str, id: &str) -> bool {
+    url.strip_suffix(id)
+        .and_then(|u| u.strip_suffix('/'))
+        .and_then(|u| u.strip_suffix(ty))
+        .is_some_and(|u| u.ends_with('/'))
+}
+
 /// Whether a Bundle entry's resource must have an id, as the reference validator decides it
 /// (InstanceValidator.idStatusForEntry): not in a response entry; in a request entry only for a
 /// PUT without a url; otherwise unless the fullUrl is a urn:uuid or urn:oid.
@@ -349,26 +357,27 @@ impl<'v> Walker<'_, 'v> {
         let optional = matches!(kind, "transaction" | "transaction-response" | "batch" | "batch-response");
         let Some(entries) = bundle.get("entry").and_then(Value::as_array) else { return };
         for (i, entry) in entries.iter().enumerate() {
-            let at = format!("{path}.entry[{i}]");
+            // The path is built only for an issue: this runs for every entry of every Bundle.
+            let at = || format!("{path}.entry[{i}]");
             let resource = entry.get("resource");
             let rtype = resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str);
             let id = resource.and_then(|r| r.get("id")).and_then(Value::as_str);
             if resource.is_some_and(Value::is_object) && id.is_none() && entry_needs_id(entry) {
                 self.error(
                     IssueCode::Cardinality,
-                    format!("{at}.resource"),
+                    format!("{}.resource", at()),
                     "This entry's resource requires an id, but none is present",
                 );
             }
             match entry.get("fullUrl").and_then(Value::as_str) {
                 None if !optional && entry.get("fullUrl").is_none() => self.error(
                     IssueCode::BundleFullUrl,
-                    at,
+                    at(),
                     "Except in transactions and batches, each Bundle entry must have a fullUrl, the identity of its resource",
                 ),
                 None => {}
                 Some(url) if !is_absolute_uri(url) => {
-                    self.error(IssueCode::BundleFullUrl, at, "The fullUrl must be an absolute URL (a relative reference is not)")
+                    self.error(IssueCode::BundleFullUrl, at(), "The fullUrl must be an absolute URL (a relative reference is not)")
                 }
                 Some(url) => {
                     let Some(rtype) = rtype.filter(|t| self.defs.is_resource(t)) else { continue };
@@ -378,12 +387,12 @@ impl<'v> Walker<'_, 'v> {
                     match id {
                         None => self.error(
                             IssueCode::BundleFullUrl,
-                            at,
+                            at(),
                             "The fullUrl looks like a RESTful server URL, so the entry's resource must have an id",
                         ),
-                        Some(id) if !url.ends_with(&format!("/{rtype}/{id}")) => self.error(
+                        Some(id) if !ends_with_type_and_id(url, rtype, id) => self.error(
                             IssueCode::BundleFullUrl,
-                            at,
+                            at(),
                             format!(
                                 "The fullUrl looks like a RESTful server URL, so it must end with the resource's type and id (/{rtype}/{id})"
                             ),

@@ -56,7 +56,7 @@ fn match_key(ty: &str, resource: &Value) -> Option<String> {
     }
     let pairs: Vec<(&str, &str)> = crate::fhir::items(resource, "identifier")
         .filter_map(|i| Some((i.get("system")?.as_str()?, i.get("value")?.as_str()?)))
-        .filter(|(s, v)| !s.is_empty() && !v.is_empty() && !format!("{s}{v}").contains(['&', '=', ',', '|', ' ']))
+        .filter(|(s, v)| [s, v].iter().all(|x| !x.is_empty() && !x.contains(['&', '=', ',', '|', ' '])))
         .collect();
     let nhs = pairs.iter().find(|(s, _)| *s == NHS_NUMBER);
     nhs.or_else(|| if ty == "Patient" { None } else { pairs.first() }).map(|(s, v)| format!("{s}|{v}"))

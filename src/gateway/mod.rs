@@ -82,7 +82,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: &Value) -> Self {
-        Reply { status, headers: Vec::new(), body: Some(body.to_string()) }
+        Self::json_text(status, body.to_string())
+    }
+
+    /// A reply whose JSON body is already serialised.
+    pub fn json_text(status: u16, body: String) -> Self {
+        Reply { status, headers: Vec::new(), body: Some(body) }
     }
 
     fn to_stored(&self) -> (i32, String, String) {

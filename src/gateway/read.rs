@@ -164,7 +164,7 @@ impl Gateway {
         }
         let text = bundle("searchset", Some(total), links, entries).to_string();
         let raws: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
-        Ok(Reply { status: 200, headers: Vec::new(), body: Some(splice_raw(&text, &raws)) })
+        Ok(Reply::json_text(200, splice_raw(&text, &raws)))
     }
 }
 
@@ -269,7 +269,7 @@ impl Gateway {
         let links = vec![("self", link(cursor)), ("next", link(next))];
         let text = bundle("history", None, links, entries).to_string();
         let raws: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        Ok(Reply { status: 200, headers: Vec::new(), body: Some(splice_raw(&text, &raws)) })
+        Ok(Reply::json_text(200, splice_raw(&text, &raws)))
     }
 }
 

@@ -94,7 +94,12 @@ pub const DIRECTORY: &[(&str, &str)] = &[
 /// Load the simulated charities (their webhook Endpoint pointed at `root`, this server) and
 /// give the Endpoint a new secret; returns the simulator, not yet running.
 pub fn install(pool: &Pool, root: &str) -> anyhow::Result<std::sync::Arc<simulator::Simulator>> {
-    let text = simulator::DIRECTORY.replace("http://127.0.0.1:8080/sandbox/hook", &format!("{root}/sandbox/hook"));
+    const PLACEHOLDER: &str = "http://127.0.0.1:8080/sandbox/hook";
+    anyhow::ensure!(
+        simulator::DIRECTORY.contains(PLACEHOLDER),
+        "the sandbox Endpoint's address is not the placeholder"
+    );
+    let text = simulator::DIRECTORY.replace(PLACEHOLDER, &format!("{root}/sandbox/hook"));
     let files = vec![("examples/sandbox/charities.json".to_string(), text)];
     crate::gateway::directory::load_files(pool, &files, true, crate::gateway::directory::Overwrite::Yes)?;
     let secret = crate::delivery::signature::new_secret();

@@ -251,6 +251,24 @@ pub fn claim_conditional(conn: &mut DbConn, ty: &str, query: &str, rid: &str) ->
 
 pub use crate::fhir::search::{Cmp, Criteria as SearchQuery};
 
+/// `query` narrowed by each `_lastUpdated` bound on the column `col` (the same for the general
+/// plan's `resources` and the polling plan's `task_queue`).
+macro_rules! last_updated_bounds {
+    ($query:expr, $col:expr, $bounds:expr) => {{
+        let mut query = $query;
+        for (cmp, ms) in $bounds {
+            query = match cmp {
+                Cmp::Eq => query.filter($col.eq(*ms)),
+                Cmp::Gt => query.filter($col.gt(*ms)),
+                Cmp::Ge => query.filter($col.ge(*ms)),
+                Cmp::Lt => query.filter($col.lt(*ms)),
+                Cmp::Le => query.filter($col.le(*ms)),
+            };
+        }
+        query
+    }};
+}
+
 fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
     let mut query = resources::table.filter(resources::resource_type.eq(&q.resource_type)).into_boxed::<Backend>();
     if let Some(ids) = &q.ids {
@@ -279,16 +297,7 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
             ),
         );
     }
-    for (cmp, ms) in &q.last_updated {
-        let col = resources::last_updated;
-        query = match cmp {
-            Cmp::Eq => query.filter(col.eq(*ms)),
-            Cmp::Gt => query.filter(col.gt(*ms)),
-            Cmp::Ge => query.filter(col.ge(*ms)),
-            Cmp::Lt => query.filter(col.lt(*ms)),
-            Cmp::Le => query.filter(col.le(*ms)),
-        };
-    }
+    query = last_updated_bounds!(query, resources::last_updated, &q.last_updated);
     if let Some(org) = &q.visible_to {
         query = query.filter(
             resources::id.eq_any(
@@ -367,16 +376,7 @@ impl<'q> QueuePlan<'q> {
         if let Some(s) = self.statuses {
             rows = rows.filter(task_queue::status.eq_any(s));
         }
-        for (cmp, ms) in &q.last_updated {
-            let col = task_queue::last_updated;
-            rows = match cmp {
-                Cmp::Eq => rows.filter(col.eq(*ms)),
-                Cmp::Gt => rows.filter(col.gt(*ms)),
-                Cmp::Ge => rows.filter(col.ge(*ms)),
-                Cmp::Lt => rows.filter(col.lt(*ms)),
-                Cmp::Le => rows.filter(col.le(*ms)),
-            };
-        }
+        rows = last_updated_bounds!(rows, task_queue::last_updated, &q.last_updated);
         if let Some(org) = &q.visible_to {
             rows = rows.filter(diesel::dsl::exists(
                 access_grants::table

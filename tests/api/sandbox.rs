@@ -54,13 +54,10 @@ async fn endpoint_events(app: &TestApp) -> Vec<Value> {
     r.body["parameter"].as_array().cloned().unwrap_or_default()
 }
 
+/// The value (`valueString`, `valueCode`, ...) of an event's part `name`.
 fn part<'a>(event: &'a Value, name: &str) -> &'a Value {
-    event["part"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .map(|p| p.as_object().unwrap().values().nth(1).unwrap())
+    let part = event["part"].as_array().unwrap().iter().find(|p| p["name"] == name);
+    part.and_then(|p| p.as_object().unwrap().iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v))
         .unwrap_or(&Value::Null)
 }
 
