@@ -429,7 +429,7 @@ impl Worker {
 
 /// The charity's own Endpoint got a new referral: its Task's stage becomes `delivered`. A
 /// failure here is logged; the delivery itself stands.
-fn mark_delivered(conn: &mut crate::store::DbConn, row: &OutboxRow) {
+fn mark_delivered(conn: &mut crate::store::PooledConn, row: &OutboxRow) {
     let task = serde_json::from_str::<Value>(&row.body)
         .ok()
         .and_then(|b| b.pointer("/data/task").and_then(Value::as_str).map(str::to_string));

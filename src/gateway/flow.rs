@@ -191,7 +191,7 @@ pub fn mark_stage(conn: &mut DbConn, task_id: &str, stage: &str) -> Result<Optio
 
 /// A `referral.created` event reached an Endpoint: when the Endpoint is the owning charity's,
 /// the Task's stage becomes `delivered` (one transaction).
-pub fn mark_delivered(conn: &mut DbConn, endpoint_id: &str, task_id: &str) -> Result<(), ApiError> {
+pub fn mark_delivered(conn: &mut crate::store::PooledConn, endpoint_id: &str, task_id: &str) -> Result<(), ApiError> {
     crate::store::write_txn(conn, |conn| {
         let Some(endpoint) = resources::get(conn, "Endpoint", endpoint_id)? else { return Ok(()) };
         let Some(task) = resources::get(conn, "Task", task_id)? else { return Ok(()) };

@@ -9,7 +9,6 @@ use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
 use crate::fhir::search;
 use crate::fhir::{TypeClass, instant};
-use crate::store::DbConn;
 use crate::store::resources::{self, StoredResource};
 
 impl Gateway {
@@ -34,7 +33,12 @@ impl Gateway {
 
     /// The owning charity's first read of a new Task records the `viewed` stage (a new version,
     /// which this read returns, so its ETag is the one to update with).
-    fn first_view(&self, conn: &mut DbConn, ctx: &Ctx, r: StoredResource) -> Result<StoredResource, ApiError> {
+    fn first_view(
+        &self,
+        conn: &mut crate::store::PooledConn,
+        ctx: &Ctx,
+        r: StoredResource,
+    ) -> Result<StoredResource, ApiError> {
         let task = r.json()?;
         let fresh = task.get("status").and_then(Value::as_str) == Some("requested")
             && matches!(

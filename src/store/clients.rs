@@ -29,7 +29,7 @@ pub fn insert(conn: &mut DbConn, row: &ClientRow) -> Result<(), StoreError> {
 }
 
 /// Create or replace the client of this name (used for clients declared in the config file).
-pub fn upsert_by_name(conn: &mut DbConn, row: &ClientRow) -> Result<(), StoreError> {
+pub fn upsert_by_name(conn: &mut super::PooledConn, row: &ClientRow) -> Result<(), StoreError> {
     super::write_txn(conn, |conn| {
         diesel::delete(api_clients::table.filter(api_clients::name.eq(&row.name))).execute(conn)?;
         diesel::delete(api_clients::table.filter(api_clients::key_hash.eq(&row.key_hash))).execute(conn)?;

@@ -5,9 +5,12 @@
 //! one and falling back to the other. Repository functions take a `&mut DbConn` so that a
 //! caller can compose several of them inside one transaction ([`write_txn`]).
 //!
-//! SQLite runs in WAL mode with `synchronous=FULL`, foreign keys on and a busy timeout, and
-//! every write transaction starts with `BEGIN IMMEDIATE` so that concurrent writers queue on
-//! the busy timeout instead of failing when a read lock cannot be upgraded.
+//! SQLite runs in WAL mode with `synchronous=FULL`, foreign keys on and a busy timeout. Reads use
+//! the pool; every write of the process goes through one writer connection with group commit
+//! ([`write_txn`]): the writes waiting at the moment share one transaction and one fsync, each
+//! inside its own savepoint, and none is answered before that transaction has committed. The
+//! writer's page cache and prepared statements stay warm, because no other connection of the
+//! process writes. PostgreSQL writers each use their own pooled connection and transaction.
 
 pub mod alerts;
 pub mod changes;
@@ -21,6 +24,7 @@ pub mod routing;
 pub mod schema;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::Connection;
@@ -143,7 +147,7 @@ impl ManageConnection for Manager {
                 let mut conn = SqliteConnection::establish(&self.url.target).map_err(r2d2::Error::ConnectionError)?;
                 conn.batch_execute(
                     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384;",
+                     PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(conn))
@@ -160,11 +164,38 @@ impl ManageConnection for Manager {
     }
 }
 
-/// A pool of connections to one database.
-pub type Pool = r2d2::Pool<Manager>;
+/// A pool of connections to one database, and on SQLite the process's one writer.
+#[derive(Clone)]
+pub struct Pool {
+    inner: r2d2::Pool<Manager>,
+    writer: Option<Arc<GroupWriter>>,
+}
 
-/// A connection borrowed from the [`Pool`].
-pub type PooledConn = r2d2::PooledConnection<Manager>;
+impl Pool {
+    /// Borrow a connection (waits up to the pool's timeout).
+    pub fn get(&self) -> Result<PooledConn, r2d2::PoolError> {
+        Ok(PooledConn { conn: self.inner.get()?, writer: self.writer.clone() })
+    }
+}
+
+/// A connection borrowed from the [`Pool`]; [`write_txn`] on it goes to the pool's writer.
+pub struct PooledConn {
+    conn: r2d2::PooledConnection<Manager>,
+    writer: Option<Arc<GroupWriter>>,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        &mut self.conn
+    }
+}
 
 /// Open a pool for `url`, creating the SQLite file's folder if needed, and run migrations.
 pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
@@ -177,12 +208,19 @@ pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let pool = r2d2::Pool::builder()
+    let writer = match url.kind {
+        BackendKind::Sqlite => {
+            let conn = Manager { url: url.clone() }.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Some(Arc::new(GroupWriter::new(conn)))
+        }
+        BackendKind::Postgres => None,
+    };
+    let inner = r2d2::Pool::builder()
         .max_size(max_size)
         .connection_timeout(Duration::from_secs(10))
         .build(Manager { url })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    Ok(pool)
+    Ok(Pool { inner, writer })
 }
 
 /// Run the pending migrations of the pool's backend; returns the versions applied.
@@ -202,26 +240,28 @@ pub fn ping(pool: &Pool) -> Result<(), StoreError> {
     conn.ping().map_err(StoreError::from)
 }
 
-/// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite, `BEGIN` on PostgreSQL.
-/// Commits when `f` returns `Ok`, rolls back otherwise.
-pub fn write_txn<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+/// Run `f` in one write transaction and return its value once that transaction has committed;
+/// roll back what `f` wrote when it returns `Err` or panics.
+///
+/// On PostgreSQL: `BEGIN` … `COMMIT` on `conn`. On SQLite: on the pool's writer connection, with
+/// group commit (see [`GroupWriter`]); `conn` itself is not used.
+pub fn write_txn<T, E>(conn: &mut PooledConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
 where
     E: From<StoreError>,
 {
-    // SQLite has one writer at a time: this process's writers queue here, in order, instead of
-    // sleeping in SQLite's busy handler (other processes still meet the busy timeout).
-    let _writer = match conn {
-        DbConn::Sqlite(_) => Some(SQLITE_WRITER.lock().unwrap_or_else(|e| e.into_inner())),
-        DbConn::Pg(_) => None,
-    };
-    let begun = match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
-        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
-    };
-    begun.map_err(|e| E::from(StoreError::from(e)))?;
+    match conn.writer.clone() {
+        Some(writer) => writer.run(f),
+        None => single_txn(&mut conn.conn, f),
+    }
+}
+
+/// `f` inside the transaction (or savepoint) just begun on `conn`, with its change log numbered
+/// last; a panic rolls back and unwinds further. Leaves committing or rolling back to the caller.
+fn run_collecting<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
     let collecting = changes::begin_collecting();
-    // A panic inside `f` rolls the transaction back before it unwinds further, so the pooled
-    // connection never goes back to the pool mid-transaction.
     let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
         Ok(outcome) => outcome,
         Err(panic) => {
@@ -233,7 +273,7 @@ where
         }
     };
     // The change log is numbered last, just before the commit (see `changes`).
-    let outcome = match outcome {
+    match outcome {
         Ok(value) if collecting => changes::flush(conn).map(|()| value).map_err(E::from),
         Ok(value) => Ok(value),
         Err(e) => {
@@ -242,8 +282,20 @@ where
             }
             Err(e)
         }
+    }
+}
+
+/// One transaction of its own on `conn` (PostgreSQL, and any connection without a writer).
+fn single_txn<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    let begun = match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
     };
-    match outcome {
+    begun.map_err(|e| E::from(StoreError::from(e)))?;
+    match run_collecting(conn, f) {
         Ok(value) => match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
             Ok(()) => Ok(value),
             Err(e) => {
@@ -258,8 +310,153 @@ where
     }
 }
 
-/// The SQLite writers of this process, one at a time.
-static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The most writes one SQLite transaction carries, so that the first of them waits for a
+/// bounded number of others.
+const MAX_GROUP: usize = 64;
+
+/// The SQLite writer of one database: one connection, one write at a time, group commit.
+///
+/// A write takes the lock, opens the group's transaction if none is open (`BEGIN IMMEDIATE`),
+/// runs inside a savepoint of its own (released on success, rolled back on error, so a refused
+/// write leaves nothing behind and does not disturb the others), and then commits the group
+/// unless more writes are queued for the lock and the group is not full: the last of them
+/// commits. A write is answered only once its group has committed (or with an error if that
+/// commit failed), so "201 means durably stored" holds, with one fsync per group.
+pub struct GroupWriter {
+    state: std::sync::Mutex<WriterState>,
+    committed: std::sync::Condvar,
+    /// Writes waiting for the lock.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+struct WriterState {
+    conn: DbConn,
+    /// The group whose transaction is open (`open`) or was last committed.
+    group: u64,
+    open: bool,
+    size: usize,
+    /// The last group whose transaction has ended.
+    ended: u64,
+    /// Groups whose commit failed, with the reason (the last few).
+    failed: std::collections::VecDeque<(u64, String)>,
+}
+
+impl GroupWriter {
+    fn new(conn: DbConn) -> Self {
+        Self {
+            state: std::sync::Mutex::new(WriterState {
+                conn,
+                group: 0,
+                open: false,
+                size: 0,
+                ended: 0,
+                failed: Default::default(),
+            }),
+            committed: std::sync::Condvar::new(),
+            queued: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run<T, E>(&self, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        use std::sync::atomic::Ordering;
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let mut st = self.lock();
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        if !st.open {
+            if let DbConn::Sqlite(c) = &mut st.conn
+                && let Err(e) = AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+            {
+                return Err(E::from(StoreError::from(e)));
+            }
+            st.open = true;
+            st.group += 1;
+            st.size = 0;
+        }
+        let group = st.group;
+        if let Err(e) = <DbConn as Connection>::TransactionManager::begin_transaction(&mut st.conn) {
+            self.finish(&mut st, false);
+            return Err(E::from(StoreError::from(e)));
+        }
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_collecting(&mut st.conn, f))) {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                // The savepoint is rolled back (by `run_collecting`); the group still commits.
+                self.finish(&mut st, false);
+                drop(st);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let outcome = match outcome {
+            Ok(value) => match <DbConn as Connection>::TransactionManager::commit_transaction(&mut st.conn) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
+                    Err(E::from(StoreError::from(e)))
+                }
+            },
+            Err(e) => {
+                let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
+                Err(e)
+            }
+        };
+        let stored = outcome.is_ok();
+        self.finish(&mut st, stored);
+        // A refused write waits too: what refused it (a key or id another write of the group
+        // took) is then committed, and readers see it.
+        while st.ended < group {
+            st = self.committed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let value = outcome?;
+        match st.failed.iter().find(|(g, _)| *g == group) {
+            Some((_, why)) => Err(E::from(StoreError::Unavailable(format!("commit failed: {why}")))),
+            None => Ok(value),
+        }
+    }
+
+    /// After a write: count it, and commit the group unless another write is queued to join it.
+    /// If the savepoint could not be rolled back, the transaction is gone: the group failed.
+    fn finish(&self, st: &mut WriterState, stored: bool) {
+        use std::sync::atomic::Ordering;
+        if stored {
+            st.size += 1;
+        }
+        let depth = <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(&mut st.conn)
+            .transaction_depth()
+            .ok()
+            .flatten()
+            .map_or(0, |d| d.get());
+        let broken = depth != 1;
+        if !broken && self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_GROUP {
+            return;
+        }
+        let result = if broken {
+            let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
+            Err("the transaction could not be kept after a failed write".to_string())
+        } else {
+            <DbConn as Connection>::TransactionManager::commit_transaction(&mut st.conn).map_err(|e| {
+                let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
+                e.to_string()
+            })
+        };
+        if let Err(why) = result {
+            tracing::error!(group = st.group, writes = st.size, "SQLite group commit failed");
+            st.failed.push_back((st.group, why));
+            if st.failed.len() > 64 {
+                st.failed.pop_front();
+            }
+        }
+        st.open = false;
+        st.ended = st.group;
+        self.committed.notify_all();
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -303,6 +500,60 @@ mod tests {
         }
         use diesel::RunQueryDsl;
         let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *conn).unwrap();
+        assert_eq!(n.n, 1);
+    }
+
+    #[test]
+    fn group_commit_answers_each_write_only_once_it_is_visible_and_keeps_refused_ones_out() {
+        use diesel::RunQueryDsl;
+        use diesel::connection::SimpleConnection;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("g.db").display()), 8).unwrap();
+        pool.get().unwrap().batch_execute("CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    for i in 0..40 {
+                        let x = t * 1000 + i;
+                        let refused = i % 7 == 3;
+                        let r = super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+                            c.batch_execute(&format!("INSERT INTO t VALUES ({x})"))?;
+                            if refused { Err(super::StoreError::Unique) } else { Ok(()) }
+                        });
+                        assert_eq!(r.is_err(), refused);
+                        // Answered means committed: another connection of the pool sees it.
+                        let seen: N = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM t WHERE x = {x}"))
+                            .get_result(&mut *conn)
+                            .unwrap();
+                        assert_eq!(seen.n, i64::from(!refused), "write {x}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *pool.get().unwrap()).unwrap();
+        assert_eq!(n.n, 8 * (40 - 6));
+        // A write that panics inside a group loses only its own rows; the writer goes on.
+        let mut conn = pool.get().unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+                c.batch_execute("INSERT INTO t VALUES (-1)").unwrap();
+                panic!("inside the group");
+            });
+        }));
+        assert!(panicked.is_err());
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (-2)")?))
+            .unwrap();
+        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t WHERE x < 0").get_result(&mut *conn).unwrap();
         assert_eq!(n.n, 1);
     }
 }

@@ -358,7 +358,7 @@ pub fn set_disabled(conn: &mut DbConn, endpoint: &str, disabled: bool) -> Result
 /// Endpoint's state row is locked the same way before its in-flight count is read, so the
 /// per-Endpoint bound holds across instances too.
 pub fn claim(
-    conn: &mut DbConn,
+    conn: &mut super::PooledConn,
     owner: &str,
     now: i64,
     lease_ms: i64,
@@ -479,13 +479,19 @@ pub fn complete(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, St
 /// Record a failed attempt: retry at `next` or, with `None`, dead-letter (`failed`) and raise an
 /// alert. Five days of continuous failure disable the Endpoint (alert). One transaction; `false`
 /// (nothing changed) if the lease was lost meanwhile.
-pub fn fail(conn: &mut DbConn, row: &OutboxRow, next: Option<i64>, error: &str, now: i64) -> Result<bool, StoreError> {
+pub fn fail(
+    conn: &mut super::PooledConn,
+    row: &OutboxRow,
+    next: Option<i64>,
+    error: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
     super::write_txn(conn, |conn| record_failure(conn, row, next, error, now, false))
 }
 
 /// The Endpoint answered 410 Gone: disable it, hold this event (it is tried again when the
 /// Endpoint is re-enabled) and raise an alert, in one transaction.
-pub fn gone(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, StoreError> {
+pub fn gone(conn: &mut super::PooledConn, row: &OutboxRow, now: i64) -> Result<bool, StoreError> {
     super::write_txn(conn, |conn| record_failure(conn, row, Some(now), "410 Gone: endpoint disabled", now, true))
 }
 
