@@ -58,6 +58,137 @@ static FILES: &[&str] = &[
 
 const BASE: &str = "https://signpost.example/fhir/StructureDefinition/";
 
+/// R4 §8.8 (Observation, vital signs): an Observation whose code is one of the vital signs
+/// SHALL conform to the matching core profile, claimed or not. The codes per profile, LOINC
+/// first and then SNOMED CT, the first match winning, are those the HL7 Java validator applies
+/// (`BasePolicyAdvisorForFullValidation.getImpliedProfilesForObservation`).
+const VITAL_SIGNS: &[(&str, &str, &[&str])] = &[
+    ("http://loinc.org", "http://hl7.org/fhir/StructureDefinition/vitalspanel", &["85353-1"]),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/resprate",
+        &["9279-1", "76170-0", "76172-6", "76171-8", "19840-8", "33438-3", "76270-8", "11291-2"],
+    ),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/heartrate",
+        &[
+            "60978-4", "73795-7", "73799-9", "76476-1", "76477-9", "8867-4", "8889-8", "8890-6", "8891-4", "8892-2",
+            "8893-0", "40443-4", "55425-3", "68999-2", "11328-2", "69000-8", "8886-4",
+        ],
+    ),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/oxygensat",
+        &[
+            "2708-6", "19224-5", "20564-1", "2709-4", "2710-2", "2713-6", "51733-4", "59408-5", "59417-6", "89276-0",
+            "97549-0",
+        ],
+    ),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/bodytemp",
+        &[
+            "8310-5", "60834-9", "60835-6", "60836-4", "60838-0", "60955-2", "61009-7", "75539-7", "75987-8",
+            "76010-8", "76011-6", "76278-1", "8309-7", "8328-7", "8329-5", "8330-3", "8331-1", "8332-9", "8333-7",
+            "8334-5", "91371-5", "98657-0", "98663-8",
+        ],
+    ),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/bodyheight",
+        &["8302-2", "3137-7", "3138-5", "8306-3", "8308-9"],
+    ),
+    ("http://loinc.org", "http://hl7.org/fhir/StructureDefinition/headcircum", &["9843-4", "8287-5"]),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/bodyweight",
+        &["29463-7", "3141-9", "3142-7", "75292-3", "79348-9", "8350-1", "8351-9"],
+    ),
+    ("http://loinc.org", "http://hl7.org/fhir/StructureDefinition/bmi", &["39156-5", "89270-3"]),
+    (
+        "http://loinc.org",
+        "http://hl7.org/fhir/StructureDefinition/bp",
+        &["85354-9", "35094-2", "8459-0", "76534-7", "55284-4", "8480-6"],
+    ),
+    ("http://snomed.info/sct", "http://hl7.org/fhir/StructureDefinition/vitalspanel", &["46680005"]),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/resprate",
+        &["86290005", "271625008", "271306003"],
+    ),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/heartrate",
+        &["271306003", "249043002", "444981005", "399017001", "251670001", "429525003", "429614003"],
+    ),
+    ("http://snomed.info/sct", "http://hl7.org/fhir/StructureDefinition/oxygensat", &["442476006", "431314004"]),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/bodytemp",
+        &[
+            "386725007",
+            "276885007",
+            "300076005",
+            "1222808002",
+            "364246006",
+            "307047009",
+            "708499008",
+            "431598003",
+            "698831002",
+            "698832009",
+            "415882003",
+            "415974002",
+            "415929009",
+            "415945006",
+        ],
+    ),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/bodyheight",
+        &["1153637007", "1162419008", "50373000", "1162418000", "1230278008", "1162392001", "1162417005"],
+    ),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/headcircum",
+        &["363812007", "169876006", "1269262007", "363811000"],
+    ),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/bodyweight",
+        &["735395000", "425024002", "424927000", "784399000", "1162416001", "1162415002"],
+    ),
+    ("http://snomed.info/sct", "http://hl7.org/fhir/StructureDefinition/bmi", &["60621009"]),
+    (
+        "http://snomed.info/sct",
+        "http://hl7.org/fhir/StructureDefinition/bp",
+        &[
+            "251076008",
+            "163033001",
+            "163035008",
+            "386534000",
+            "386536003",
+            "271649006",
+            "271650006",
+            "407556006",
+            "407554009",
+            "716579001",
+            "399304008",
+        ],
+    ),
+];
+
+/// The core vital signs profile an Observation's code implies, if any (see [`VITAL_SIGNS`]).
+fn implied_vital_signs_profile(observation: &Value) -> Option<&'static str> {
+    let codings: Vec<(&str, &str)> = items(observation.get("code").unwrap_or(&Value::Null), "coding")
+        .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
+        .collect();
+    VITAL_SIGNS
+        .iter()
+        .find(|(system, _, codes)| codings.iter().any(|(s, c)| s == system && codes.contains(c)))
+        .map(|(_, url, _)| *url)
+}
+
 /// The profile Signpost requires for each resource type it takes referrals and directory
 /// entries in.
 const ROUTE_PROFILES: &[(&str, &str)] = &[
@@ -356,6 +487,12 @@ impl Profiles {
             }
         }
         if route && let Some(p) = self.route_profile(ty) {
+            applied.push(p);
+        }
+        if ty == "Observation"
+            && let Some(url) = implied_vital_signs_profile(resource)
+            && let Some(p) = self.get(url)
+        {
             applied.push(p);
         }
         for (t, url) in &self.globals {
@@ -814,6 +951,34 @@ mod tests {
         );
         let wrong_type = json!({ "resourceType": "Task", "meta": claims, "status": "draft", "intent": "order" });
         assert_eq!(check(wrong_type), vec![(IssueCode::ProfileUnknown, "Task".to_string())]);
+    }
+
+    #[test]
+    fn vital_signs_codes_imply_their_core_profile_as_r4_section_8_8_requires() {
+        // R4 §8.8 / Java's getImpliedProfilesForObservation: the code alone brings the profile.
+        let obs = |system: &str, code: &str, with_category: bool| {
+            let mut o = json!({ "resourceType": "Observation", "status": "final",
+                "code": { "coding": [{ "system": system, "code": code }] }, "subject": { "reference": "Patient/p" },
+                "effectiveDateTime": "2024-05-01T10:00:00Z" });
+            if with_category {
+                o["category"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }]);
+            }
+            o
+        };
+        let mut temp = obs("http://loinc.org", "8310-5", true);
+        temp["valueQuantity"] =
+            json!({ "value": 37.2, "unit": "C", "system": "http://unitsofmeasure.org", "code": "Cel" });
+        assert_eq!(check(temp.clone()), vec![]);
+        temp.as_object_mut().unwrap().remove("category");
+        assert!(!check(temp).is_empty(), "body temperature without the vital-signs category");
+        let mut rate = obs("http://snomed.info/sct", "364075005", false);
+        assert_eq!(check(rate.clone()), vec![], "a code that is not a vital sign brings no profile");
+        rate = obs("http://snomed.info/sct", "249043002", false);
+        rate["valueQuantity"] =
+            json!({ "value": 72, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min" });
+        assert!(!check(rate).is_empty(), "heart rate (SNOMED CT) without the vital-signs category");
+        // A LOINC code under another system is not a vital sign.
+        assert_eq!(check(obs("http://example.org/codes", "8310-5", false)), vec![]);
     }
 
     #[test]
