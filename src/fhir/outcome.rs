@@ -65,6 +65,7 @@ catalogue! {
     Cardinality => ("cardinality", "structure", "An element occurs fewer times than its minimum or more than its maximum.", "Add the missing element, or remove the surplus repetitions."),
     WrongType => ("wrong-type", "structure", "An element has the wrong JSON form: a number for a string, an array for a single value, or the reverse.", "Send the JSON type the element's FHIR type requires."),
     EmptyElement => ("empty-element", "invalid", "An element is empty: an empty string, object or array, or a null.", "Leave the element out instead of sending it empty."),
+    TextContent => ("text-content", "invalid", "A text value is only whitespace, a string starts or ends with whitespace, a value holds control characters or base64 holds whitespace, or markdown holds an HTML tag (warnings, as the HL7 Java validator gives them).", "Trim the text, drop the control characters, write markdown instead of HTML."),
     InvalidValue => ("invalid-value", "value", "A primitive value does not have its FHIR lexical form (date, code, id, uri, ...).", "Format the value as the FHIR datatype requires."),
     CodeNotInValueSet => ("code-not-in-value-set", "code-invalid", "A code is not in the value set bound to the element (required: error; extensible: warning).", "Use a code from the bound value set."),
     CodeNotChecked => ("code-not-checked", "informational", "A code is bound to a value set Signpost does not bundle (MIME types, external code systems such as SNOMED CT): it was not checked (information, not an error).", "Nothing to fix; check the code against the code system yourself if it matters."),
@@ -147,6 +148,10 @@ impl Issue {
 
     pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
         Self { severity: Severity::Warning, code, expression: None, diagnostics: diagnostics.into() }
+    }
+
+    pub fn information(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Self { severity: Severity::Information, code, expression: None, diagnostics: diagnostics.into() }
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Self {

@@ -175,6 +175,7 @@ pub fn validate_resource(resource: &Value, path: &str, issues: &mut Vec<Issue>) 
         start,
         dropped: 0,
         element_ids: Vec::new(),
+        twin_children: false,
     };
     walker.resource(resource, &mut path);
     if walker.dropped > 0 {
@@ -213,6 +214,8 @@ struct Walker<'a, 'v> {
     /// The element ids seen in each resource being walked (innermost last): an element id is
     /// unique within its resource (the reference's DUPLICATE_ID).
     element_ids: Vec<Vec<&'v str>>,
+    /// The primitive about to be checked has a `_twin` with an id or extensions.
+    twin_children: bool,
 }
 
 /// The diagnostic for an unknown property. Its name is never repeated: a property name can
@@ -550,12 +553,15 @@ impl<'v> Walker<'_, 'v> {
                     let at_len = expr.len();
                     for (i, item) in items.iter().enumerate() {
                         push_index(expr, i);
+                        let partner = other.and_then(|o| o.get(i)).filter(|p| !p.is_null());
                         if item.is_null() {
-                            let partner = other.and_then(|o| o.get(i)).is_some_and(|p| !p.is_null());
-                            if !primitive || !partner {
+                            if !primitive || partner.is_none() {
                                 self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here");
+                            } else if twin {
+                                self.value_only_in_twin(el, expr);
                             }
                         } else {
+                            self.twin_children = primitive && !twin && partner.is_some_and(has_children);
                             self.value(item, td, el, ty, expr, twin);
                         }
                         expr.truncate(at_len);
@@ -572,7 +578,13 @@ impl<'v> Walker<'_, 'v> {
                     self.error(IssueCode::WrongType, expr.clone(), "this element repeats: it must be an array");
                 }
                 (Value::Null, false) => self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here"),
-                (v, false) => self.value(v, td, el, ty, expr, twin),
+                (v, false) => {
+                    if twin && !obj.contains_key(name) {
+                        self.value_only_in_twin(el, expr);
+                    }
+                    self.twin_children = primitive && !twin && obj.get(&format!("_{name}")).is_some_and(has_children);
+                    self.value(v, td, el, ty, expr, twin)
+                }
             }
             expr.truncate(base_len);
         }
@@ -712,6 +724,22 @@ impl<'v> Walker<'_, 'v> {
         self.binding(v, el, ty, at.as_str());
     }
 
+    fn warn(&mut self, code: IssueCode, at: &str, diag: &str) {
+        self.push(Issue::warning(code, diag).at(at.to_string()));
+    }
+
+    /// A primitive given only by its `_twin` (extensions, no value): Java counts the element as
+    /// present, but a required binding then has no code (Terminology_TX_Code_ValueSet_MISSING).
+    fn value_only_in_twin(&mut self, el: &ElementDef, at: &str) {
+        if el.binding.as_ref().is_some_and(|b| b.strength == "required") {
+            self.error(
+                IssueCode::CodeNotInValueSet,
+                at.to_string(),
+                "No code provided, and a code is required from the value set",
+            );
+        }
+    }
+
     fn primitive(&mut self, v: &Value, ty: &str, at: &str) {
         let ok_json = match ty {
             "boolean" => v.is_boolean(),
@@ -734,12 +762,47 @@ impl<'v> Walker<'_, 'v> {
             Value::Bool(b) => b.to_string(),
             _ => return,
         };
+        let twin_children = std::mem::take(&mut self.twin_children);
         if let Value::String(s) = v {
+            // Blank values, as the Java reference checks them (checkPrimitive): empty is an error
+            // unless extensions carry the element; only whitespace is a warning; nothing more is
+            // checked of either (a required binding still reports the missing code).
             if s.is_empty() {
-                self.error(IssueCode::EmptyElement, at.to_string(), "@value cannot be empty");
+                if !twin_children {
+                    self.error(IssueCode::EmptyElement, at.to_string(), "@value cannot be empty");
+                }
                 return;
             }
-            if s.trim() != s && !matches!(ty, "string" | "markdown" | "xhtml") {
+            if ty != "xhtml" && s.chars().all(is_java_whitespace) {
+                if !twin_children {
+                    self.warn(TEXT, at, "Primitive types should not only be whitespace");
+                }
+                return;
+            }
+            if ty != "xhtml" && s.chars().any(|c| c < ' ' && !matches!(c, '\r' | '\n' | '\t')) {
+                self.warn(
+                    TEXT,
+                    at,
+                    "This content includes control characters, which are illegal in the XML version of FHIR",
+                );
+            }
+            match ty {
+                "string" if s.trim_matches(is_java_whitespace) != s => {
+                    self.warn(TEXT, at, "value should not start or finish with whitespace")
+                }
+                "markdown" if markdown_has_html(s) => self.warn(
+                    TEXT,
+                    at,
+                    "The markdown contains content that appears to be an embedded HTML tag; it will (or SHOULD) be escaped by the presentation layer",
+                ),
+                "base64Binary" if s.chars().any(is_java_whitespace) => self.warn(
+                    TEXT,
+                    at,
+                    "Base64 encoded values SHOULD not contain any whitespace (per RFC 4648)",
+                ),
+                _ => {}
+            }
+            if s.trim() != s && !matches!(ty, "string" | "markdown" | "xhtml" | "base64Binary") {
                 self.error(
                     IssueCode::InvalidValue,
                     at.to_string(),
@@ -1078,6 +1141,56 @@ fn lexical_fast_path(ty: &str, text: &str) -> Option<bool> {
 }
 
 /// Append `[i]` to a path without the formatting machinery (it runs once per array item).
+const TEXT: IssueCode = IssueCode::TextContent;
+
+/// Whitespace as the Java reference counts it (`Utilities.isWhitespace`): ASCII whitespace and
+/// the Unicode spaces, no-break space included.
+fn is_java_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\u{09}'..='\u{0D}'
+            | ' '
+            | '\u{85}'
+            | '\u{A0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200A}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202F}'
+            | '\u{205F}'
+            | '\u{3000}'
+    )
+}
+
+/// A `_twin` that gives the primitive an id or extensions.
+fn has_children(twin: &Value) -> bool {
+    twin.as_object().is_some_and(|o| {
+        o.contains_key("id") || o.get("extension").is_some_and(|e| e.as_array().is_some_and(|a| !a.is_empty()))
+    })
+}
+
+/// Markdown holding what looks like an HTML tag, as the Java reference's MarkDownProcessor sees
+/// it: an unescaped `<` followed by a tag name (a letter, then letters, digits or `-`) and
+/// whitespace or `>`, or by `/` and such a name, or by `!` or `?`.
+fn markdown_has_html(s: &str) -> bool {
+    let b = s.as_bytes();
+    (0..b.len()).any(|i| {
+        if b[i] != b'<' || (i > 0 && b[i - 1] == b'\\') {
+            return false;
+        }
+        let rest = &b[i + 1..];
+        if matches!(rest.first(), Some(b'!' | b'?')) {
+            return true;
+        }
+        let name = rest.strip_prefix(b"/").unwrap_or(rest);
+        if !name.first().is_some_and(u8::is_ascii_alphabetic) {
+            return false;
+        }
+        let end = name.iter().position(|c| !(c.is_ascii_alphanumeric() || *c == b'-')).unwrap_or(name.len());
+        name.get(end).is_some_and(|c| c.is_ascii_whitespace() || *c == b'>')
+    })
+}
+
 pub(super) fn push_index(path: &mut String, i: usize) {
     path.push('[');
     let start = path.len();
@@ -1528,6 +1641,82 @@ mod tests {
         assert!(bad.contains(&(IssueCode::InvalidValue, "Patient.birthDate".into())), "{bad:?}");
         assert!(bad.contains(&(IssueCode::WrongType, "Patient.active".into())), "{bad:?}");
         assert!(bad.contains(&(IssueCode::EmptyElement, "Patient.gender".into())), "{bad:?}");
+    }
+
+    #[test]
+    fn blank_and_text_content_follow_the_reference_check_primitive() {
+        use super::super::outcome::Severity;
+        let found = |v: Value| -> Vec<(Severity, IssueCode, String)> {
+            validate(&v).into_iter().map(|i| (i.severity, i.code, i.expression.unwrap_or_default())).collect()
+        };
+        let dar = json!({ "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown" }] });
+        // Empty: an error unless extensions carry the element (TYPE_SPECIFIC_CHECKS_DT_PRIMITIVE_NOTEMPTY).
+        let carried = found(json!({ "resourceType": "Patient", "name": [{ "family": "", "_family": dar }] }));
+        assert_eq!(carried, vec![]);
+        let empty = found(json!({ "resourceType": "Patient", "name": [{ "family": "" }] }));
+        assert_eq!(empty, vec![(Severity::Error, IssueCode::EmptyElement, "Patient.name[0].family".into())]);
+        // Only whitespace, any type: a warning and nothing more (TYPE_SPECIFIC_CHECKS_DT_PRIMITIVE_WS).
+        for (patient, at) in [
+            (json!({ "resourceType": "Patient", "birthDate": " \u{a0} " }), "Patient.birthDate"),
+            (
+                json!({ "resourceType": "Patient", "telecom": [{ "system": "phone", "value": "\u{2003}" }] }),
+                "Patient.telecom[0].value",
+            ),
+        ] {
+            assert_eq!(found(patient), vec![(Severity::Warning, IssueCode::TextContent, at.to_string())]);
+        }
+        let given = found(json!({ "resourceType": "Patient", "name": [{ "given": ["\t"] }] }));
+        assert_eq!(given, vec![(Severity::Warning, IssueCode::TextContent, "Patient.name[0].given[0]".into())]);
+        // A string that starts or ends with whitespace: a warning (TYPE_SPECIFIC_CHECKS_DT_STRING_WS);
+        // a code that does: an error (its regex).
+        let padded = found(json!({ "resourceType": "Patient", "name": [{ "family": "Smith\n" }], "gender": "male " }));
+        assert!(
+            padded.contains(&(Severity::Warning, IssueCode::TextContent, "Patient.name[0].family".into())),
+            "{padded:?}"
+        );
+        assert!(padded.iter().any(|(s, _, at)| *s == Severity::Error && at == "Patient.gender"), "{padded:?}");
+        // Control characters: a warning (UNICODE_XML_BAD_CHARS).
+        let ctl = found(json!({ "resourceType": "Patient", "name": [{ "family": "Sm\u{1}ith" }] }));
+        assert_eq!(ctl, vec![(Severity::Warning, IssueCode::TextContent, "Patient.name[0].family".into())]);
+        // base64 with whitespace: a warning in R4 (BASE64_NO_WS_WARNING), not an error.
+        let b64 = found(
+            json!({ "resourceType": "Patient", "photo": [{ "contentType": "text/plain", "data": " aGVs bG8= " }] }),
+        );
+        let b64: Vec<_> = b64.into_iter().filter(|(s, ..)| *s != Severity::Information).collect();
+        assert_eq!(b64, vec![(Severity::Warning, IssueCode::TextContent, "Patient.photo[0].data".into())]);
+        // A required binding with the value only in extensions has no code (Terminology_TX_Code_ValueSet_MISSING);
+        // an unbound or non-required one is fine.
+        let no_code = found(json!({ "resourceType": "Patient", "_gender": dar }));
+        assert_eq!(no_code, vec![(Severity::Error, IssueCode::CodeNotInValueSet, "Patient.gender".into())]);
+        assert_eq!(found(json!({ "resourceType": "Patient", "_birthDate": dar })), vec![]);
+        let twin_items = found(
+            json!({ "resourceType": "Patient", "communication": [{ "language": { "text": "Welsh" } }],
+            "contact": [{ "telecom": [{ "system": "phone", "value": "0113 496 0000" }] }], "name": [{ "given": [null], "_given": [dar] }] }),
+        );
+        assert_eq!(twin_items, vec![]);
+    }
+
+    #[test]
+    fn markdown_html_tags_are_flagged_like_the_reference_markdown_processor() {
+        for (text, html) in [
+            ("Take <b>two</b> tablets", true),
+            ("see </p>", true),
+            ("<!-- note -->", true),
+            ("a < b and 3<4", false),
+            ("escaped \\<b> tag", false),
+            ("<2 hours", false),
+            ("x <b", false),
+            ("<br>", true),
+            ("<custom-tag attr>", true),
+        ] {
+            assert_eq!(markdown_has_html(text), html, "{text}");
+        }
+        let plan = |text: &str| {
+            json!({ "resourceType": "CarePlan", "status": "active", "intent": "plan",
+            "subject": { "reference": "Patient/1" }, "note": [{ "text": text }] })
+        };
+        assert_eq!(codes(plan("Take <b>two</b>")), vec![(IssueCode::TextContent, "CarePlan.note[0].text".into())]);
+        assert_eq!(codes(plan("Take 2 <3 times")), vec![]);
     }
 
     mod never_panics {
