@@ -1,5 +1,5 @@
-//! Rules that compare a resource with the definition it names: a QuestionnaireResponse's items
-//! with its Questionnaire's, and a MeasureReport with its Measure's scoring. The definitions
+//! Rules that compare a resource with the definition it names: a MeasureReport with its
+//! Measure's scoring (a QuestionnaireResponse's are in [`super::questionnaire`]). The definitions
 //! come from the loaded conformance resources ([`super::profiles::Profiles`]: an
 //! implementation guide given with `--ig`) or from the resource's contained resources; an
 //! unknown definition is not checked.
@@ -20,55 +20,6 @@ fn resolve<'a>(resource: &'a Value, canonical: &str, lookup: &dyn Fn(&str) -> Op
             .find(|c| c.get("id").and_then(Value::as_str) == Some(id)),
         None => lookup(canonical.split('|').next().unwrap_or(canonical)),
     }
-}
-
-/// A Questionnaire('s) or response's `item`s, numbered.
-fn question_items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
-    items(v, "item").enumerate()
-}
-
-fn link_ids<'a>(v: &'a Value, out: &mut FxHashSet<&'a str>) {
-    for (_, item) in question_items(v) {
-        if let Some(id) = item.get("linkId").and_then(Value::as_str) {
-            out.insert(id);
-        }
-        link_ids(item, out);
-    }
-}
-
-/// Every item of a QuestionnaireResponse (and of its answers) names a linkId of its
-/// Questionnaire.
-pub fn questionnaire_response<'a>(
-    qr: &'a Value,
-    path: &str,
-    lookup: &dyn Fn(&str) -> Option<&'a Value>,
-    issues: &mut Vec<Issue>,
-) {
-    let Some(q) = qr.get("questionnaire").and_then(Value::as_str).and_then(|c| resolve(qr, c, lookup)) else {
-        return;
-    };
-    let mut known = FxHashSet::default();
-    link_ids(q, &mut known);
-    fn walk(v: &Value, at: &str, known: &FxHashSet<&str>, issues: &mut Vec<Issue>) {
-        for (i, item) in question_items(v) {
-            let here = format!("{at}.item[{i}]");
-            match item.get("linkId").and_then(Value::as_str) {
-                Some(id) if !known.contains(id) => issues.push(
-                    Issue::error(
-                        IssueCode::DefinitionMismatch,
-                        "this item's linkId is not an item of the Questionnaire the response answers",
-                    )
-                    .at(here.clone()),
-                ),
-                _ => {}
-            }
-            walk(item, &here, known, issues);
-            for (k, answer) in items(item, "answer").enumerate() {
-                walk(answer, &format!("{here}.answer[{k}]"), known, issues);
-            }
-        }
-    }
-    walk(qr, path, &known, issues);
 }
 
 /// A MeasureReport follows its Measure: no measureScore for a `cohort` Measure, and each
@@ -294,17 +245,6 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn questionnaire_response_items_must_exist_in_the_questionnaire() {
-        let q = json!({ "resourceType": "Questionnaire", "id": "q", "item": [{ "linkId": "1", "item": [{ "linkId": "1.2" }] }] });
-        let qr = json!({ "resourceType": "QuestionnaireResponse", "questionnaire": "#q", "contained": [q],
-            "item": [{ "linkId": "1", "item": [{ "linkId": "1.1" }, { "linkId": "1.2" }] }] });
-        let mut issues = Vec::new();
-        questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
-        let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
-        assert_eq!(at, vec!["QuestionnaireResponse.item[0].item[0]"]);
-    }
 
     #[test]
     fn discriminators_name_children_of_the_sliced_element() {

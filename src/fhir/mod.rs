@@ -9,6 +9,7 @@ pub mod json;
 pub mod narrative;
 pub mod outcome;
 pub mod profiles;
+pub mod questionnaire;
 pub mod referral_rules;
 pub mod schema;
 pub mod search;

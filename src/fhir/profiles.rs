@@ -518,7 +518,7 @@ impl Profiles {
         self.extensions(resource, &mut path.to_string(), resource, issues);
         let lookup = |url: &str| self.definitions.get(url).map(|&i| &self.sources[i]);
         match ty {
-            "QuestionnaireResponse" => super::definitional::questionnaire_response(resource, path, &lookup, issues),
+            "QuestionnaireResponse" => super::questionnaire::questionnaire_response(resource, path, &lookup, issues),
             "MeasureReport" => super::definitional::measure_report(resource, path, &lookup, issues),
             "StructureDefinition" => {
                 let base = resource.get("baseDefinition").and_then(Value::as_str).and_then(|u| self.get(u));
