@@ -22,41 +22,177 @@ fn resolve<'a>(resource: &'a Value, canonical: &str, lookup: &dyn Fn(&str) -> Op
     }
 }
 
-/// A MeasureReport follows its Measure: no measureScore for a `cohort` Measure, and each
-/// group's stratifiers are the Measure group's.
+/// A MeasureReport follows its Measure, as the Java reference's MeasureValidator checks it: the
+/// Measure is found (a warning when it cannot be, and nothing more is checked); the report's
+/// groups match the Measure's by code (or one to one), and each Measure group is reported unless
+/// the report is a data collection; each group's populations match the Measure group's by code
+/// and are all reported; the measureScore follows the Measure's scoring (none for a cohort or a
+/// data collection; required for proportion, ratio and continuous-variable; a proportion
+/// between 0 and 1 without units); and the stratifiers match by code.
 pub fn measure_report<'a>(
     report: &'a Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<&'a Value>,
     issues: &mut Vec<Issue>,
 ) {
-    let Some(measure) = report.get("measure").and_then(Value::as_str).and_then(|c| resolve(report, c, lookup)) else {
+    let Some(canonical) = report.get("measure").and_then(Value::as_str) else { return };
+    let Some(measure) = resolve(report, canonical, lookup) else {
+        issues.push(
+            Issue::warning(
+                IssueCode::DefinitionMismatch,
+                format!("The Measure '{canonical}' could not be resolved, so no validation can be performed against the Measure"),
+            )
+            .at(path.to_string()),
+        );
         return;
     };
-    let cohort = measure
-        .pointer("/scoring/coding")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("cohort")));
+    let scoring = measure.pointer("/scoring/coding/0/code").and_then(Value::as_str).unwrap_or_default();
+    let data_collection = report.get("type").and_then(Value::as_str) == Some("data-collection");
+    let error = |issues: &mut Vec<Issue>, at: String, text: &str| {
+        issues.push(Issue::error(IssueCode::DefinitionMismatch, text.to_string()).at(at))
+    };
     let measure_groups: Vec<&Value> = items(measure, "group").collect();
-    for (i, group) in items(report, "group").enumerate() {
+    let report_groups: Vec<&Value> = items(report, "group").collect();
+    let mut matched = vec![false; measure_groups.len()];
+    for (i, group) in report_groups.iter().enumerate() {
         let at = format!("{path}.group[{i}]");
-        if cohort && group.get("measureScore").is_some() {
+        let defined = if report_groups.len() == 1 && measure_groups.len() == 1 {
+            if group.get("code").is_some()
+                && measure_groups[0].get("code").is_some()
+                && !same_code(group.get("code"), measure_groups[0].get("code"))
+            {
+                error(issues, at.clone(), "The code provided does not match the code specified in the measure");
+            }
+            Some(0)
+        } else if group.get("code").is_none() {
+            error(issues, at.clone(), "Group should have a code that matches the group definition in the measure");
+            None
+        } else {
+            let found = measure_groups.iter().position(|g| same_code(group.get("code"), g.get("code")));
+            match found {
+                None => error(issues, at.clone(), "The code for this group has no match in the measure definition"),
+                Some(k) if matched[k] => {
+                    error(issues, at.clone(), "The code for this group is duplicated with another group")
+                }
+                Some(_) => {}
+            }
+            found
+        };
+        let Some(k) = defined else { continue };
+        matched[k] = true;
+        let defined = measure_groups[k];
+        populations(group, defined, &at, issues);
+        measure_score(group, scoring, data_collection, &at, issues);
+        stratifiers(group, defined, &at, issues);
+    }
+    if !data_collection && !(report_groups.len() == 1 && measure_groups.len() == 1) {
+        for (k, _) in matched.iter().enumerate().filter(|(_, m)| !**m) {
+            if measure_groups[k].get("code").is_some() {
+                error(
+                    issues,
+                    path.to_string(),
+                    "The MeasureReport does not include a group for a group of the Measure",
+                );
+            }
+        }
+    }
+}
+
+/// Two CodeableConcepts share a coding (system and code).
+fn same_code(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let key = |c: &Value| (c.get("system").cloned(), c.get("code").cloned());
+    let (Some(a), Some(b)) = (a, b) else { return false };
+    items(a, "coding").any(|x| x.get("code").is_some() && items(b, "coding").any(|y| key(x) == key(y)))
+}
+
+/// A report group's populations: each has a code the Measure group defines, once; each the
+/// Measure group defines is reported; counts and subject lists as the report type needs.
+fn populations(group: &Value, defined: &Value, at: &str, issues: &mut Vec<Issue>) {
+    let wanted: Vec<&Value> = items(defined, "population").collect();
+    let mut seen = vec![false; wanted.len()];
+    for (j, p) in items(group, "population").enumerate() {
+        let here = format!("{at}.population[{j}]");
+        if p.get("code").is_none() {
             issues.push(
                 Issue::error(
                     IssueCode::DefinitionMismatch,
-                    "No measureScore when the scoring of the Measure is 'cohort'",
+                    "Population should have a code that matches the population definition in the measure",
                 )
-                .at(format!("{at}.measureScore")),
+                .at(here),
+            );
+            continue;
+        }
+        match wanted.iter().position(|w| same_code(p.get("code"), w.get("code"))) {
+            None => issues.push(
+                Issue::error(
+                    IssueCode::DefinitionMismatch,
+                    "The code for this group population has no match in the measure definition",
+                )
+                .at(here.clone()),
+            ),
+            Some(k) if seen[k] => issues.push(
+                Issue::error(
+                    IssueCode::DefinitionMismatch,
+                    "The code for this group population is duplicated with another population",
+                )
+                .at(here.clone()),
+            ),
+            Some(k) => seen[k] = true,
+        }
+    }
+    for (k, w) in wanted.iter().enumerate() {
+        let observation = items(w.get("code").unwrap_or(&Value::Null), "coding")
+            .any(|c| c.get("code").and_then(Value::as_str) == Some("measure-observation"));
+        if !seen[k] && !observation && w.get("code").is_some() {
+            issues.push(
+                Issue::error(
+                    IssueCode::DefinitionMismatch,
+                    "The MeasureReport does not include a population the Measure's group defines",
+                )
+                .at(at.to_string()),
             );
         }
-        // The Measure's group with the same code (or at the same position).
-        let defined = measure_groups
-            .iter()
-            .find(|g| g.get("code").is_some() && g.get("code") == group.get("code"))
-            .or_else(|| measure_groups.get(i));
-        if let Some(defined) = defined {
-            stratifiers(group, defined, &at, issues);
+    }
+}
+
+/// The group's measureScore against the Measure's scoring and the report type.
+fn measure_score(group: &Value, scoring: &str, data_collection: bool, at: &str, issues: &mut Vec<Issue>) {
+    let score = group.get("measureScore");
+    let mut error =
+        |at: String, text: &str| issues.push(Issue::error(IssueCode::DefinitionMismatch, text.to_string()).at(at));
+    match (score, scoring) {
+        (Some(_), _) if data_collection => {
+            error(format!("{at}.measureScore"), "No measureScore when the type of the report is 'data-collection'")
         }
+        (Some(_), "cohort") => {
+            error(format!("{at}.measureScore"), "No measureScore when the scoring of the message is 'cohort'")
+        }
+        (None, "proportion" | "ratio" | "continuous-variable") if !data_collection => {
+            error(at.to_string(), &format!("A measureScore is required when the Measure.scoring={scoring}"))
+        }
+        (Some(score), "proportion" | "ratio" | "continuous-variable") => {
+            let value = score.get("value").and_then(Value::as_f64);
+            if value.is_none() {
+                error(
+                    format!("{at}.measureScore"),
+                    &format!("A value is required when the Measure.scoring = {scoring}"),
+                );
+            }
+            if scoring == "proportion" {
+                for unit in ["unit", "system", "code"] {
+                    if score.get(unit).is_some() {
+                        error(
+                            format!("{at}.measureScore.{unit}"),
+                            "A measureScore for this Measure Scoring (proportion) should not have units",
+                        );
+                    }
+                }
+                if value.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                    error(format!("{at}.measureScore.value"), "The value is invalid - it must be between 0 and 1");
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -245,6 +381,55 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn measure_reports_follow_the_scoring_groups_and_populations_of_their_measure() {
+        let pop = |code: &str| json!({ "code": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": code }] }, "count": 3 });
+        let measure = |scoring: &str| {
+            json!({ "resourceType": "Measure", "id": "m", "status": "active",
+            "scoring": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": scoring }] },
+            "group": [{ "population": [
+                { "code": pop("initial-population")["code"] }, { "code": pop("numerator")["code"] }, { "code": pop("denominator")["code"] }] }] })
+        };
+        let report = |scoring: &str, ty: &str, group: Value| {
+            json!({ "resourceType": "MeasureReport", "status": "complete", "type": ty,
+            "measure": "#m", "contained": [measure(scoring)], "period": { "start": "2024-01-01", "end": "2024-12-31" }, "group": [group] })
+        };
+        let at = |r: Value| {
+            let mut issues = Vec::new();
+            measure_report(&r, "MeasureReport", &|_| None, &mut issues);
+            issues.into_iter().map(|i| i.expression.unwrap_or_default()).collect::<Vec<_>>()
+        };
+        let all = json!([pop("initial-population"), pop("numerator"), pop("denominator")]);
+        let good = json!({ "population": all, "measureScore": { "value": 0.5 } });
+        assert_eq!(at(report("proportion", "summary", good.clone())), Vec::<String>::new());
+        // A proportion above 1 with a unit; a missing population; no score at all.
+        let bad = json!({ "population": [pop("numerator")], "measureScore": { "value": 1.5, "unit": "%" } });
+        assert_eq!(
+            at(report("proportion", "summary", bad)),
+            vec![
+                "MeasureReport.group[0]",
+                "MeasureReport.group[0]",
+                "MeasureReport.group[0].measureScore.unit",
+                "MeasureReport.group[0].measureScore.value"
+            ]
+        );
+        let unscored = json!({ "population": all });
+        assert_eq!(at(report("ratio", "summary", unscored.clone())), vec!["MeasureReport.group[0]"]);
+        // A data collection carries no score and need not.
+        assert_eq!(at(report("ratio", "data-collection", unscored)), Vec::<String>::new());
+        assert_eq!(
+            at(report("proportion", "data-collection", good.clone())),
+            vec!["MeasureReport.group[0].measureScore"]
+        );
+        assert_eq!(at(report("cohort", "summary", good)), vec!["MeasureReport.group[0].measureScore"]);
+        // A Measure that cannot be found: one warning at the report, nothing more.
+        let mut issues = Vec::new();
+        let lost = json!({ "resourceType": "MeasureReport", "measure": "http://acme.org/Measure/x", "group": [{ "measureScore": { "value": 7 } }] });
+        measure_report(&lost, "MeasureReport", &|_| None, &mut issues);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].severity, crate::fhir::outcome::Severity::Warning);
+    }
 
     #[test]
     fn discriminators_name_children_of_the_sliced_element() {
