@@ -62,8 +62,10 @@ fn section(code: &str, title: &str, lines: &[String], entries: Vec<Value>) -> Va
 }
 
 /// The outcome summary of a finished Task: a `document` Bundle whose Composition references the
-/// Task (and the ServiceRequest, Patient, charity and service by reference only — the GP system
-/// holds the patient already). The items and their sources are listed in the README.
+/// Task and the charity's Organization, both entries of the document (a document's references
+/// resolve inside it). The Patient is not copied, so the Composition has no subject: the Task's
+/// `for` names the patient, whom the GP system holds already. The items and their sources are
+/// listed in the README.
 pub fn outcome_document(conn: &mut DbConn, task: &StoredResource) -> Result<Value, crate::store::StoreError> {
     let t = task.json()?;
     let sr_id = t.get("focus").and_then(reference_of).filter(|(ty, _)| *ty == "ServiceRequest").map(|(_, i)| i);
@@ -137,7 +139,11 @@ pub fn outcome_document(conn: &mut DbConn, task: &StoredResource) -> Result<Valu
     if let Some(reason) = text_of(t.get("statusReason")) {
         outcome.push(format!("Reason: {reason}"));
     }
-    outcome_entries.push(json!({ "reference": format!("Task/{}/_history/{}", task.id, task.version_id) }));
+    // A document's references resolve inside it (R4 §3.3.1): the Task and the charity are
+    // entries, named by their fullUrls.
+    let task_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let org_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    outcome_entries.push(json!({ "reference": task_url }));
 
     // What was offered: the charity's notes (not Signpost's routing notes).
     let offered: Vec<String> = items(&t, "note")
@@ -173,18 +179,12 @@ pub fn outcome_document(conn: &mut DbConn, task: &StoredResource) -> Result<Valu
         }
     }
 
-    let mut subject = Value::Null;
-    if let Some(p) = t.get("for").and_then(|f| f.get("reference")) {
-        subject = json!({ "reference": p });
-    }
     let composition_id = uuid::Uuid::new_v4().to_string();
-    let mut author = vec![
-        json!({ "reference": format!("Organization/{}", org_id.clone().unwrap_or_default()), "display": org_name }),
-    ];
-    if org_id.is_none() {
-        author = vec![json!({ "display": "Signpost" })];
-    }
-    let mut composition = json!({
+    let author = match &org {
+        Some(_) => vec![json!({ "reference": org_url, "display": org_name })],
+        None => vec![json!({ "display": org_name })],
+    };
+    let composition = json!({
         "resourceType": "Composition",
         "id": composition_id,
         "status": "final",
@@ -193,17 +193,13 @@ pub fn outcome_document(conn: &mut DbConn, task: &StoredResource) -> Result<Valu
         "author": author,
         "title": format!("Outcome of referral to {org_name}"),
         "section": [
-            section("referral-details", "Referral details", &referral,
-                sr_id.map(|i| vec![json!({ "reference": format!("ServiceRequest/{i}") })]).unwrap_or_default()),
+            section("referral-details", "Referral details", &referral, Vec::new()),
             section("outcome", "Outcome", &outcome, outcome_entries),
             section("support-offered", "What was offered", &offered, Vec::new()),
             section("key-dates", "Key dates", &dates, Vec::new()),
             section("contact", "Who to contact", &contact, Vec::new()),
         ],
     });
-    if !subject.is_null() {
-        composition["subject"] = subject;
-    }
     let mut document = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
@@ -213,9 +209,10 @@ pub fn outcome_document(conn: &mut DbConn, task: &StoredResource) -> Result<Valu
         "timestamp": instant(task.last_updated),
         "entry": [{ "fullUrl": format!("urn:uuid:{composition_id}"), "resource": composition }],
     });
-    document["entry"].as_array_mut().expect("entries").push(json!({
-        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        "resource": t,
-    }));
+    let entries = document["entry"].as_array_mut().expect("entries");
+    entries.push(json!({ "fullUrl": task_url, "resource": t }));
+    if let Some(org) = org {
+        entries.push(json!({ "fullUrl": org_url, "resource": org }));
+    }
     Ok(document)
 }

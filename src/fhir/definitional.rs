@@ -85,7 +85,8 @@ pub fn measure_report<'a>(
         measure_score(group, scoring, data_collection, &at, issues);
         stratifiers(group, defined, &at, issues);
     }
-    if !data_collection && !(report_groups.len() == 1 && measure_groups.len() == 1) {
+    let one_to_one = report_groups.len() == 1 && measure_groups.len() == 1;
+    if !data_collection && !one_to_one {
         for (k, _) in matched.iter().enumerate().filter(|(_, m)| !**m) {
             if measure_groups[k].get("code").is_some() {
                 error(
@@ -377,6 +378,161 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
     }
 }
 
+/// The entry a reference inside the entry with `source` fullUrl names, by the Bundle resolution
+/// rules (R4 §2.36.4, as the Java reference's `getFromBundle` applies them): an absolute or
+/// `urn:` reference is a fullUrl (a version part is ignored); a relative `Type/id` is resolved
+/// against the source's RESTful base, or is `urn:uuid:id` when the source is itself a urn.
+fn resolve_in_bundle(full_urls: &[(usize, &str)], source: Option<&str>, reference: &str) -> Vec<usize> {
+    let unversioned = reference.split("/_history/").next().unwrap_or(reference);
+    let target = if unversioned.contains("://") || unversioned.starts_with("urn:") {
+        unversioned.to_string()
+    } else {
+        let parts: Vec<&str> = unversioned.split('/').collect();
+        let [ty, id] = parts.as_slice() else { return vec![] };
+        match source {
+            Some(s) if s.starts_with("urn:") => format!("urn:uuid:{id}"),
+            Some(s) if s.contains("://") => {
+                let segments: Vec<&str> = s.split('/').collect();
+                if segments.len() < 3 {
+                    return vec![];
+                }
+                format!("{}/{ty}/{id}", segments[..segments.len() - 2].join("/"))
+            }
+            _ => return vec![],
+        }
+    };
+    full_urls.iter().filter(|(_, u)| *u == target).map(|(i, _)| *i).collect()
+}
+
+/// `of.key` (one Reference or a list of them) into `must`, each with its path.
+fn listed<'v>(key: &str, must: &mut Vec<(String, &'v Value)>, of: &'v Value, at: &str) {
+    match of.get(key) {
+        Some(Value::Array(a)) => {
+            for (k, r) in a.iter().enumerate() {
+                must.push((format!("{at}.{key}[{k}]"), r));
+            }
+        }
+        Some(r) => must.push((format!("{at}.{key}"), r)),
+        None => {}
+    }
+}
+
+/// Every `reference` string under `v` (inside nested resources too, but not `Bundle.entry`
+/// resources of a nested Bundle), for the interlinking of a document or message.
+fn all_references<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    ("reference", Value::String(r)) if !r.starts_with('#') => out.push(r),
+                    _ => all_references(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| all_references(x, out)),
+        _ => {}
+    }
+}
+
+/// Document and message Bundles as the Java reference's BundleValidator checks them: the
+/// Composition's subject, authors, encounter, custodian, attesters, event details and section
+/// authors, focuses and entries, and the MessageHeader's focus, each name an entry of the Bundle
+/// (error); and every entry is reachable from the first by references, forwards or backwards
+/// (an error in a document, a warning in a message).
+pub fn document_links(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
+    let kind = bundle.get("type").and_then(Value::as_str);
+    let (head, document) = match kind {
+        Some("document") => ("Composition", true),
+        Some("message") => ("MessageHeader", false),
+        _ => return,
+    };
+    let entries: Vec<(usize, &Value, Option<&str>)> = items(bundle, "entry")
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, e.get("resource")?, e.get("fullUrl").and_then(Value::as_str))))
+        .collect();
+    let Some(&(first, root, root_url)) = entries.first() else { return };
+    if first != 0 || root.get("resourceType").and_then(Value::as_str) != Some(head) {
+        return;
+    }
+    let full_urls: Vec<(usize, &str)> = entries.iter().filter_map(|(i, _, u)| Some((*i, (*u)?))).collect();
+    // The head's own references that must resolve.
+    let mut must: Vec<(String, &Value)> = Vec::new();
+    let at = format!("{path}.entry[0].resource");
+    if document {
+        for key in ["subject", "author", "encounter", "custodian"] {
+            listed(key, &mut must, root, &at);
+        }
+        for (k, a) in items(root, "attester").enumerate() {
+            listed("party", &mut must, a, &format!("{at}.attester[{k}]"));
+        }
+        for (k, e) in items(root, "event").enumerate() {
+            listed("detail", &mut must, e, &format!("{at}.event[{k}]"));
+        }
+        fn sections<'v>(v: &'v Value, at: &str, must: &mut Vec<(String, &'v Value)>) {
+            for (k, s) in items(v, "section").enumerate() {
+                let here = format!("{at}.section[{k}]");
+                for key in ["author", "focus", "entry"] {
+                    listed(key, must, s, &here);
+                }
+                sections(s, &here, must);
+            }
+        }
+        sections(root, &at, &mut must);
+    } else {
+        listed("focus", &mut must, root, &at);
+    }
+    for (at, r) in must {
+        let Some(reference) = r.get("reference").and_then(Value::as_str) else { continue };
+        if reference.starts_with('#') {
+            continue;
+        }
+        if resolve_in_bundle(&full_urls, root_url, reference).is_empty() {
+            issues.push(
+                Issue::error(
+                    IssueCode::BundleReference,
+                    format!("the reference names no entry of the Bundle by the Bundle resolution rules (the {head} must refer to entries of its Bundle)"),
+                )
+                .at(format!("{at}.reference")),
+            );
+        }
+    }
+    // Every entry reachable from the first, following references both ways.
+    let mut links: Vec<Vec<usize>> = vec![Vec::new(); items(bundle, "entry").count()];
+    for &(i, resource, url) in &entries {
+        let mut refs = Vec::new();
+        all_references(resource, &mut refs);
+        for r in refs {
+            for j in resolve_in_bundle(&full_urls, url, r) {
+                links[i].push(j);
+                links[j].push(i);
+            }
+        }
+    }
+    let mut reached = vec![false; links.len()];
+    let mut queue = vec![0];
+    reached[0] = true;
+    while let Some(i) = queue.pop() {
+        for &j in &links[i] {
+            if !reached[j] {
+                reached[j] = true;
+                queue.push(j);
+            }
+        }
+    }
+    for &(i, _, _) in &entries {
+        if reached[i] {
+            continue;
+        }
+        let text = format!("the entry is not reachable by references (forward or backward) from the {head}");
+        let issue = if document {
+            Issue::error(IssueCode::BundleReference, text)
+        } else {
+            Issue::warning(IssueCode::BundleReference, text)
+        };
+        issues.push(issue.at(format!("{path}.entry[{i}]")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +585,60 @@ mod tests {
         measure_report(&lost, "MeasureReport", &|_| None, &mut issues);
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].severity, crate::fhir::outcome::Severity::Warning);
+    }
+
+    #[test]
+    fn documents_and_messages_resolve_their_head_references_and_reach_every_entry() {
+        use crate::fhir::outcome::Severity;
+        let u = |n: u8| format!("urn:uuid:{n}{n}{n}{n}{n}{n}{n}{n}-1111-1111-1111-111111111111");
+        let document = |subject: &str, extra: Value| {
+            let mut entries = vec![
+                json!({ "fullUrl": u(1), "resource": { "resourceType": "Composition", "subject": { "reference": subject },
+                    "author": [{ "reference": u(2) }], "section": [{ "entry": [{ "reference": u(4) }] }] } }),
+                json!({ "fullUrl": u(2), "resource": { "resourceType": "Practitioner" } }),
+                json!({ "fullUrl": u(3), "resource": { "resourceType": "Patient", "id": "p1" } }),
+                json!({ "fullUrl": u(4), "resource": { "resourceType": "Observation", "subject": { "reference": u(3) } } }),
+            ];
+            if !extra.is_null() {
+                entries.push(extra);
+            }
+            json!({ "resourceType": "Bundle", "type": "document", "entry": entries })
+        };
+        let found = |b: Value| {
+            let mut issues = Vec::new();
+            document_links(&b, "Bundle", &mut issues);
+            issues.into_iter().map(|i| (i.severity, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        assert_eq!(found(document(&u(3), Value::Null)), vec![]);
+        // `Patient/p1` from a urn:uuid Composition means urn:uuid:p1, which no entry is (Java's
+        // BUNDLE_BUNDLE_ENTRY_NOTFOUND_CANNOT), even though a Patient with id p1 is present.
+        assert_eq!(
+            found(document("Patient/p1", Value::Null)),
+            vec![(Severity::Error, "Bundle.entry[0].resource.subject.reference".into())]
+        );
+        // An entry nothing links to or from is an orphan: an error in a document.
+        let orphan = json!({ "fullUrl": u(5), "resource": { "resourceType": "Organization" } });
+        assert_eq!(found(document(&u(3), orphan.clone())), vec![(Severity::Error, "Bundle.entry[4]".into())]);
+        // An entry that only points back at a reachable one is reached.
+        let provenance =
+            json!({ "fullUrl": u(6), "resource": { "resourceType": "Provenance", "target": [{ "reference": u(1) }] } });
+        assert_eq!(found(document(&u(3), provenance)), vec![]);
+        // RESTful fullUrls resolve relative references against their base.
+        let restful = json!({ "resourceType": "Bundle", "type": "document", "entry": [
+            { "fullUrl": "http://a.example/fhir/Composition/c", "resource": { "resourceType": "Composition", "subject": { "reference": "Patient/p1" } } },
+            { "fullUrl": "http://a.example/fhir/Patient/p1", "resource": { "resourceType": "Patient", "id": "p1" } }] });
+        assert_eq!(found(restful), vec![]);
+        // A message: the focus must resolve; an orphan is a warning.
+        let message = json!({ "resourceType": "Bundle", "type": "message", "entry": [
+            { "fullUrl": u(1), "resource": { "resourceType": "MessageHeader", "focus": [{ "reference": u(9) }] } },
+            { "fullUrl": u(2), "resource": { "resourceType": "ServiceRequest" } }] });
+        assert_eq!(
+            found(message),
+            vec![
+                (Severity::Error, "Bundle.entry[0].resource.focus[0].reference".into()),
+                (Severity::Warning, "Bundle.entry[1]".into())
+            ]
+        );
     }
 
     #[test]

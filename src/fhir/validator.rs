@@ -270,6 +270,7 @@ impl<'v> Walker<'_, 'v> {
             self.bundle_links(obj, path);
             self.bundle_full_urls(obj, path);
             super::definitional::bundle_references(value, path, self.issues);
+            super::definitional::document_links(value, path, self.issues);
         }
         if let Some(root_el) = td.elements.first() {
             self.invariants(&root_el.constraints, value, Some(td.name.as_str()), path);
