@@ -99,6 +99,25 @@ pub fn measure_report<'a>(
     }
 }
 
+/// The Java reference's best-practice recommendations for every Observation (warnings by
+/// default): a subject, a performer and an effective[x].
+pub fn observation_best_practice(observation: &Value, path: &str, issues: &mut Vec<Issue>) {
+    let has = |prefix: &str| observation.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with(prefix)));
+    for (present, what) in
+        [(has("subject"), "a subject"), (has("performer"), "a performer"), (has("effective"), "an effective[x]")]
+    {
+        if !present {
+            issues.push(
+                Issue::warning(
+                    IssueCode::Invariant,
+                    format!("Best Practice Recommendation: In general, all observations should have {what}"),
+                )
+                .at(path.to_string()),
+            );
+        }
+    }
+}
+
 /// Two CodeableConcepts share a coding (system and code).
 fn same_code(a: Option<&Value>, b: Option<&Value>) -> bool {
     let key = |c: &Value| (c.get("system").cloned(), c.get("code").cloned());
@@ -639,6 +658,25 @@ mod tests {
                 (Severity::Warning, "Bundle.entry[1]".into())
             ]
         );
+    }
+
+    #[test]
+    fn observations_without_subject_performer_or_effective_get_best_practice_warnings() {
+        let mut issues = Vec::new();
+        observation_best_practice(
+            &json!({ "resourceType": "Observation", "subject": { "reference": "Patient/1" } }),
+            "Observation",
+            &mut issues,
+        );
+        let texts: Vec<_> = issues.iter().map(|i| (i.severity, i.diagnostics.clone())).collect();
+        assert_eq!(texts.len(), 2);
+        assert!(texts.iter().all(|(s, _)| *s == crate::fhir::outcome::Severity::Warning));
+        assert!(texts[0].1.ends_with("a performer") && texts[1].1.ends_with("an effective[x]"), "{texts:?}");
+        issues.clear();
+        let full = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/1" },
+            "performer": [{ "reference": "Practitioner/1" }], "effectivePeriod": { "start": "2024-01-01" } });
+        observation_best_practice(&full, "Observation", &mut issues);
+        assert!(issues.is_empty());
     }
 
     #[test]

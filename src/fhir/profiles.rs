@@ -520,6 +520,7 @@ impl Profiles {
         match ty {
             "QuestionnaireResponse" => super::questionnaire::questionnaire_response(resource, path, &lookup, issues),
             "MeasureReport" => super::definitional::measure_report(resource, path, &lookup, issues),
+            "Observation" => super::definitional::observation_best_practice(resource, path, issues),
             "StructureDefinition" => {
                 let base = resource.get("baseDefinition").and_then(Value::as_str).and_then(|u| self.get(u));
                 super::definitional::structure_definition(resource, path, base, issues)
@@ -959,6 +960,7 @@ mod tests {
         let obs = |system: &str, code: &str, with_category: bool| {
             let mut o = json!({ "resourceType": "Observation", "status": "final",
                 "code": { "coding": [{ "system": system, "code": code }] }, "subject": { "reference": "Patient/p" },
+                "performer": [{ "reference": "Practitioner/1" }],
                 "effectiveDateTime": "2024-05-01T10:00:00Z" });
             if with_category {
                 o["category"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }]);
@@ -993,7 +995,12 @@ mod tests {
         let run = |obs: Value| {
             let mut issues = Vec::new();
             profiles.check(&obs, "Observation", false, &[p], &mut issues);
-            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+            // The profile's issues (not the best-practice warnings every Observation gets).
+            issues
+                .into_iter()
+                .filter(|i| !i.diagnostics.starts_with("Best Practice"))
+                .map(|i| (i.code, i.expression.unwrap_or_default()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(json!({ "resourceType": "Observation", "valueQuantity": { "value": 1 } })), vec![]);
         assert_eq!(

@@ -705,6 +705,9 @@ impl<'v> Walker<'_, 'v> {
                     if dt.name == "Reference" {
                         self.reference(o, ty, at.as_str());
                     }
+                    if dt.name == "Identifier" {
+                        self.identifier(o, at.as_str());
+                    }
                     if dt.name == "Attachment" {
                         self.attachment(o, at.as_str());
                     }
@@ -844,6 +847,18 @@ impl<'v> Walker<'_, 'v> {
         }
         if matches!(ty, "date" | "dateTime" | "instant") && text.get(..10).is_some_and(|d| !real_date(d)) {
             self.error(IssueCode::InvalidValue, at.to_string(), format!("the value is not a valid {ty}: no such day"));
+        }
+        // TYPE_SPECIFIC_CHECKS_DT_DATETIME_REASONABLE: a year before 1800 or more than 80 years
+        // ahead is probably a data entry error.
+        if matches!(ty, "date" | "dateTime" | "instant")
+            && let Some(year) = text.get(..4).and_then(|y| y.parse::<i64>().ok())
+            && (year < 1800 || year > this_year() + 80)
+        {
+            self.warn(
+                IssueCode::InvalidValue,
+                at,
+                "The value is outside the range of reasonable years - check for data entry error",
+            );
         }
         if matches!(ty, "uri" | "url" | "canonical" | "oid" | "uuid")
             && let Some(why) = uri_fault(ty, &text)
@@ -987,7 +1002,65 @@ impl<'v> Walker<'_, 'v> {
         }
     }
 
+    /// Identifier rules of the Java reference (checkIdentifier): the system is absolute
+    /// (`http:`, `https:`, `urn:` or `ldap:`); under `urn:ietf:rfc:3986` the value is a URI; the
+    /// RFC 4122 page is not a system for UUIDs.
+    fn identifier(&mut self, o: &Map<String, Value>, at: &str) {
+        let Some(system) = o.get("system").and_then(Value::as_str) else { return };
+        if !["http:", "https:", "urn:", "ldap:"].iter().any(|p| system.starts_with(p)) {
+            self.error(
+                IssueCode::InvalidValue,
+                at.to_string(),
+                "Identifier.system must be an absolute reference, not a local reference",
+            );
+        }
+        let value = o.get("value").and_then(Value::as_str);
+        let has_scheme = |v: &str| {
+            v.split_once(':').is_some_and(|(scheme, _)| {
+                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '[' | ']'))
+            })
+        };
+        match (system, value) {
+            ("urn:ietf:rfc:3986", Some(v)) if !has_scheme(v) => self.error(
+                IssueCode::InvalidValue,
+                at.to_string(),
+                "if identifier.system is 'urn:ietf:rfc:3986', then the identifier.value must be a full URI (e.g. start with a scheme)",
+            ),
+            ("https://tools.ietf.org/html/rfc4122", Some(v)) => {
+                let uuid = v.strip_prefix("urn:uuid:").unwrap_or(v);
+                let text = "The URL 'https://tools.ietf.org/html/rfc4122' should not be used with a UUID: use the system 'urn:ietf:rfc:3986' and the value 'urn:uuid:...'";
+                if uuid::Uuid::parse_str(uuid).is_ok() && uuid.len() == 36 {
+                    self.warn(IssueCode::InvalidValue, at, text);
+                } else {
+                    self.error(
+                        IssueCode::InvalidValue,
+                        at.to_string(),
+                        "The URL 'https://tools.ietf.org/html/rfc4122' is not correct for the identifier",
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn reference(&mut self, o: &Map<String, Value>, ty: &TypeRef, at: &str) {
+        // Nothing to follow and nothing to show (REFERENCE_REF_NODISPLAY).
+        let blank = |v: Option<&Value>| v.and_then(Value::as_str).is_none_or(str::is_empty);
+        let identifier = o.get("identifier");
+        if blank(o.get("reference"))
+            && blank(identifier.and_then(|i| i.get("system")))
+            && blank(identifier.and_then(|i| i.get("value")))
+            && blank(o.get("display"))
+        {
+            self.push(
+                Issue::warning(
+                    IssueCode::EmptyElement,
+                    "A Reference without an actual reference or identifier should have a display",
+                )
+                .at(at.to_string()),
+            );
+        }
         // The reference's own form, as the reference validator checks it: no whitespace
         // (REFERENCE_REF_INVALID_REF); a conditional reference (`Type?query`) is a search URL
         // (REFERENCE_REF_QUERY_INVALID).
@@ -1143,6 +1216,12 @@ fn lexical_fast_path(ty: &str, text: &str) -> Option<bool> {
 
 /// Append `[i]` to a path without the formatting machinery (it runs once per array item).
 const TEXT: IssueCode = IssueCode::TextContent;
+
+/// The current year (UTC).
+fn this_year() -> i64 {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
+    1970 + (days as f64 / 365.2425) as i64
+}
 
 /// Whitespace as the Java reference counts it (`Utilities.isWhitespace`): ASCII whitespace and
 /// the Unicode spaces, no-break space included.
@@ -1695,6 +1774,52 @@ mod tests {
             "contact": [{ "telecom": [{ "system": "phone", "value": "0113 496 0000" }] }], "name": [{ "given": [null], "_given": [dar] }] }),
         );
         assert_eq!(twin_items, vec![]);
+    }
+
+    #[test]
+    fn identifiers_references_and_years_follow_the_reference_type_checks() {
+        use super::super::outcome::Severity;
+        let found = |v: Value| -> Vec<(Severity, String)> {
+            validate(&v).into_iter().map(|i| (i.severity, i.expression.unwrap_or_default())).collect()
+        };
+        let ids = |system: &str, value: &str| {
+            found(json!({ "resourceType": "Patient", "identifier": [{ "system": system, "value": value }] }))
+        };
+        // TYPE_SPECIFIC_CHECKS_DT_IDENTIFIER_SYSTEM: an absolute system (http, https, urn, ldap).
+        for system in ["https://fhir.nhs.uk/Id/nhs-number", "urn:oid:2.16.840.1.113883.2.1.4.1", "ldap:o=nhs"] {
+            assert_eq!(ids(system, "9000000009"), vec![], "{system}");
+        }
+        for system in ["local-mrn", "nhs-number", "Id/nhs-number"] {
+            assert_eq!(ids(system, "1"), vec![(Severity::Error, "Patient.identifier[0]".into())], "{system}");
+        }
+        // Under urn:ietf:rfc:3986 the value is itself a URI (…_IETF_SYSTEM_VALUE).
+        assert_eq!(ids("urn:ietf:rfc:3986", "urn:oid:1.2.3"), vec![]);
+        assert_eq!(ids("urn:ietf:rfc:3986", "1.2.3"), vec![(Severity::Error, "Patient.identifier[0]".into())]);
+        // The RFC 4122 page is not a system: a warning for a UUID, an error for anything else.
+        let uuid = "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0";
+        assert_eq!(
+            ids("https://tools.ietf.org/html/rfc4122", uuid),
+            vec![(Severity::Warning, "Patient.identifier[0]".into())]
+        );
+        assert_eq!(
+            ids("https://tools.ietf.org/html/rfc4122", "abc"),
+            vec![(Severity::Error, "Patient.identifier[0]".into())]
+        );
+        // REFERENCE_REF_NODISPLAY: a Reference with nothing to follow should say what it means.
+        let gp = |r: Value| found(json!({ "resourceType": "Patient", "generalPractitioner": [r] }));
+        assert_eq!(gp(json!({ "display": "Dr A Patel" })), vec![]);
+        assert_eq!(
+            gp(json!({ "identifier": { "system": "https://fhir.nhs.uk/Id/sds-user-id", "value": "G1" } })),
+            vec![]
+        );
+        let dar =
+            json!([{ "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown" }]);
+        assert_eq!(gp(json!({ "extension": dar })), vec![(Severity::Warning, "Patient.generalPractitioner[0]".into())]);
+        // TYPE_SPECIFIC_CHECKS_DT_DATETIME_REASONABLE: before 1800 or 80 years ahead.
+        let born = |d: &str| found(json!({ "resourceType": "Patient", "birthDate": d }));
+        assert_eq!(born("1801-01-01"), vec![]);
+        assert_eq!(born("1799-12-31"), vec![(Severity::Warning, "Patient.birthDate".into())]);
+        assert_eq!(born(&format!("{}", this_year() + 81)), vec![(Severity::Warning, "Patient.birthDate".into())]);
     }
 
     #[test]
