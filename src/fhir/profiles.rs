@@ -178,6 +178,106 @@ const VITAL_SIGNS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// Every code of a loaded value set, as `system|code` and bare `code`, or `None` when it cannot
+/// be enumerated: its expansion if it has one; else its `compose`: each include's listed
+/// concepts, or every code of a code system Signpost holds, or the members of the value sets it
+/// includes by reference (a loaded one, or an R4 value set with a bundled expansion), restricted
+/// to the include's system when it names one; less the excluded concepts.
+pub(super) fn enumerate_value_set(
+    vs: &Value,
+    systems: &FxHashMap<String, Vec<String>>,
+    loaded: &FxHashMap<&str, &Value>,
+    depth: usize,
+) -> Option<FxHashSet<String>> {
+    if depth > 8 {
+        return None;
+    }
+    let mut set = FxHashSet::default();
+    let add = |set: &mut FxHashSet<String>, system: &str, code: &str| {
+        set.insert(format!("{system}|{code}"));
+        set.insert(code.to_string());
+    };
+    if let Some(contains) = vs.pointer("/expansion/contains").and_then(Value::as_array) {
+        fn walk(c: &[Value], set: &mut FxHashSet<String>) {
+            for e in c {
+                if let (Some(s), Some(code)) =
+                    (e.get("system").and_then(Value::as_str), e.get("code").and_then(Value::as_str))
+                {
+                    set.insert(format!("{s}|{code}"));
+                    set.insert(code.to_string());
+                }
+                walk(e.get("contains").and_then(Value::as_array).map_or(&[], Vec::as_slice), set);
+            }
+        }
+        walk(contains, &mut set);
+        return Some(set);
+    }
+    let includes: Vec<&Value> = items(vs.get("compose")?, "include").collect();
+    if includes.is_empty() {
+        return None;
+    }
+    for inc in includes {
+        let system = inc.get("system").and_then(Value::as_str);
+        if inc.get("filter").is_some() {
+            return None;
+        }
+        let listed: Vec<&str> = items(inc, "concept").filter_map(|c| c.get("code")?.as_str()).collect();
+        let referenced: Vec<&str> = items(inc, "valueSet").filter_map(Value::as_str).collect();
+        if !referenced.is_empty() {
+            // The members of every referenced value set (their intersection, as R4 says, taken
+            // as the first one's members that the others also hold).
+            let mut members: Option<FxHashSet<String>> = None;
+            for url in referenced {
+                let url = url.split('|').next().unwrap_or(url);
+                let these = match loaded.get(url) {
+                    Some(other) => enumerate_value_set(other, systems, loaded, depth + 1)?,
+                    None => super::definitions::Definitions::shared()
+                        .valuesets
+                        .get(url)?
+                        .iter()
+                        .flat_map(|k| {
+                            let code = k.rsplit('|').next().unwrap_or(k).to_string();
+                            [k.clone(), code]
+                        })
+                        .collect(),
+                };
+                members = Some(match members {
+                    None => these,
+                    Some(m) => m.intersection(&these).cloned().collect(),
+                });
+            }
+            for key in members.unwrap_or_default() {
+                match (system, key.split_once('|')) {
+                    (Some(s), Some((ks, code))) if ks == s => add(&mut set, s, code),
+                    (None, Some((ks, code))) => add(&mut set, ks, code),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let system = system?;
+        if listed.is_empty() {
+            for code in systems.get(system)? {
+                add(&mut set, system, code);
+            }
+        } else {
+            for code in listed {
+                add(&mut set, system, code);
+            }
+        }
+    }
+    for exc in vs.pointer("/compose/exclude").and_then(Value::as_array).into_iter().flatten() {
+        let system = exc.get("system").and_then(Value::as_str).unwrap_or_default();
+        for code in items(exc, "concept").filter_map(|c| c.get("code")?.as_str()) {
+            set.remove(&format!("{system}|{code}"));
+            if !set.iter().any(|k| k.ends_with(&format!("|{code}"))) {
+                set.remove(code);
+            }
+        }
+    }
+    Some(set)
+}
+
 /// The core vital signs profile an Observation's code implies, if any (see [`VITAL_SIGNS`]).
 fn implied_vital_signs_profile(observation: &Value) -> Option<&'static str> {
     let codings: Vec<(&str, &str)> = items(observation.get("code").unwrap_or(&Value::Null), "coding")
@@ -416,22 +516,16 @@ impl Profiles {
                 _ => {}
             }
         }
+        let by_vs_url: FxHashMap<&str, &Value> =
+            valuesets.iter().filter_map(|vs| Some((vs.get("url")?.as_str()?, *vs))).collect();
         let mut codes = FxHashMap::default();
-        for vs in valuesets {
+        for vs in &valuesets {
             let url = vs.get("url").and_then(Value::as_str).unwrap_or_default().to_string();
-            let mut set = FxHashSet::default();
-            for inc in vs.pointer("/compose/include").and_then(Value::as_array).into_iter().flatten() {
-                let system = inc.get("system").and_then(Value::as_str).unwrap_or_default();
-                // Listed codes, or every code of a system we hold (others are not checked).
-                let listed: Vec<String> =
-                    items(inc, "concept").filter_map(|c| c.get("code")?.as_str().map(str::to_string)).collect();
-                let codes = if listed.is_empty() { systems.get(system).cloned().unwrap_or_default() } else { listed };
-                for code in codes {
-                    set.insert(format!("{system}|{code}"));
-                    set.insert(code);
-                }
+            // A value set Signpost cannot enumerate whole (a system it does not hold, a value
+            // set it cannot find) is not checked, rather than checked against part of itself.
+            if let Some(set) = enumerate_value_set(vs, &systems, &by_vs_url, 0) {
+                codes.insert(url, set);
             }
-            codes.insert(url, set);
         }
         let definitions = resources
             .iter()
@@ -882,6 +976,7 @@ impl<'v> ProfileCheck<'_, 'v> {
     fn binding(&mut self, required: bool, vs: &str, v: &Value, path: &str) {
         let defs = Definitions::shared();
         // Bare codes (a `code` element) against the codes, codings against `system|code`.
+        let vs = vs.split('|').next().unwrap_or(vs);
         let r4 = if v.is_string() { defs.valueset_codes.get(vs) } else { defs.valuesets.get(vs) };
         let Some(members) = self.terms.codes.get(vs).or(r4) else { return };
         let keys: Vec<String> = match v {
@@ -981,6 +1076,43 @@ mod tests {
         assert!(!check(rate).is_empty(), "heart rate (SNOMED CT) without the vital-signs category");
         // A LOINC code under another system is not a vital sign.
         assert_eq!(check(obs("http://example.org/codes", "8310-5", false)), vec![]);
+    }
+
+    #[test]
+    fn required_bindings_reach_value_sets_through_their_value_set_references() {
+        let sd = |vs: &str| {
+            json!({ "resourceType": "StructureDefinition", "url": format!("http://example.org/sd/{vs}"), "type": "Patient",
+            "differential": { "element": [{ "id": "Patient.maritalStatus", "path": "Patient.maritalStatus",
+                "binding": { "strength": "required", "valueSet": format!("http://example.org/vs/{vs}|1.0.0") } }] } })
+        };
+        let cs = json!({ "resourceType": "CodeSystem", "url": "http://example.org/cs", "concept": [{ "code": "a" }, { "code": "b" }, { "code": "c" }] });
+        let vs = |name: &str, compose: Value| json!({ "resourceType": "ValueSet", "url": format!("http://example.org/vs/{name}"), "compose": compose });
+        let profiles = Profiles::load(vec![
+            cs,
+            // All of a held code system but one code.
+            vs("most", json!({ "include": [{ "system": "http://example.org/cs" }], "exclude": [{ "system": "http://example.org/cs", "concept": [{ "code": "c" }] }] })),
+            // Another loaded value set and an R4 one (with its bundled expansion), by reference.
+            vs("nested", json!({ "include": [{ "valueSet": ["http://example.org/vs/most"] },
+                                             { "valueSet": ["http://hl7.org/fhir/ValueSet/marital-status"] }] })),
+            // A code system Signpost does not hold: not enumerable, so not checked.
+            vs("external", json!({ "include": [{ "system": "http://snomed.info/sct" }] })),
+            sd("most"), sd("nested"), sd("external"),
+        ])
+        .unwrap();
+        let errors = |profile: &str, system: &str, code: &str| {
+            let p = profiles.get(&format!("http://example.org/sd/{profile}")).unwrap();
+            let patient = json!({ "resourceType": "Patient", "maritalStatus": { "coding": [{ "system": system, "code": code }] } });
+            let mut issues = Vec::new();
+            profiles.check(&patient, "Patient", false, &[p], &mut issues);
+            issues.iter().filter(|i| i.code == IssueCode::CodeNotInValueSet).count()
+        };
+        assert_eq!(errors("most", "http://example.org/cs", "a"), 0);
+        assert_eq!(errors("most", "http://example.org/cs", "c"), 1, "excluded");
+        assert_eq!(errors("nested", "http://example.org/cs", "b"), 0);
+        assert_eq!(errors("nested", "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "M"), 0);
+        assert_eq!(errors("nested", "http://example.org/cs", "c"), 1);
+        assert_eq!(errors("nested", "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "Q"), 1);
+        assert_eq!(errors("external", "http://snomed.info/sct", "22298006"), 0);
     }
 
     #[test]

@@ -247,6 +247,24 @@ impl<'a> Check<'a, '_> {
             self.error(&format!("{at}.value.ofType({})", lower(got)), text);
             return;
         }
+        if got == "Coding"
+            && let Some(vs) = d.get("answerValueSet").and_then(Value::as_str)
+            && let Some(members) = self.options_value_set(vs)
+            && coding_key(value).1.is_some()
+        {
+            let (system, code) = coding_key(value);
+            let key = match system {
+                Some(s) => format!("{s}|{}", code.unwrap_or_default()),
+                None => code.unwrap_or_default().to_string(),
+            };
+            if !members.contains(&key) {
+                // The code itself is not repeated: answers can carry patient data.
+                self.error(
+                    at,
+                    format!("The answer's code is not in the options value set ({vs}) specified by the questionnaire"),
+                );
+            }
+        }
         let options: Vec<(&str, &Value)> = items(d, "answerOption").filter_map(|o| typed(o, "value")).collect();
         if options.is_empty() || !matches!(ty, "choice" | "open-choice") {
             return;
@@ -270,6 +288,21 @@ impl<'a> Check<'a, '_> {
                 } else if !same_type.contains(&value) && !same_type.is_empty() {
                     self.error(at, format!("The {kind} answer is not in the set of permitted values"));
                 }
+            }
+        }
+    }
+
+    /// The members of an item's answerValueSet: one contained in the Questionnaire (`#id`) or an
+    /// R4 value set with a bundled expansion; `None` when it cannot be enumerated.
+    fn options_value_set(&self, url: &str) -> Option<rustc_hash::FxHashSet<String>> {
+        match url.strip_prefix('#') {
+            Some(id) => {
+                let vs = items(self.q, "contained").find(|c| c.get("id").and_then(Value::as_str) == Some(id))?;
+                super::profiles::enumerate_value_set(vs, &Default::default(), &Default::default(), 0)
+            }
+            None => {
+                let members = super::definitions::Definitions::shared().valuesets.get(url.split('|').next()?)?;
+                Some(members.iter().flat_map(|k| [k.clone(), k.rsplit('|').next().unwrap_or(k).to_string()]).collect())
             }
         }
     }
@@ -433,6 +466,29 @@ mod tests {
         assert!(
             got.iter().any(|t| t.starts_with("QuestionnaireResponse.item[1].item[0]: Items of type 'display'")),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn coded_answers_come_from_the_items_answer_value_set() {
+        let q = json!({ "resourceType": "Questionnaire", "id": "q", "status": "active",
+            "contained": [{ "resourceType": "ValueSet", "id": "yn", "status": "active", "compose": { "include": [
+                { "system": "http://loinc.org", "concept": [{ "code": "LA33-6" }, { "code": "LA32-8" }] }] } }],
+            "item": [{ "linkId": "1", "type": "choice", "answerValueSet": "#yn" },
+                     { "linkId": "2", "type": "choice", "answerValueSet": "http://hl7.org/fhir/ValueSet/administrative-gender" }] });
+        let answer = |link: &str, system: &str, code: &str| {
+            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "#q", "contained": [q.clone()],
+                "item": [{ "linkId": link, "answer": [{ "valueCoding": { "system": system, "code": code } }] }] });
+            let mut issues = Vec::new();
+            questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
+            issues.into_iter().map(|i| i.expression.unwrap_or_default()).collect::<Vec<_>>()
+        };
+        assert_eq!(answer("1", "http://loinc.org", "LA33-6"), Vec::<String>::new());
+        assert_eq!(answer("1", "http://loinc.org", "LA99-9"), vec!["QuestionnaireResponse.item[0].answer[0]"]);
+        assert_eq!(answer("2", "http://hl7.org/fhir/administrative-gender", "female"), Vec::<String>::new());
+        assert_eq!(
+            answer("2", "http://hl7.org/fhir/administrative-gender", "woman"),
+            vec!["QuestionnaireResponse.item[0].answer[0]"]
         );
     }
 
