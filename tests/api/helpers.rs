@@ -167,7 +167,7 @@ pub async fn spawn_on(dir: tempfile::TempDir, db_url: String, adjust: impl FnOnc
     let app = Application::build(settings).await.expect("app builds");
     let pool = app.pool().clone();
     let port = app.spawn();
-    TestApp { base: format!("http://127.0.0.1:{port}"), db_url, pool, http: reqwest::Client::new(), _dir: dir }
+    TestApp { base: format!("http://127.0.0.1:{port}"), db_url, pool, http: client(), _dir: dir }
 }
 
 impl TestApp {
@@ -387,4 +387,11 @@ impl WriteLock {
     pub fn release(mut self) {
         (self.0)("COMMIT");
     }
+}
+
+/// The test client: it drops a pooled connection after 2 s idle, before the server's 5 s
+/// keep-alive closes it, so a request after a pause (a CLI run, a delivery wait) never goes out
+/// on a connection the server is closing (hyper's `IncompleteMessage`).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(2)).build().expect("test HTTP client")
 }
