@@ -11,7 +11,11 @@ use super::items;
 use super::outcome::{Issue, IssueCode};
 
 /// Find a canonical resource: `#id` among `resource`'s contained ones, else by `lookup`.
-fn resolve<'a>(resource: &'a Value, canonical: &str, lookup: &dyn Fn(&str) -> Option<&'a Value>) -> Option<&'a Value> {
+pub(super) fn resolve<'a>(
+    resource: &'a Value,
+    canonical: &str,
+    lookup: &dyn Fn(&str) -> Option<&'a Value>,
+) -> Option<&'a Value> {
     match canonical.strip_prefix('#') {
         Some(id) => resource
             .get("contained")

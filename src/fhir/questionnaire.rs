@@ -26,11 +26,9 @@ pub fn questionnaire_response<'a>(
     issues: &mut Vec<Issue>,
 ) {
     let Some(canonical) = qr.get("questionnaire").and_then(Value::as_str) else { return };
-    let found = match canonical.strip_prefix('#') {
-        Some(id) => items(qr, "contained").find(|c| c.get("id").and_then(Value::as_str) == Some(id)),
-        None => lookup(canonical.split('|').next().unwrap_or(canonical)),
-    };
-    let Some(q) = found.filter(|q| q.get("resourceType").and_then(Value::as_str) == Some("Questionnaire")) else {
+    let Some(q) = super::definitional::resolve(qr, canonical, lookup)
+        .filter(|q| q.get("resourceType").and_then(Value::as_str) == Some("Questionnaire"))
+    else {
         let text = format!(
             "The questionnaire '{canonical}' could not be resolved, so no validation can be performed against the base questionnaire"
         );
@@ -247,6 +245,7 @@ impl<'a> Check<'a, '_> {
             self.error(&format!("{at}.value.ofType({})", lower(got)), text);
             return;
         }
+        self.limits(d, ty, got, value, &format!("{at}.value.ofType({})", lower(got)));
         if got == "Coding"
             && let Some(vs) = d.get("answerValueSet").and_then(Value::as_str)
             && let Some(members) = self.options_value_set(vs)
@@ -289,6 +288,87 @@ impl<'a> Check<'a, '_> {
                     self.error(at, format!("The {kind} answer is not in the set of permitted values"));
                 }
             }
+        }
+    }
+
+    /// The limits a Questionnaire item sets on its answers (QuestionnaireValidator's string,
+    /// integer, decimal and date checks): `maxLength` and the minLength, regex, minValue,
+    /// maxValue and maxDecimalPlaces extensions (errors); a newline in a `string` answer
+    /// (warning). The answer itself is never repeated.
+    fn limits(&mut self, d: &Value, ty: &str, got: &str, value: &Value, at: &str) {
+        let ext = |name: &str| {
+            items(d, "extension")
+                .find(|e| {
+                    e.get("url").and_then(Value::as_str)
+                        == Some(&format!("http://hl7.org/fhir/StructureDefinition/{name}"))
+                })
+                .and_then(|e| typed(e, "value").map(|(_, v)| v))
+        };
+        match (got, value) {
+            ("String", Value::String(text)) => {
+                let length = text.chars().count() as i64;
+                if let Some(min) = ext("minLength").and_then(Value::as_i64)
+                    && length < min
+                {
+                    self.error(at, format!("The answer is shorter than the allowed minimum length of {min}"));
+                }
+                if let Some(max) = d.get("maxLength").and_then(Value::as_i64)
+                    && length > max
+                {
+                    self.error(at, format!("The answer is longer than the allowed maximum length of {max}"));
+                }
+                if let Some(pattern) = ext("regex").and_then(Value::as_str)
+                    && let Ok(rx) = regex::Regex::new(&format!("^(?:{pattern})$"))
+                    && !rx.is_match(text)
+                {
+                    self.error(at, format!("The answer does not match the regex {pattern}"));
+                }
+                if ty == "string" && (text.contains('\n') || text.contains('\r')) {
+                    self.issues.push(
+                        Issue::warning(MISMATCH, "The answer should not contain new line characters")
+                            .at(at.to_string()),
+                    );
+                }
+            }
+            ("Integer" | "Decimal", Value::Number(n)) => {
+                let v = n.as_f64().unwrap_or_default();
+                if let Some(min) = ext("minValue").and_then(Value::as_f64)
+                    && v < min
+                {
+                    self.error(at, format!("The value is less than the allowed minimum of {min}"));
+                }
+                if let Some(max) = ext("maxValue").and_then(Value::as_f64)
+                    && v > max
+                {
+                    self.error(at, format!("The value is greater than the allowed maximum of {max}"));
+                }
+                let decimals = n.to_string().split_once('.').map_or(0, |(_, f)| f.len()) as i64;
+                if got == "Decimal"
+                    && let Some(max) = ext("maxDecimalPlaces").and_then(Value::as_i64)
+                    && decimals > max
+                {
+                    self.error(at, format!("The value has more than the allowed {max} decimal places"));
+                }
+            }
+            ("Date" | "DateTime", Value::String(v)) => {
+                // Dates of the same precision compare as text.
+                let comparable = |bound: &str| bound.len() == v.len() || (bound.len() >= 10 && v.len() >= 10);
+                let date = |b: &Value| b.as_str().map(|b| b.get(..10.min(b.len())).unwrap_or(b).to_string());
+                let mine = v.get(..10.min(v.len())).unwrap_or(v);
+                if let Some(min) = ext("minValue").and_then(date)
+                    && comparable(&min)
+                    && mine < min.as_str()
+                {
+                    self.error(at, format!("The value is before the allowed minimum of {min}"));
+                }
+                if let Some(max) = ext("maxValue").and_then(date)
+                    && comparable(&max)
+                    && mine > max.as_str()
+                {
+                    self.error(at, format!("The value is after the allowed maximum of {max}"));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -490,6 +570,40 @@ mod tests {
             answer("2", "http://hl7.org/fhir/administrative-gender", "woman"),
             vec!["QuestionnaireResponse.item[0].answer[0]"]
         );
+    }
+
+    #[test]
+    fn answers_keep_within_the_items_limits() {
+        let ext = |name: &str, key: &str, v: Value| {
+            let mut e = json!({ "url": format!("http://hl7.org/fhir/StructureDefinition/{name}") });
+            e[key] = v;
+            e
+        };
+        let q = json!({ "resourceType": "Questionnaire", "id": "q", "status": "active", "item": [
+            { "linkId": "code", "type": "string", "maxLength": 5, "extension": [ext("minLength", "valueInteger", json!(2)), ext("regex", "valueString", json!("[A-Z]+"))] },
+            { "linkId": "count", "type": "integer", "extension": [ext("minValue", "valueInteger", json!(1)), ext("maxValue", "valueInteger", json!(10))] },
+            { "linkId": "dose", "type": "decimal", "extension": [ext("maxDecimalPlaces", "valueInteger", json!(1))] },
+            { "linkId": "when", "type": "date", "extension": [ext("minValue", "valueDate", json!("2020-01-01"))] }] });
+        let answer = |link: &str, value: Value| {
+            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "#q", "contained": [q.clone()],
+                "item": [{ "linkId": link, "answer": [value] }] });
+            let mut issues = Vec::new();
+            questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
+            issues.into_iter().map(|i| (i.severity, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        let at =
+            |t: &str| vec![(Severity::Error, format!("QuestionnaireResponse.item[0].answer[0].value.ofType({t})"))];
+        assert_eq!(answer("code", json!({ "valueString": "ABC" })), vec![]);
+        assert_eq!(answer("code", json!({ "valueString": "A" })), at("string"), "below minLength");
+        assert_eq!(answer("code", json!({ "valueString": "ABCDEF" })), at("string"), "above maxLength");
+        assert_eq!(answer("code", json!({ "valueString": "abc" })), at("string"), "regex");
+        assert_eq!(answer("count", json!({ "valueInteger": 10 })), vec![]);
+        assert_eq!(answer("count", json!({ "valueInteger": 11 })), at("integer"));
+        assert_eq!(answer("count", json!({ "valueInteger": 0 })), at("integer"));
+        assert_eq!(answer("dose", json!({ "valueDecimal": 2.5 })), vec![]);
+        assert_eq!(answer("dose", json!({ "valueDecimal": 2.55 })), at("decimal"));
+        assert_eq!(answer("when", json!({ "valueDate": "2021-06-01" })), vec![]);
+        assert_eq!(answer("when", json!({ "valueDate": "2019-12-31" })), at("date"));
     }
 
     #[test]
