@@ -20,7 +20,7 @@ pub fn record(conn: &mut DbConn, stored: &StoredResource, author: &Author, activ
     provenance::insert(
         conn,
         &ProvenanceRow {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::store::new_id(),
             target_type: stored.resource_type.clone(),
             target_id: stored.id.clone(),
             target_version: stored.version_id,

@@ -107,7 +107,7 @@ impl Gateway {
             let method = entry.pointer("/request/method").and_then(Value::as_str).unwrap_or_default();
             let url = entry.pointer("/request/url").and_then(Value::as_str).unwrap_or_default();
             let (id, mut kind) = match method {
-                "POST" => (uuid::Uuid::new_v4().to_string(), Kind::Create),
+                "POST" => (crate::store::new_id(), Kind::Create),
                 "PUT" => match url.split_once('/') {
                     Some((t, id)) if t == ty && crate::fhir::is_valid_id(id) => (id.to_string(), Kind::Create),
                     _ => {

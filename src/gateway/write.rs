@@ -159,7 +159,7 @@ pub(super) fn create_routed_tasks(
             let codes: Vec<&str> = issues.iter().map(|i| i.code.code()).collect();
             return Err(ApiError::Internal(format!("a routed Task fails validation: {codes:?}")));
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::store::new_id();
         out.push(insert_resource(conn, author, task_spec, &id, &mut task, sender_org, now)?);
         tracing::info!(task = %id, via = %route.via, "routed");
     }
@@ -259,7 +259,7 @@ impl Gateway {
         let p = &ctx.principal;
         self.run_write(ctx, opts, |conn| {
             let now = now_ms();
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = crate::store::new_id();
             if let Some(ident) = &conditional
                 && let Some(existing) = conditional_create(conn, p, spec, ident, &id, None)?
             {

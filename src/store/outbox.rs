@@ -197,7 +197,7 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
                 json!(format!("Task/{}/$outcome-summary", task.id))
             };
         }
-        let id = uuid::Uuid::new_v4();
+        let id = uuid::Uuid::now_v7();
         let mut headers = None;
         if is_messaging(conn, &endpoint)? {
             // A BaRS-style receiver gets a response message instead of the webhook payload.
