@@ -215,7 +215,12 @@ pub fn check_codes(task: &Value, status_changed: bool, changed: &dyn Fn(&str) ->
             for code in codings_in(output.get("valueCodeableConcept"), OUTCOME_SYSTEM) {
                 outcomes += 1;
                 if !OUTCOMES.contains(code) {
-                    unknown(&mut problems, format!("Task.output[{i}].valueCodeableConcept"), OUTCOME_SYSTEM, code);
+                    unknown(
+                        &mut problems,
+                        format!("Task.output[{i}].value.ofType(CodeableConcept)"),
+                        OUTCOME_SYSTEM,
+                        code,
+                    );
                 }
             }
         }

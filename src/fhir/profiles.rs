@@ -278,6 +278,31 @@ pub(super) fn enumerate_value_set(
     Some(set)
 }
 
+/// The FHIR type code of a choice property's JSON suffix: `Quantity` stays, `String` is
+/// `string` (primitive types are lower case).
+fn choice_type_code(suffix: &str) -> String {
+    let mut chars = suffix.chars();
+    let lower = chars.next().map(|c| c.to_ascii_lowercase().to_string() + chars.as_str()).unwrap_or_default();
+    if Definitions::shared().regexes.contains_key(&lower)
+        || matches!(lower.as_str(), "boolean" | "integer" | "decimal" | "xhtml")
+    {
+        lower
+    } else {
+        suffix.to_string()
+    }
+}
+
+/// The type a path's last step names: `Quantity` in `Observation.value.ofType(Quantity)`.
+fn choice_type_in(path: &str) -> &str {
+    if let Some(start) = path.rfind(".ofType(") {
+        let rest = &path[start + 8..];
+        return rest.split(')').next().unwrap_or(rest);
+    }
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = last.split('[').next().unwrap_or(last);
+    last.trim_start_matches(|c: char| c.is_ascii_lowercase())
+}
+
 /// The core vital signs profile an Observation's code implies, if any (see [`VITAL_SIGNS`]).
 fn implied_vital_signs_profile(observation: &Value) -> Option<&'static str> {
     let codings: Vec<(&str, &str)> = items(observation.get("code").unwrap_or(&Value::Null), "coding")
@@ -794,15 +819,20 @@ impl<'v> ProfileCheck<'_, 'v> {
             found.push(("_", step.name.as_str(), t));
         }
         for (k, bare, x) in found {
+            // A choice property is named as FHIRPath names it: `value.ofType(Quantity)`.
+            let segment = match bare.strip_prefix(step.name.as_str()).filter(|_| step.choice) {
+                Some(suffix) => format!("{}.ofType({})", step.name, choice_type_code(suffix)),
+                None => bare.to_string(),
+            };
             match x {
                 _ if k != bare => {
                     let n = x.as_array().map_or(1, |a| a.iter().filter(|t| !t.is_null()).count());
-                    out.extend((0..n).map(|_| (format!("{path}.{bare}"), &TWIN_ONLY)));
+                    out.extend((0..n).map(|_| (format!("{path}.{segment}"), &TWIN_ONLY)));
                 }
                 Value::Array(items) => {
-                    out.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{bare}[{i}]"), item)))
+                    out.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{segment}[{i}]"), item)))
                 }
-                x => out.push((format!("{path}.{bare}"), x)),
+                x => out.push((format!("{path}.{segment}"), x)),
             }
         }
         // A slice step (its ids built in `parse_steps`) keeps only the slice's items.
@@ -851,11 +881,7 @@ impl<'v> ProfileCheck<'_, 'v> {
                 // A resource's type, or the type suffix of a choice property (`valueQuantity`).
                 let have = match item.get("resourceType").and_then(Value::as_str) {
                     Some(t) => t,
-                    None => {
-                        let last = at.rsplit('.').next().unwrap_or(at);
-                        let last = last.split('[').next().unwrap_or(last);
-                        last.trim_start_matches(|c: char| c.is_ascii_lowercase())
-                    }
+                    None => choice_type_in(at),
                 };
                 return want.0.eq_ignore_ascii_case(have);
             }
@@ -933,8 +959,7 @@ impl<'v> ProfileCheck<'_, 'v> {
         }
         // A choice element: the property's type suffix must be one the profile allows.
         if el.steps.last().is_some_and(|s| s.choice) {
-            let suffix = path.rsplit('.').next().unwrap_or("").trim_start_matches(|c: char| c.is_ascii_lowercase());
-            let suffix = suffix.split('[').next().unwrap_or(suffix);
+            let suffix = choice_type_in(path);
             if !el.types.iter().any(|(code, _)| code.eq_ignore_ascii_case(suffix)) {
                 let allowed: Vec<&str> = el.types.iter().map(|(c, _)| c.as_str()).collect();
                 self.issues.push(
@@ -1138,7 +1163,7 @@ mod tests {
         assert_eq!(
             run(json!({ "resourceType": "Observation", "valueString": "high" })),
             vec![
-                (IssueCode::NotInSlice, "Observation.valueString".to_string()),
+                (IssueCode::NotInSlice, "Observation.value.ofType(string)".to_string()),
                 (IssueCode::Cardinality, "Observation".to_string()),
             ]
         );

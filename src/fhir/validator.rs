@@ -540,7 +540,16 @@ impl<'v> Walker<'_, 'v> {
             }
             let base_len = expr.len();
             expr.push('.');
-            expr.push_str(name);
+            if el.choice {
+                // A choice element as FHIRPath (and the Java reference) names it:
+                // `Observation.value.ofType(Quantity)`, not `Observation.valueQuantity`.
+                expr.push_str(&el.name);
+                expr.push_str(".ofType(");
+                expr.push_str(&ty.code);
+                expr.push(')');
+            } else {
+                expr.push_str(name);
+            }
             match (value, el.repeats()) {
                 (Value::Array(items), true) => {
                     if items.is_empty() {
@@ -1352,7 +1361,7 @@ mod tests {
         sr["note"][0] = json!({ "authorReference": { "reference": "PractitionerRole/gp" }, "text": "x" });
         assert_eq!(
             codes(sr),
-            vec![(IssueCode::ReferenceType, "ServiceRequest.note[0].authorReference.reference".into())]
+            vec![(IssueCode::ReferenceType, "ServiceRequest.note[0].author.ofType(Reference).reference".into())]
         );
     }
 
@@ -1402,7 +1411,7 @@ mod tests {
         // per-1 on a datatype, inside a choice element; with time zones compared as instants.
         let sr = json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/1" },
             "occurrencePeriod": { "start": "2024-03-14T11:00:00+01:00", "end": "2024-03-14T09:30:00Z" } });
-        assert_eq!(keys(sr), vec![("ServiceRequest.occurrencePeriod".to_string(), "per-1".to_string())]);
+        assert_eq!(keys(sr), vec![("ServiceRequest.occurrence.ofType(Period)".to_string(), "per-1".to_string())]);
         let ok = json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/1" },
             "occurrencePeriod": { "start": "2024-03-14T10:00:00+01:00", "end": "2024-03-14T09:30:00+00:00" } });
         assert_eq!(keys(ok), vec![]);
