@@ -148,7 +148,7 @@ fn test_nhs_number() -> String {
 
 /// An active Consent to share with the voluntary sector for `patient` (a reference), which a
 /// referral needs.
-fn consent_for(patient: &str) -> Value {
+pub fn consent_for(patient: &str) -> Value {
     json!({
         "resourceType": "Consent",
         "status": "active",
@@ -275,7 +275,11 @@ impl Kit {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let res = req.send().await.map_err(|e| Stop::Failed(format!("{method} {path}: no answer ({e})")))?;
+        // Reports name the path without identifier values (they can be NHS numbers), and the
+        // transport error without its URL.
+        let shown = without_identifier_values(path);
+        let res =
+            req.send().await.map_err(|e| Stop::Failed(format!("{method} {shown}: no answer ({})", e.without_url())))?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap_or_default();
@@ -299,7 +303,7 @@ impl Kit {
         };
         self.exchanges.push(Exchange {
             method: method.to_string(),
-            path: without_identifier_values(path),
+            path: shown,
             who: who.to_string(),
             status,
             summary,
@@ -958,7 +962,7 @@ fn without_identifier_values(path: &str) -> String {
     let params: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some(("identifier", _)) => "identifier=(left out)".to_string(),
+            Some((name, _)) if name.contains("identifier") => format!("{name}=(left out)"),
             _ => kv.to_string(),
         })
         .collect();

@@ -252,9 +252,10 @@ pub fn check(div: &str) -> Result<(), Fault> {
                 || ANY_ATTRIBUTES.contains(&attr)
                 || ELEMENT_ATTRIBUTES.iter().any(|ea| ea.split_once('.') == Some((local.as_str(), attr)));
             if !allowed {
-                // Named only when it looks like an attribute name (markup, not narrative text).
-                let shaped = attr.len() <= 30 && attr.bytes().all(|b| b.is_ascii_alphabetic() || b"-_:".contains(&b));
-                let what = if shaped { format!("the attribute {attr}") } else { "an attribute".to_string() };
+                // Named only when it is an XHTML attribute allowed elsewhere: anything else in
+                // a tag may be narrative text (`<p Jane Smith>`), which is never repeated.
+                let known = ELEMENT_ATTRIBUTES.iter().any(|ea| ea.split_once('.').is_some_and(|(_, a)| a == attr));
+                let what = if known { format!("the attribute {attr}") } else { "an attribute".to_string() };
                 return Err(Fault::Markup(format!("{what} is not allowed on <{local}> in a narrative")));
             }
         }
@@ -427,6 +428,14 @@ mod tests {
         ] {
             assert!(matches!(ok(bad), Err(Fault::Markup(_))), "{bad}: {:?}", ok(bad));
         }
+    }
+
+    #[test]
+    fn refused_attributes_are_named_only_when_they_are_xhtml_attribute_names() {
+        let fault = |inner: &str| format!("{:?}", check(&format!("<div {NS}>{inner}</div>")));
+        let text = fault("<p Jane Smith>x</p>");
+        assert!(text.contains("an attribute") && !text.contains("Jane"), "{text}");
+        assert!(fault("<p href=\"#a\">x</p>").contains("the attribute href"));
     }
 
     #[test]

@@ -178,6 +178,12 @@ const VITAL_SIGNS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The members of an R4 value set with a bundled expansion, as `system|code` and bare `code`.
+pub(super) fn r4_value_set_members(url: &str) -> Option<FxHashSet<String>> {
+    let members = Definitions::shared().valuesets.get(url.split('|').next().unwrap_or(url))?;
+    Some(members.iter().flat_map(|k| [k.clone(), k.rsplit('|').next().unwrap_or(k).to_string()]).collect())
+}
+
 /// Every code of a loaded value set, as `system|code` and bare `code`, or `None` when it cannot
 /// be enumerated: its expansion if it has one; else its `compose`: each include's listed
 /// concepts, or every code of a code system Signpost holds, or the members of the value sets it
@@ -231,15 +237,7 @@ pub(super) fn enumerate_value_set(
                 let url = url.split('|').next().unwrap_or(url);
                 let these = match loaded.get(url) {
                     Some(other) => enumerate_value_set(other, systems, loaded, depth + 1)?,
-                    None => super::definitions::Definitions::shared()
-                        .valuesets
-                        .get(url)?
-                        .iter()
-                        .flat_map(|k| {
-                            let code = k.rsplit('|').next().unwrap_or(k).to_string();
-                            [k.clone(), code]
-                        })
-                        .collect(),
+                    None => r4_value_set_members(url)?,
                 };
                 members = Some(match members {
                     None => these,

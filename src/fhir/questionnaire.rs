@@ -380,10 +380,7 @@ impl<'a> Check<'a, '_> {
                 let vs = items(self.q, "contained").find(|c| c.get("id").and_then(Value::as_str) == Some(id))?;
                 super::profiles::enumerate_value_set(vs, &Default::default(), &Default::default(), 0)
             }
-            None => {
-                let members = super::definitions::Definitions::shared().valuesets.get(url.split('|').next()?)?;
-                Some(members.iter().flat_map(|k| [k.clone(), k.rsplit('|').next().unwrap_or(k).to_string()]).collect())
-            }
+            None => super::profiles::r4_value_set_members(url),
         }
     }
 

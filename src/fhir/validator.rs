@@ -510,6 +510,7 @@ impl<'v> Walker<'_, 'v> {
             large.resize(kids.len(), 0);
             &mut large
         };
+        let has_twins = obj.keys().any(|k| k.starts_with('_'));
         for (key, value) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -592,7 +593,8 @@ impl<'v> Walker<'_, 'v> {
                     if twin && !obj.contains_key(name) {
                         self.value_only_in_twin(el, expr);
                     }
-                    self.twin_children = primitive && !twin && obj.get(&format!("_{name}")).is_some_and(has_children);
+                    self.twin_children =
+                        primitive && !twin && has_twins && obj.get(&format!("_{name}")).is_some_and(has_children);
                     self.value(v, td, el, ty, expr, twin)
                 }
             }
@@ -754,6 +756,8 @@ impl<'v> Walker<'_, 'v> {
     }
 
     fn primitive(&mut self, v: &Value, ty: &str, at: &str) {
+        // Set by `object` for this primitive only: taken before any early return.
+        let twin_children = std::mem::take(&mut self.twin_children);
         let ok_json = match ty {
             "boolean" => v.is_boolean(),
             "integer" | "positiveInt" | "unsignedInt" => v.as_i64().is_some() || v.as_u64().is_some(),
@@ -775,7 +779,6 @@ impl<'v> Walker<'_, 'v> {
             Value::Bool(b) => b.to_string(),
             _ => return,
         };
-        let twin_children = std::mem::take(&mut self.twin_children);
         if let Value::String(s) = v {
             // Blank values, as the Java reference checks them (checkPrimitive): empty is an error
             // unless extensions carry the element; only whitespace is a warning; nothing more is
@@ -788,28 +791,28 @@ impl<'v> Walker<'_, 'v> {
             }
             if ty != "xhtml" && s.chars().all(is_java_whitespace) {
                 if !twin_children {
-                    self.warn(TEXT, at, "Primitive types should not only be whitespace");
+                    self.warn(IssueCode::TextContent, at, "Primitive types should not only be whitespace");
                 }
                 return;
             }
             if ty != "xhtml" && s.chars().any(|c| c < ' ' && !matches!(c, '\r' | '\n' | '\t')) {
                 self.warn(
-                    TEXT,
+                    IssueCode::TextContent,
                     at,
                     "This content includes control characters, which are illegal in the XML version of FHIR",
                 );
             }
             match ty {
                 "string" if s.trim_matches(is_java_whitespace) != s => {
-                    self.warn(TEXT, at, "value should not start or finish with whitespace")
+                    self.warn(IssueCode::TextContent, at, "value should not start or finish with whitespace")
                 }
                 "markdown" if markdown_has_html(s) => self.warn(
-                    TEXT,
+                    IssueCode::TextContent,
                     at,
                     "The markdown contains content that appears to be an embedded HTML tag; it will (or SHOULD) be escaped by the presentation layer",
                 ),
                 "base64Binary" if s.chars().any(is_java_whitespace) => self.warn(
-                    TEXT,
+                    IssueCode::TextContent,
                     at,
                     "Base64 encoded values SHOULD not contain any whitespace (per RFC 4648)",
                 ),
@@ -1223,13 +1226,10 @@ fn lexical_fast_path(ty: &str, text: &str) -> Option<bool> {
     })
 }
 
-/// Append `[i]` to a path without the formatting machinery (it runs once per array item).
-const TEXT: IssueCode = IssueCode::TextContent;
-
-/// The current year (UTC).
+/// The current year (UTC), read once: the reasonable-years bound moves by a year a year.
 fn this_year() -> i64 {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
-    1970 + (days as f64 / 365.2425) as i64
+    static YEAR: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *YEAR.get_or_init(|| i64::from(chrono::Datelike::year(&chrono::Utc::now())))
 }
 
 /// Whitespace as the Java reference counts it (`Utilities.isWhitespace`): ASCII whitespace and
@@ -1280,6 +1280,7 @@ fn markdown_has_html(s: &str) -> bool {
     })
 }
 
+/// Append `[i]` to a path without the formatting machinery (it runs once per array item).
 pub(super) fn push_index(path: &mut String, i: usize) {
     path.push('[');
     let start = path.len();

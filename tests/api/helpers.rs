@@ -272,21 +272,10 @@ pub fn patient() -> Value {
     })
 }
 
-/// An active Consent to share with the voluntary sector for `patient` (a reference).
+/// An active Consent to share with the voluntary sector for `patient` (a reference): the one
+/// the conformance kit sends.
 pub fn consent(patient: &str) -> Value {
-    json!({
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
-        "category": [{ "coding": [
-            { "system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent" },
-            { "system": "https://signpost.example/fhir/CodeSystem/consent-category", "code": "share-with-vcs" }
-        ] }],
-        "patient": { "reference": patient },
-        "policy": [{ "uri": "https://signpost.example/fhir/consent-policy/share-with-vcs" }],
-        "dateTime": "2024-03-14T10:10:00+00:00",
-        "provision": { "type": "permit" }
-    })
+    signpost::conformance::kit::consent_for(patient)
 }
 
 /// `examples/referral-bundle.json` (the README's example): the corpus referral Bundle with the
