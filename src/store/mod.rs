@@ -489,6 +489,24 @@ mod tests {
         assert!(names("sqlite").len() >= 2);
     }
 
+    /// `.cargo/config.toml` builds SQLite with the query planner stability guarantee; without
+    /// it every cached statement with `LIMIT ?` is compiled again each time it runs.
+    #[test]
+    fn sqlite_is_built_with_stable_query_plans() {
+        #[derive(diesel::QueryableByName)]
+        struct Used {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            used: i32,
+        }
+        use diesel::RunQueryDsl;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("q.db").display()), 1).unwrap();
+        let used: Used = diesel::sql_query("SELECT sqlite_compileoption_used('ENABLE_QPSG') AS used")
+            .get_result(&mut *pool.get().unwrap())
+            .unwrap();
+        assert_eq!(used.used, 1, "SQLite was built without SQLITE_ENABLE_QPSG (see .cargo/config.toml)");
+    }
+
     #[test]
     fn a_panic_inside_a_write_transaction_rolls_it_back_and_frees_the_connection() {
         use diesel::connection::SimpleConnection;
