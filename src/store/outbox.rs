@@ -7,9 +7,8 @@ use serde_json::{Value, json};
 
 use super::alerts::{self, AlertKind};
 use super::resources::{self, StoredResource};
-use super::schema::{endpoint_state, outbox};
+use super::schema::{endpoint_state, outbox, search_index};
 use super::{DbConn, StoreError};
-use crate::fhir::search::Criteria;
 
 /// One outbox row.
 #[derive(Debug, Clone, Queryable, Insertable)]
@@ -111,34 +110,46 @@ fn full_resources(conn: &mut DbConn, task: &Value, sr: Option<&str>) -> Result<V
     Ok(Value::Array(out))
 }
 
-/// The active Endpoints an Organization manages.
+/// The active Endpoints an Organization manages: the search index's `organization` rows of
+/// the Organization, each probed for `status=active`. One typed statement (prepared once per
+/// connection), since every Task write asks it once or twice.
 fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError> {
-    let criteria = Criteria {
-        resource_type: "Endpoint".into(),
-        params: vec![
-            ("organization".into(), vec![format!("Organization/{org}")]),
-            ("status".into(), vec!["active".into()]),
-        ],
-        count: 20,
-        ..Default::default()
-    };
-    Ok(resources::find(conn, &criteria)?.into_iter().map(|r| r.id).collect())
+    let status = diesel::alias!(search_index as endpoint_status);
+    Ok(search_index::table
+        .filter(search_index::resource_type.eq("Endpoint"))
+        .filter(search_index::param.eq("organization"))
+        .filter(search_index::value.eq(format!("Organization/{org}")))
+        .filter(diesel::dsl::exists(
+            status
+                .filter(status.field(search_index::resource_type).eq("Endpoint"))
+                .filter(status.field(search_index::param).eq("status"))
+                .filter(status.field(search_index::value).eq("active"))
+                .filter(status.field(search_index::resource_id).eq(search_index::resource_id)),
+        ))
+        .select(search_index::resource_id)
+        .order(search_index::resource_id)
+        .load(conn)?)
 }
 
 /// Write the outbox rows for a new or changed Task: one per active Endpoint of the charity that
 /// owns it and of the organisation that sent its referral. A new Task is `referral.created`; a
 /// change of `status` or `businessStatus` is `referral.updated` (`referral.cancelled` when
 /// cancelled); other changes, and Signpost's own `delivered` / `viewed` stages, notify nobody.
-pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), StoreError> {
-    let body = task.json()?;
+///
+/// `body` is the stored Task parsed, `previous` its version before (`None` for version 1).
+pub fn enqueue_for_task(
+    conn: &mut DbConn,
+    task: &StoredResource,
+    body: &Value,
+    previous: Option<&Value>,
+) -> Result<(), StoreError> {
     let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
     let event_type = if task.version_id == 1 {
         "referral.created"
     } else {
-        let Some(previous) = resources::get_version(conn, "Task", &task.id, task.version_id - 1)? else {
+        let Some(previous) = previous else {
             return Ok(());
         };
-        let previous = previous.json()?;
         if previous.get("status") == body.get("status") && previous.get("businessStatus") == body.get("businessStatus")
         {
             return Ok(());
@@ -156,7 +167,7 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
         .and_then(crate::fhir::reference_of)
         .filter(|(t, _)| *t == "ServiceRequest")
         .map(|(_, id)| id.to_string());
-    let mut orgs: Vec<String> = owner_org(conn, &body)?.into_iter().collect();
+    let mut orgs: Vec<String> = owner_org(conn, body)?.into_iter().collect();
     let mut referrer_endpoints = Vec::new();
     if let Some(sr) = &sr
         && let Some(sender) = resources::sender_of(conn, "ServiceRequest", sr)?
@@ -186,7 +197,7 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
         });
         let full = wants_full(conn, &endpoint)?;
         if full {
-            payload["data"]["resources"] = full_resources(conn, &body, sr.as_deref())?;
+            payload["data"]["resources"] = full_resources(conn, body, sr.as_deref())?;
         }
         // A finished Task tells the referrer where its outcome summary is (the summary itself
         // for an Endpoint that asked for full resources).
@@ -201,7 +212,7 @@ pub fn enqueue_for_task(conn: &mut DbConn, task: &StoredResource) -> Result<(), 
         let mut headers = None;
         if is_messaging(conn, &endpoint)? {
             // A BaRS-style receiver gets a response message instead of the webhook payload.
-            let (message, extra) = response_message(conn, &body, task, sr.as_deref(), number, &id)?;
+            let (message, extra) = response_message(conn, body, task, sr.as_deref(), number, &id)?;
             payload = message;
             headers = Some(extra.to_string());
         }

@@ -154,7 +154,7 @@ fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError
         super::routing::note_task_change(conn, old.as_ref(), &new)?;
         super::routing::note_task_queue(conn, &r.id, &new, r.last_updated)?;
         crate::failpoint::hit("store::before_outbox");
-        super::outbox::enqueue_for_task(conn, r)?;
+        super::outbox::enqueue_for_task(conn, r, &new, old.as_ref())?;
     }
     Ok(())
 }
@@ -226,14 +226,16 @@ pub fn is_visible(conn: &mut DbConn, ty: &str, rid: &str, org_id: &str) -> Resul
 }
 
 /// The Organization that sent a referral resource (its `sender:` grant), if any.
+///
+/// Filtered by `source` alone, so that the `source` index answers it: with the type and id
+/// in the query too, SQLite's planner preferred the primary key's `resource_type` prefix and
+/// read every grant of the type. A `sender:` source holds only the grant on its own resource.
 pub fn sender_of(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<String>, StoreError> {
-    Ok(access_grants::table
+    let grants: Vec<(String, String, String)> = access_grants::table
         .filter(access_grants::source.eq(format!("sender:{ty}/{rid}")))
-        .filter(access_grants::resource_type.eq(ty))
-        .filter(access_grants::resource_id.eq(rid))
-        .select(access_grants::org_id)
-        .first::<String>(conn)
-        .optional()?)
+        .select((access_grants::resource_type, access_grants::resource_id, access_grants::org_id))
+        .load(conn)?;
+    Ok(grants.into_iter().find(|(t, id, _)| t == ty && id == rid).map(|(_, _, org)| org))
 }
 
 /// Record the resource created by a conditional create (`If-None-Exist`); the primary key
@@ -321,10 +323,10 @@ const GRANTED: usize = 10_000;
 
 /// Run a search: the total number of matches and one page of them.
 ///
-/// A selective start is resolved first — the few candidates of `identifier` or `_id`, or the
-/// resources the caller's Organization holds grants on (up to 10,000) — then the rest of the
-/// search probes the index for each of those ids. One query for everything would leave the join order to the
-/// database's statistics, and a PostgreSQL whose statistics lag behind fast-growing tables
+/// A selective start is resolved first — the few candidates of `identifier`, of a reference
+/// (a patient, a referral) or of `_id`, or the resources the caller's Organization holds grants
+/// on (up to 10,000) — then the rest of the search probes the index for each of those ids. One
+/// query for everything would leave the join order to the database's statistics, and a PostgreSQL whose statistics lag behind fast-growing tables
 /// scans every grant of the caller's Organization for each conditional create.
 pub fn search(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {
     if let Some(plan) = QueuePlan::of(q) {
@@ -409,27 +411,44 @@ impl<'q> QueuePlan<'q> {
     }
 }
 
+/// The parameters worth starting a search from, most selective first: `identifier`, then
+/// references (a patient's Consents, a referral's Tasks). Each is tried in turn; one that matches
+/// more than [`FEW`] resources (a charity's thousands of Tasks by `owner`) is left to the query.
+fn selective_params(q: &SearchQuery) -> Vec<usize> {
+    let spec = crate::fhir::type_spec(&q.resource_type);
+    let is_reference = |name: &str| {
+        spec.and_then(|s| s.params.iter().find(|p| p.name == name))
+            .is_some_and(|p| p.kind == crate::fhir::ParamKind::Reference)
+    };
+    let mut out: Vec<usize> = q.params.iter().position(|(p, _)| p == "identifier").into_iter().collect();
+    out.extend(q.params.iter().enumerate().filter(|(_, (p, _))| is_reference(p)).map(|(i, _)| i));
+    out
+}
+
 fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, StoreError> {
-    let identifier = q.params.iter().position(|(p, _)| p == "identifier");
     let mut narrowed = q.clone();
-    let mut ids: Vec<String> = match (identifier, &q.ids, &q.visible_to) {
-        (Some(i), _, _) => {
-            let (param, values) = narrowed.params.remove(i);
-            let found: Vec<String> = search_index::table
-                .filter(search_index::resource_type.eq(&q.resource_type))
-                .filter(search_index::param.eq(param))
-                .filter(search_index::value.eq_any(values))
-                .select(search_index::resource_id)
-                .limit(FEW as i64 + 1)
-                .load(conn)?;
-            if found.len() > FEW {
-                return Ok(None);
-            }
-            match &q.ids {
+    let mut start = None;
+    for i in selective_params(q) {
+        let (param, values) = &q.params[i];
+        let found: Vec<String> = search_index::table
+            .filter(search_index::resource_type.eq(&q.resource_type))
+            .filter(search_index::param.eq(param))
+            .filter(search_index::value.eq_any(values))
+            .select(search_index::resource_id)
+            .limit(FEW as i64 + 1)
+            .load(conn)?;
+        if found.len() <= FEW {
+            // These ids are exactly the parameter's matches: it is answered.
+            narrowed.params.remove(i);
+            start = Some(match &q.ids {
                 Some(wanted) => found.into_iter().filter(|id| wanted.contains(id)).collect(),
                 None => found,
-            }
+            });
+            break;
         }
+    }
+    let mut ids: Vec<String> = match (start, &q.ids, &q.visible_to) {
+        (Some(found), _, _) => found,
         (None, Some(ids), _) => ids.clone(),
         // What an Organization may see is usually far less than everything (a charity's own
         // Tasks): start from its grants.
