@@ -57,8 +57,8 @@ pub(super) fn begin_collecting() -> bool {
 /// Number and write the collected changes (just before commit), and stop collecting.
 pub(super) fn flush(conn: &mut DbConn) -> Result<(), StoreError> {
     let pending = PENDING.with(|p| p.borrow_mut().take()).unwrap_or_default();
-    for (ty, id, version, at) in pending.changes {
-        append(conn, &ty, &id, version, at)?;
+    if !pending.changes.is_empty() {
+        append_all(conn, pending.changes)?;
     }
     // Per Organization, one update (its row is then locked only until the commit that follows).
     let mut open: Vec<(String, i64)> = Vec::new();
@@ -115,21 +115,35 @@ pub(super) fn count_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(),
 /// Record that `ty/id` now has `version`; returns its sequence number. Call inside the write
 /// transaction that stored the version.
 pub fn append(conn: &mut DbConn, ty: &str, id: &str, version: i64, at: i64) -> Result<i64, StoreError> {
+    append_all(conn, vec![(ty.to_string(), id.to_string(), version, at)])
+}
+
+/// Number a transaction's changes (type, id, version, time; at least one) in order: the
+/// counter moves once by their number and they are written together. Returns the last number.
+fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Result<i64, StoreError> {
+    let n = changes.len() as i64;
     diesel::update(change_counter::table.filter(change_counter::id.eq(1)))
-        .set(change_counter::last_seq.eq(change_counter::last_seq + 1))
+        .set(change_counter::last_seq.eq(change_counter::last_seq + n))
         .execute(conn)?;
-    let seq: i64 =
+    let last: i64 =
         change_counter::table.filter(change_counter::id.eq(1)).select(change_counter::last_seq).first(conn)?;
-    diesel::insert_into(change_log::table)
-        .values(Change {
+    let rows: Vec<Change> = changes
+        .into_iter()
+        .zip(last - n + 1..)
+        .map(|((resource_type, resource_id, version_id, changed_at), seq)| Change {
             seq,
-            resource_type: ty.to_string(),
-            resource_id: id.to_string(),
-            version_id: version,
-            changed_at: at,
+            resource_type,
+            resource_id,
+            version_id,
+            changed_at,
         })
-        .execute(conn)?;
-    Ok(seq)
+        .collect();
+    // Multi-row INSERTs (MultiConnection has no batch insert, so per backend), in chunks that
+    // keep within both databases' limits on bound parameters (a large directory import).
+    for chunk in rows.chunks(1000) {
+        super::on_backend!(conn, c => diesel::insert_into(change_log::table).values(chunk).execute(c)?);
+    }
+    Ok(last)
 }
 
 /// Up to `limit` changes after `cursor`, in order. With `visible_to`, only changes to directory
