@@ -115,7 +115,7 @@ pub fn items<'v>(v: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
 pub enum ParamKind {
     /// code, Coding, CodeableConcept or Identifier: indexed as `system|code` and `code`.
     Token,
-    /// Reference: indexed as `Type/id` and `id`.
+    /// Reference: indexed as `Type/id` (a search by bare id asks for it under each type it may have).
     Reference,
 }
 

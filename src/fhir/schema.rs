@@ -51,6 +51,11 @@ impl StructureValidator {
         Ok(Self { definitions, resource_types, compiled: RwLock::new(HashMap::new()) })
     }
 
+    /// Every resource type R4 defines.
+    pub fn resource_types(&self) -> &[String] {
+        &self.resource_types
+    }
+
     /// Whether R4 defines this resource type.
     pub fn is_resource_type(&self, ty: &str) -> bool {
         self.resource_types.iter().any(|t| t == ty)

@@ -111,7 +111,6 @@ fn reference_values(p: &ParamSpec, v: &Value, push: &mut dyn FnMut(String)) {
         return;
     }
     push(format!("{ty}/{id}"));
-    push(id.to_string());
 }
 
 fn bad(diag: impl Into<String>) -> Issue {
@@ -165,7 +164,7 @@ pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Resul
             }
             other => match spec.params.iter().find(|p| p.name == other) {
                 Some(p) => {
-                    let vals: Vec<String> = values().into_iter().map(|v| normalise(p, &v)).collect();
+                    let vals: Vec<String> = values().into_iter().flat_map(|v| normalise(p, &v)).collect();
                     if vals.is_empty() {
                         return Err(bad(format!("search parameter '{other}' needs a value")));
                     }
@@ -189,14 +188,20 @@ pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Resul
     Ok(ParsedSearch { criteria: c, applied, ignored })
 }
 
-fn normalise(p: &ParamSpec, value: &str) -> String {
+/// The index values a search value stands for. A reference is indexed as `Type/id` only, so a
+/// bare id stands for that id of the parameter's target type, or of any R4 resource type.
+fn normalise(p: &ParamSpec, value: &str) -> Vec<String> {
     match p.kind {
-        ParamKind::Token => value.strip_prefix('|').unwrap_or(value).to_string(),
+        ParamKind::Token => vec![value.strip_prefix('|').unwrap_or(value).to_string()],
         ParamKind::Reference => match parse_reference(value) {
-            Some((ty, id)) => format!("{ty}/{id}"),
+            Some((ty, id)) => vec![format!("{ty}/{id}")],
             None => match p.target {
-                Some(t) => format!("{t}/{value}"),
-                None => value.to_string(),
+                Some(t) => vec![format!("{t}/{value}")],
+                None => super::schema::StructureValidator::shared()
+                    .resource_types()
+                    .iter()
+                    .map(|t| format!("{t}/{value}"))
+                    .collect(),
             },
         },
     }
@@ -284,6 +289,35 @@ mod tests {
             ("based-on", "ServiceRequest/sr1"),
         ] {
             assert!(idx.contains(&(want.0.to_string(), want.1.to_string())), "missing {want:?} in {idx:?}");
+        }
+    }
+
+    /// A reference is indexed once, as `Type/id`; a search by the bare id still finds it, for a
+    /// parameter with a target type (`patient`) and one without (`owner`), and only that id.
+    #[test]
+    fn references_are_indexed_once_and_found_by_bare_id() {
+        let spec = type_spec("Task").unwrap();
+        let task = json!({
+            "resourceType": "Task",
+            "owner": { "reference": "Organization/charity-a" },
+            "for": { "reference": "Patient/p1" }
+        });
+        let idx = index_values(spec, &task);
+        assert_eq!(idx.iter().filter(|(p, _)| p == "owner").count(), 1, "{idx:?}");
+        let matches = |param: &str, value: &str| {
+            let c = parse(spec, &[(param.to_string(), value.to_string())], true).unwrap().criteria;
+            let (name, values) = &c.params[0];
+            idx.iter().any(|(p, v)| p == name && values.contains(v))
+        };
+        for (param, value) in
+            [("owner", "charity-a"), ("owner", "Organization/charity-a"), ("patient", "p1"), ("subject", "p1")]
+        {
+            assert!(matches(param, value), "{param}={value} finds nothing");
+        }
+        for (param, value) in
+            [("owner", "charity-b"), ("owner", "HealthcareService/charity-a"), ("patient", "charity-a")]
+        {
+            assert!(!matches(param, value), "{param}={value} finds the Task");
         }
     }
 
