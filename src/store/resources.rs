@@ -519,8 +519,47 @@ pub fn find_by_identifiers(
 /// The matches of a search, one page of them, without counting them all (for Signpost's own
 /// lookups, which never need the total).
 pub fn find(conn: &mut DbConn, q: &SearchQuery) -> Result<Vec<StoredResource>, StoreError> {
+    if let Some(found) = find_by_one_value(conn, q) {
+        return found;
+    }
     let q = narrow(conn, q)?.unwrap_or_else(|| q.clone());
     page_of(conn, &q)
+}
+
+/// [`find`] for the lookups Signpost makes on every referral (a patient's Consents, a
+/// referral's Tasks): one parameter with one value, optionally what one Organization may see,
+/// first page by id. Typed statements, so each connection prepares them once; `None` for any
+/// other search.
+fn find_by_one_value(conn: &mut DbConn, q: &SearchQuery) -> Option<Result<Vec<StoredResource>, StoreError>> {
+    let [(param, values)] = q.params.as_slice() else { return None };
+    let [value] = values.as_slice() else { return None };
+    if q.ids.is_some() || !q.last_updated.is_empty() || q.sort_desc.is_some() || q.offset != 0 {
+        return None;
+    }
+    let matching = search_index::table
+        .filter(search_index::resource_type.eq(&q.resource_type))
+        .filter(search_index::param.eq(param))
+        .filter(search_index::value.eq(value))
+        .select(search_index::resource_id);
+    let found = resources::table
+        .filter(resources::resource_type.eq(&q.resource_type))
+        .filter(resources::id.eq_any(matching));
+    Some(
+        match &q.visible_to {
+            Some(org) => found
+                .filter(diesel::dsl::exists(
+                    access_grants::table
+                        .filter(access_grants::resource_type.eq(&q.resource_type))
+                        .filter(access_grants::org_id.eq(org))
+                        .filter(access_grants::resource_id.eq(resources::id)),
+                ))
+                .order(resources::id.asc())
+                .limit(q.count)
+                .load::<StoredResource>(conn),
+            None => found.order(resources::id.asc()).limit(q.count).load::<StoredResource>(conn),
+        }
+        .map_err(StoreError::from),
+    )
 }
 
 fn search_all(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {

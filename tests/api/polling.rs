@@ -3,7 +3,7 @@
 //! sort, page and `_lastUpdated` bound, kept right by every Task write.
 
 use serde_json::json;
-use signpost::store::resources::{Cmp, SearchQuery, search, search_general};
+use signpost::store::resources::{Cmp, SearchQuery, find, search, search_general};
 
 use crate::helpers::*;
 
@@ -83,4 +83,44 @@ async fn the_polling_plan_answers_as_the_general_plan_does() {
     let open: Vec<&String> = tasks.iter().enumerate().filter(|(i, _)| i % 4 == 0).map(|(_, t)| t).collect();
     assert_eq!(r.total(), open.len() as i64);
     assert!(open.iter().all(|t| polled.contains(t)));
+}
+
+/// The lookups Signpost makes on every referral (a patient's Consents, a referral's Tasks) take a
+/// shorter path than a search: the same resources as the general plan, for the Organization that
+/// may see them, one that may not, and no restriction.
+#[tokio::test]
+async fn one_value_lookups_answer_as_the_general_plan_does() {
+    let app = spawn().await;
+    let mut lookups = Vec::new();
+    for (key, performer) in [
+        (REFERRER, "HealthcareService/stroke-association-support"),
+        (REFERRER, "HealthcareService/stroke-association-support"),
+        (REFERRER_2, "HealthcareService/befriending-network-leeds-support"),
+    ] {
+        let (sr, pid) = app.referral(key, performer).await;
+        lookups.push(("Consent", "patient", format!("Patient/{pid}")));
+        lookups.push(("Task", "focus", format!("ServiceRequest/{sr}")));
+        lookups.push(("ServiceRequest", "subject", format!("Patient/{pid}")));
+    }
+    lookups.push(("Consent", "patient", "Patient/nobody".to_string()));
+    let mut conn = app.pool.get().unwrap();
+    let mut seen = 0;
+    for (ty, param, value) in &lookups {
+        for visible in [Some("riverside-medical-practice"), Some("stroke-association"), Some("nobody-org"), None] {
+            for count in [1, 50] {
+                let q = SearchQuery {
+                    resource_type: ty.to_string(),
+                    params: vec![(param.to_string(), vec![value.clone()])],
+                    visible_to: visible.map(str::to_string),
+                    count,
+                    ..Default::default()
+                };
+                let found: Vec<String> = find(&mut conn, &q).unwrap().into_iter().map(|r| r.id).collect();
+                let general = ids(&search_general(&mut conn, &q).unwrap()).1;
+                assert_eq!(found, general, "{q:?}");
+                seen += found.len();
+            }
+        }
+    }
+    assert!(seen > 0, "the lookups found nothing at all");
 }
