@@ -248,13 +248,17 @@ impl Worker {
         let recorded = blocking(move || {
             let mut conn = pool.get()?;
             let (ok, kind) = match outcome {
-                Outcome::Delivered => {
-                    let done = outbox::complete(&mut conn, &row, now_ms)?;
-                    if done && row.event_type == "referral.created" {
-                        mark_delivered(&mut conn, &row);
-                    }
-                    (done, Recorded::Delivered)
-                }
+                // The delivery and the Task's `delivered` stage in one write transaction.
+                Outcome::Delivered => (
+                    crate::store::write_txn(&mut conn, |conn| {
+                        let done = outbox::complete(conn, &row, now_ms)?;
+                        if done && row.event_type == "referral.created" {
+                            mark_delivered(conn, &row);
+                        }
+                        Ok::<_, StoreError>(done)
+                    })?,
+                    Recorded::Delivered,
+                ),
                 Outcome::Held => (outbox::release(&mut conn, &row, now_ms + HELD_RECHECK_MS)?, Recorded::Held),
                 Outcome::Gone => (outbox::gone(&mut conn, &row, now_ms)?, Recorded::Held),
                 Outcome::Retry { error, retry_after_ms } => {
@@ -428,13 +432,14 @@ impl Worker {
 }
 
 /// The charity's own Endpoint got a new referral: its Task's stage becomes `delivered`. A
-/// failure here is logged; the delivery itself stands.
-fn mark_delivered(conn: &mut crate::store::PooledConn, row: &OutboxRow) {
+/// failure here is logged and rolled back alone (a savepoint); the delivery itself stands.
+fn mark_delivered(conn: &mut crate::store::DbConn, row: &OutboxRow) {
     let task = serde_json::from_str::<Value>(&row.body)
         .ok()
         .and_then(|b| b.pointer("/data/task").and_then(Value::as_str).map(str::to_string));
-    if let Some(task) = task.as_deref().and_then(|t| t.strip_prefix("Task/"))
-        && let Err(e) = crate::gateway::flow::mark_delivered(conn, &row.endpoint_id, task)
+    let Some(task) = task.as_deref().and_then(|t| t.strip_prefix("Task/")) else { return };
+    if let Err(e) =
+        crate::store::savepoint(conn, |conn| crate::gateway::flow::mark_delivered(conn, &row.endpoint_id, task))
     {
         tracing::warn!(error = %e, task, "recording the delivered stage failed");
     }

@@ -190,18 +190,16 @@ pub fn mark_stage(conn: &mut DbConn, task_id: &str, stage: &str) -> Result<Optio
 }
 
 /// A `referral.created` event reached an Endpoint: when the Endpoint is the owning charity's,
-/// the Task's stage becomes `delivered` (one transaction).
-pub fn mark_delivered(conn: &mut crate::store::PooledConn, endpoint_id: &str, task_id: &str) -> Result<(), ApiError> {
-    crate::store::write_txn(conn, |conn| {
-        let Some(endpoint) = resources::get(conn, "Endpoint", endpoint_id)? else { return Ok(()) };
-        let Some(task) = resources::get(conn, "Task", task_id)? else { return Ok(()) };
-        let endpoint_org =
-            endpoint.json()?.get("managingOrganization").and_then(reference_of).map(|(_, o)| o.to_string());
-        if endpoint_org.is_some() && endpoint_org == access::owner_org(conn, &task.json()?)? {
-            mark_stage(conn, task_id, "delivered")?;
-        }
-        Ok(())
-    })
+/// the Task's stage becomes `delivered`. Runs inside the caller's write transaction (the one
+/// that records the delivery).
+pub fn mark_delivered(conn: &mut DbConn, endpoint_id: &str, task_id: &str) -> Result<(), ApiError> {
+    let Some(endpoint) = resources::get(conn, "Endpoint", endpoint_id)? else { return Ok(()) };
+    let Some(task) = resources::get(conn, "Task", task_id)? else { return Ok(()) };
+    let endpoint_org = endpoint.json()?.get("managingOrganization").and_then(reference_of).map(|(_, o)| o.to_string());
+    if endpoint_org.is_some() && endpoint_org == access::owner_org(conn, &task.json()?)? {
+        mark_stage(conn, task_id, "delivered")?;
+    }
+    Ok(())
 }
 
 /// The Principal a referral's sender acts as (for lookups made on its behalf).

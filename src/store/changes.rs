@@ -75,6 +75,21 @@ pub(super) fn flush(conn: &mut DbConn) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How many changes and open-Task adjustments are collected so far (for [`rewind`]).
+pub(super) fn mark() -> (usize, usize) {
+    PENDING.with(|p| p.borrow().as_ref().map_or((0, 0), |p| (p.changes.len(), p.open.len())))
+}
+
+/// Forget what was collected after `mark` (a savepoint rolled back).
+pub(super) fn rewind(mark: (usize, usize)) {
+    PENDING.with(|p| {
+        if let Some(p) = p.borrow_mut().as_mut() {
+            p.changes.truncate(mark.0);
+            p.open.truncate(mark.1);
+        }
+    });
+}
+
 /// Drop the collected changes (the transaction rolled back).
 pub(super) fn discard() {
     PENDING.with(|p| p.borrow_mut().take());

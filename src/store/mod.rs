@@ -262,6 +262,38 @@ where
     }
 }
 
+/// `f` in a savepoint of the write transaction running on `conn`: when `f` fails, only what it
+/// wrote is rolled back (its change-log entries too) and the transaction goes on.
+pub fn savepoint<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    let mark = changes::mark();
+    let mut outcome = None;
+    let ran = conn.transaction::<(), DieselError, _>(|c| match f(c) {
+        Ok(v) => {
+            outcome = Some(Ok(v));
+            Ok(())
+        }
+        Err(e) => {
+            outcome = Some(Err(e));
+            Err(DieselError::RollbackTransaction)
+        }
+    });
+    match (ran, outcome) {
+        (Ok(()), Some(Ok(v))) => Ok(v),
+        (_, Some(Err(e))) => {
+            changes::rewind(mark);
+            Err(e)
+        }
+        (Err(e), _) => {
+            changes::rewind(mark);
+            Err(StoreError::from(e).into())
+        }
+        (Ok(()), None) => Err(StoreError::Unavailable("the savepoint did not run".into()).into()),
+    }
+}
+
 /// `f` inside the transaction (or savepoint) just begun on `conn`, with its change log numbered
 /// last; a panic rolls back and unwinds further. Leaves committing or rolling back to the caller.
 fn run_collecting<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
@@ -505,6 +537,42 @@ mod tests {
             .get_result(&mut *pool.get().unwrap())
             .unwrap();
         assert_eq!(used.used, 1, "SQLite was built without SQLITE_ENABLE_QPSG (see .cargo/config.toml)");
+    }
+
+    /// A savepoint that fails takes back its rows and its change-log entries; the write around it
+    /// commits what it wrote itself.
+    #[test]
+    fn a_failed_savepoint_takes_back_only_its_own_writes_and_changes() {
+        use diesel::RunQueryDsl;
+        use diesel::connection::SimpleConnection;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("s.db").display()), 2).unwrap();
+        super::migrate(&pool).unwrap();
+        let mut conn = pool.get().unwrap();
+        conn.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
+        let before = super::changes::last(&mut conn).unwrap();
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+            c.batch_execute("INSERT INTO t VALUES (1)")?;
+            super::changes::record(c, "Task", "kept", 1, 0)?;
+            let failed = super::savepoint::<(), super::StoreError>(c, |c| {
+                c.batch_execute("INSERT INTO t VALUES (2)")?;
+                super::changes::record(c, "Task", "taken-back", 2, 0)?;
+                Err(super::StoreError::Unavailable("refused".into()))
+            });
+            assert!(failed.is_err());
+            super::savepoint::<(), super::StoreError>(c, |c| Ok(c.batch_execute("INSERT INTO t VALUES (3)")?))
+        })
+        .unwrap();
+        let rows: N = diesel::sql_query("SELECT SUM(x) AS n FROM t").get_result(&mut *conn).unwrap();
+        assert_eq!(rows.n, 4, "rows 1 and 3 stay, 2 is rolled back");
+        let changes = super::changes::since(&mut conn, before, 10, None, &[]).unwrap();
+        let ids: Vec<&str> = changes.iter().map(|c| c.resource_id.as_str()).collect();
+        assert_eq!(ids, ["kept"]);
     }
 
     #[test]

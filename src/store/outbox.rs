@@ -395,25 +395,28 @@ fn claim_in_txn(
         .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
         .filter(outbox::endpoint_id.eq_any(ready))
         .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
+        .select((outbox::id, outbox::endpoint_id, outbox::fencing))
         .limit(limit * 4);
-    let due: Vec<OutboxRow> = match conn {
+    // Only the keys: most due rows are skipped (their Endpoint is full), so their bodies are
+    // read only for the rows claimed.
+    let due: Vec<(String, String, i64)> = match conn {
         DbConn::Pg(pg) => due.for_update().skip_locked().load(pg)?,
         DbConn::Sqlite(_) => due.load(conn)?,
     };
     let mut claimed: Vec<OutboxRow> = Vec::new();
     // Per Endpoint: how many are in flight, or `None` when another claimer holds its state row.
     let mut in_flight: std::collections::HashMap<String, Option<i64>> = Default::default();
-    for mut row in due {
+    for (id, endpoint_id, fencing) in due {
         if claimed.len() as i64 >= limit {
             break;
         }
-        let flying = match in_flight.get(&row.endpoint_id) {
+        let flying = match in_flight.get(&endpoint_id) {
             Some(n) => *n,
             None => {
-                let n = if lock_endpoint(conn, &row.endpoint_id)? {
+                let n = if lock_endpoint(conn, &endpoint_id)? {
                     Some(
                         outbox::table
-                            .filter(outbox::endpoint_id.eq(&row.endpoint_id))
+                            .filter(outbox::endpoint_id.eq(&endpoint_id))
                             .filter(outbox::state.eq(PENDING))
                             .filter(outbox::lease_expires.ge(now))
                             .count()
@@ -422,29 +425,26 @@ fn claim_in_txn(
                 } else {
                     None
                 };
-                in_flight.insert(row.endpoint_id.clone(), n);
+                in_flight.insert(endpoint_id.clone(), n);
                 n
             }
         };
         let Some(flying) = flying.filter(|n| *n < MAX_IN_FLIGHT) else { continue };
         let won = diesel::update(
             outbox::table
-                .filter(outbox::id.eq(&row.id))
-                .filter(outbox::fencing.eq(row.fencing))
+                .filter(outbox::id.eq(&id))
+                .filter(outbox::fencing.eq(fencing))
                 .filter(outbox::state.eq(PENDING)),
         )
         .set((
             outbox::lease_owner.eq(Some(owner.to_string())),
             outbox::lease_expires.eq(Some(now + lease_ms)),
-            outbox::fencing.eq(row.fencing + 1),
+            outbox::fencing.eq(fencing + 1),
         ))
         .execute(conn)?;
         if won == 1 {
-            row.fencing += 1;
-            row.lease_owner = Some(owner.to_string());
-            row.lease_expires = Some(now + lease_ms);
-            in_flight.insert(row.endpoint_id.clone(), Some(flying + 1));
-            claimed.push(row);
+            claimed.push(outbox::table.find(&id).first(conn)?);
+            in_flight.insert(endpoint_id, Some(flying + 1));
         }
     }
     Ok(claimed)
