@@ -54,7 +54,8 @@ pub(super) fn grant_sender(conn: &mut DbConn, spec: &TypeSpec, id: &str, sender_
         return Ok(());
     }
     let sender = Grant { resource_type: spec.name.into(), resource_id: id.into(), org_id: sender_org.into() };
-    resources::replace_grants(conn, &format!("sender:{}/{id}", spec.name), &[sender])
+    // Only for a resource just created: its source has no grants yet.
+    resources::add_grants(conn, &format!("sender:{}/{id}", spec.name), &[sender])
 }
 
 /// What the directory says about `ty/id` (a HealthcareService or an Organization).
@@ -210,6 +211,13 @@ pub(super) fn grant_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Resu
         None => Vec::new(),
     };
     resources::replace_grants(conn, &format!("task:{task_id}"), &grants)
+}
+
+/// [`grant_task`] for a Task just created (it has no grants to replace).
+pub(super) fn grant_new_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<(), StoreError> {
+    let Some(org) = owner_org(conn, task)? else { return Ok(()) };
+    let grants = task_grants(conn, task_id, task, &org)?;
+    resources::add_grants(conn, &format!("task:{task_id}"), &grants)
 }
 
 /// Recompute the grants of every Task of a ServiceRequest (after the ServiceRequest changed).

@@ -309,9 +309,10 @@ impl Gateway {
                 }
                 responses[e.index] = entry_response(ctx, "201 Created", &stored)?;
             }
-            // Owners' grants last: everything the Tasks point to is stored by now.
+            // Owners' grants last: everything the Tasks point to is stored by now (the Tasks are
+            // all new).
             for (id, task) in &tasks {
-                access::grant_task(conn, id, task)?;
+                access::grant_new_task(conn, id, task)?;
             }
             attach_outcomes(&mut responses, &warnings, ctx.max_issues);
             let body = bundle("transaction-response", None, Vec::new(), responses);

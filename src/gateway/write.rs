@@ -294,13 +294,13 @@ impl Gateway {
             if let Some(plan) = &plan {
                 let mut task_ids = Vec::new();
                 for task in create_routed_tasks(conn, &author, &p.org_id, &id, &body, &plan.routes(), now)? {
-                    access::grant_task(conn, &task.id, &task.json()?)?;
+                    access::grant_new_task(conn, &task.id, &task.json()?)?;
                     task_ids.push(task.id);
                 }
                 self.record_decision(conn, p, &id, plan, &task_ids)?;
             }
             if spec.name == "Task" {
-                access::grant_task(conn, &id, &body)?;
+                access::grant_new_task(conn, &id, &body)?;
             }
             Ok(resource_reply(ctx, 201, &stored, true, &warnings))
         })

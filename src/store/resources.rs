@@ -106,15 +106,32 @@ fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreErro
     Ok(())
 }
 
-fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -> Result<(), StoreError> {
-    diesel::delete(
-        search_index::table.filter(search_index::resource_type.eq(ty)).filter(search_index::resource_id.eq(rid)),
-    )
-    .execute(conn)?;
-    let mut unique: Vec<&IndexEntry> = index.iter().collect();
-    unique.sort();
-    unique.dedup();
-    let rows: Vec<_> = unique
+/// Write a resource's search rows: those of a new resource, or for a new version only the rows
+/// that changed (most updates change a status and keep every reference).
+fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry], fresh: bool) -> Result<(), StoreError> {
+    let mut wanted: Vec<&IndexEntry> = index.iter().collect();
+    wanted.sort();
+    wanted.dedup();
+    if !fresh {
+        let mut stored: Vec<IndexEntry> = search_index::table
+            .filter(search_index::resource_type.eq(ty))
+            .filter(search_index::resource_id.eq(rid))
+            .select((search_index::param, search_index::value))
+            .load(conn)?;
+        stored.sort();
+        for (param, value) in stored.iter().filter(|e| wanted.binary_search(e).is_err()) {
+            diesel::delete(
+                search_index::table
+                    .filter(search_index::resource_type.eq(ty))
+                    .filter(search_index::param.eq(param))
+                    .filter(search_index::value.eq(value))
+                    .filter(search_index::resource_id.eq(rid)),
+            )
+            .execute(conn)?;
+        }
+        wanted.retain(|e| stored.binary_search(e).is_err());
+    }
+    let rows: Vec<_> = wanted
         .into_iter()
         .map(|(p, v)| {
             (
@@ -138,7 +155,7 @@ fn replace_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -
 pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -> Result<(), StoreError> {
     diesel::insert_into(resources::table).values(r).execute(conn)?;
     insert_version(conn, r)?;
-    replace_index(conn, &r.resource_type, &r.id, index)?;
+    write_index(conn, &r.resource_type, &r.id, index, true)?;
     record_change(conn, r)
 }
 
@@ -183,7 +200,7 @@ pub fn update_if_version(
         return Ok(false);
     }
     insert_version(conn, r)?;
-    replace_index(conn, &r.resource_type, &r.id, index)?;
+    write_index(conn, &r.resource_type, &r.id, index, false)?;
     record_change(conn, r)?;
     Ok(true)
 }
@@ -191,6 +208,11 @@ pub fn update_if_version(
 /// Replace every grant that comes from `source` with `grants`.
 pub fn replace_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(), StoreError> {
     diesel::delete(access_grants::table.filter(access_grants::source.eq(source))).execute(conn)?;
+    add_grants(conn, source, grants)
+}
+
+/// Write the grants of a `source` that has none yet (a resource just created).
+pub fn add_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(), StoreError> {
     let mut unique: Vec<&Grant> = grants.iter().collect();
     unique.sort_by(|a, b| {
         (&a.resource_type, &a.resource_id, &a.org_id).cmp(&(&b.resource_type, &b.resource_id, &b.org_id))
@@ -541,9 +563,8 @@ fn find_by_one_value(conn: &mut DbConn, q: &SearchQuery) -> Option<Result<Vec<St
         .filter(search_index::param.eq(param))
         .filter(search_index::value.eq(value))
         .select(search_index::resource_id);
-    let found = resources::table
-        .filter(resources::resource_type.eq(&q.resource_type))
-        .filter(resources::id.eq_any(matching));
+    let found =
+        resources::table.filter(resources::resource_type.eq(&q.resource_type)).filter(resources::id.eq_any(matching));
     Some(
         match &q.visible_to {
             Some(org) => found
