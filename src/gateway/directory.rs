@@ -123,7 +123,7 @@ pub fn load_files(
             let index = index_values(spec, &body);
             match current {
                 Some(c) => {
-                    if !resources::update_if_version(conn, &stored, c.version_id, &index)? {
+                    if !resources::update_if_version(conn, &stored, c.version_id, &index, None)? {
                         anyhow::bail!("{}/{id} changed while the directory was loading; load it again", spec.name);
                     }
                     loaded.updated += 1;

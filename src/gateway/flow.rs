@@ -59,6 +59,10 @@ impl Author {
     }
 }
 
+/// The Task elements its owner's grants come from (the owner, and the referral it is for):
+/// Signpost's own Task changes that keep them (a stage, a cancellation) keep the grants.
+const GRANTED_BY: [&str; 3] = ["owner", "focus", "basedOn"];
+
 /// Change a stored resource as Signpost: `f` edits the current body and says whether anything
 /// changed. Writes the new version with its index, grants, change log, events and Provenance.
 pub(super) fn system_update(
@@ -72,6 +76,8 @@ pub(super) fn system_update(
     for _ in 0..3 {
         let Some(current) = resources::get(conn, ty, id)? else { return Ok(None) };
         let mut body = current.json()?;
+        let grants_from: Vec<Option<Value>> = GRANTED_BY.iter().map(|k| body.get(*k).cloned()).collect();
+        let previous_index = index_values(spec, &body);
         if !f(&mut body) {
             return Ok(None);
         }
@@ -85,9 +91,16 @@ pub(super) fn system_update(
             last_updated: now,
             body: body.to_string(),
         };
-        if resources::update_if_version(conn, &stored, current.version_id, &index_values(spec, &body))? {
+        if resources::update_if_version(
+            conn,
+            &stored,
+            current.version_id,
+            &index_values(spec, &body),
+            Some(&previous_index),
+        )? {
+            let regrant = GRANTED_BY.iter().zip(&grants_from).any(|(k, before)| body.get(*k) != before.as_ref());
             match ty {
-                "Task" => access::grant_task(conn, id, &body)?,
+                "Task" if regrant => access::grant_task(conn, id, &body)?,
                 "ServiceRequest" => access::regrant_tasks_of(conn, id)?,
                 _ => {}
             }

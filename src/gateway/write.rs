@@ -404,7 +404,8 @@ impl Gateway {
                 last_updated: now,
                 body: new.to_string(),
             };
-            if !resources::update_if_version(conn, &stored, current.version_id, &index_values(spec, &new))? {
+            let (index, previous_index) = (index_values(spec, &new), index_values(spec, &old));
+            if !resources::update_if_version(conn, &stored, current.version_id, &index, Some(&previous_index))? {
                 return Err(version_conflict());
             }
             match spec.name {

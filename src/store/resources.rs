@@ -106,31 +106,21 @@ fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Write a resource's search rows: those of a new resource, or for a new version only the rows
-/// that changed (most updates change a status and keep every reference).
+/// Write a resource's search rows: a new resource's, or a new version's in place of the old.
+///
+/// A new version deletes every old row and writes its own: reading the old rows to write only
+/// the difference cost more, because SQLite (without statistics) reads them through the
+/// primary key's `resource_type` prefix rather than the `(resource_type, resource_id)` index.
 fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry], fresh: bool) -> Result<(), StoreError> {
+    if !fresh {
+        diesel::delete(
+            search_index::table.filter(search_index::resource_type.eq(ty)).filter(search_index::resource_id.eq(rid)),
+        )
+        .execute(conn)?;
+    }
     let mut wanted: Vec<&IndexEntry> = index.iter().collect();
     wanted.sort();
     wanted.dedup();
-    if !fresh {
-        let mut stored: Vec<IndexEntry> = search_index::table
-            .filter(search_index::resource_type.eq(ty))
-            .filter(search_index::resource_id.eq(rid))
-            .select((search_index::param, search_index::value))
-            .load(conn)?;
-        stored.sort();
-        for (param, value) in stored.iter().filter(|e| wanted.binary_search(e).is_err()) {
-            diesel::delete(
-                search_index::table
-                    .filter(search_index::resource_type.eq(ty))
-                    .filter(search_index::param.eq(param))
-                    .filter(search_index::value.eq(value))
-                    .filter(search_index::resource_id.eq(rid)),
-            )
-            .execute(conn)?;
-        }
-        wanted.retain(|e| stored.binary_search(e).is_err());
-    }
     let rows: Vec<_> = wanted
         .into_iter()
         .map(|(p, v)| {
@@ -178,11 +168,15 @@ fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError
 
 /// Replace the current version if it is still `expected_version` (compare-and-swap).
 /// Returns `false`, writing nothing, when another writer got there first.
+///
+/// `previous_index` is the index of the version replaced, when the caller has it: a change that
+/// leaves the indexed values as they were (a stage, a note) keeps the stored rows.
 pub fn update_if_version(
     conn: &mut DbConn,
     r: &StoredResource,
     expected_version: i64,
     index: &[IndexEntry],
+    previous_index: Option<&[IndexEntry]>,
 ) -> Result<bool, StoreError> {
     let changed = diesel::update(
         resources::table
@@ -200,7 +194,17 @@ pub fn update_if_version(
         return Ok(false);
     }
     insert_version(conn, r)?;
-    write_index(conn, &r.resource_type, &r.id, index, false)?;
+    let same = |a: &[IndexEntry], b: &[IndexEntry]| {
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        a.sort();
+        a.dedup();
+        b.sort();
+        b.dedup();
+        a == b
+    };
+    if !previous_index.is_some_and(|p| same(p, index)) {
+        write_index(conn, &r.resource_type, &r.id, index, false)?;
+    }
     record_change(conn, r)?;
     Ok(true)
 }

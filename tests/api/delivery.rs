@@ -651,6 +651,37 @@ async fn a_slow_endpoint_never_holds_up_the_others() {
     assert!(slow.max_open() <= 4, "{}", slow.max_open());
 }
 
+/// A backlog of one Endpoint drains through its 4 slots, each delivery claiming the next event
+/// in its own transaction: every event arrives exactly once, never more than 4 at a time.
+#[tokio::test]
+async fn a_backlog_drains_through_four_slots_each_event_once() {
+    let app = spawn_with(|s| s.delivery.enabled = false).await;
+    let receiver = Receiver::start().await;
+    receiver.by_default(Answer { status: 200, delay_ms: 20, ..Default::default() });
+    point_endpoint(&app, "stroke-association-webhook", "stroke-association", &receiver.url).await;
+    for _ in 0..14 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let worker = Worker::new(
+        app.pool.clone(),
+        WorkerSettings { allow_loopback: true, timeout: std::time::Duration::from_secs(10), ..Default::default() },
+        Default::default(),
+    );
+    tokio::spawn(worker.run());
+    let started = std::time::Instant::now();
+    while receiver.hits().len() < 14 && started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hits = receiver.hits();
+    let ids: std::collections::HashSet<String> =
+        hits.iter().map(|h| h.headers.get("webhook-id").unwrap().to_str().unwrap().to_string()).collect();
+    assert_eq!((hits.len(), ids.len()), (14, 14), "each event once");
+    assert!(receiver.max_open() <= 4, "{} at once", receiver.max_open());
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("signpost_outbox_pending 0"), "{metrics}");
+}
+
 #[tokio::test]
 async fn a_huge_response_is_read_no_further_than_64_kib() {
     let (app, receiver, worker, _) = setup().await;

@@ -151,7 +151,8 @@ fn force_status(app: &TestApp, id: &str, status: &str) {
             &mut conn,
             &stored,
             current.version_id,
-            &signpost::fhir::search::index_values(spec, &body)
+            &signpost::fhir::search::index_values(spec, &body),
+            None
         )
         .unwrap()
     );
