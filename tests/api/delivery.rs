@@ -630,12 +630,7 @@ async fn a_slow_endpoint_never_holds_up_the_others() {
         app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
         app.referral(REFERRER, "HealthcareService/befriending-network-leeds-support").await;
     }
-    let worker = Worker::new(
-        app.pool.clone(),
-        WorkerSettings { allow_loopback: true, timeout: std::time::Duration::from_secs(10), ..Default::default() },
-        Default::default(),
-    );
-    tokio::spawn(worker.run());
+    spawn_worker_loop(&app);
     let started = std::time::Instant::now();
     while fast.hits().len() < 6 && started.elapsed() < std::time::Duration::from_secs(10) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -651,8 +646,18 @@ async fn a_slow_endpoint_never_holds_up_the_others() {
     assert!(slow.max_open() <= 4, "{}", slow.max_open());
 }
 
-/// A backlog of one Endpoint drains through its 4 slots, each delivery claiming the next event
-/// in its own transaction: every event arrives exactly once, never more than 4 at a time.
+/// The delivery worker's own loop (`Worker::run`, as `serve` runs it) on the app's database.
+fn spawn_worker_loop(app: &TestApp) {
+    let worker = Worker::new(
+        app.pool.clone(),
+        WorkerSettings { allow_loopback: true, timeout: std::time::Duration::from_secs(10), ..Default::default() },
+        Default::default(),
+    );
+    tokio::spawn(worker.run());
+}
+
+/// A backlog of one Endpoint drains through its 4 slots (the loop claims again as each slot
+/// frees): every event arrives exactly once, never more than 4 at a time.
 #[tokio::test]
 async fn a_backlog_drains_through_four_slots_each_event_once() {
     let app = spawn_with(|s| s.delivery.enabled = false).await;
@@ -662,12 +667,7 @@ async fn a_backlog_drains_through_four_slots_each_event_once() {
     for _ in 0..14 {
         app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
     }
-    let worker = Worker::new(
-        app.pool.clone(),
-        WorkerSettings { allow_loopback: true, timeout: std::time::Duration::from_secs(10), ..Default::default() },
-        Default::default(),
-    );
-    tokio::spawn(worker.run());
+    spawn_worker_loop(&app);
     let started = std::time::Instant::now();
     while receiver.hits().len() < 14 && started.elapsed() < std::time::Duration::from_secs(20) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
