@@ -206,18 +206,22 @@ fn shareable(ty: &str) -> bool {
 
 /// Compute and store what the owner of a Task may see (see the module rules).
 pub(super) fn grant_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<(), StoreError> {
-    let grants = match owner_org(conn, task)? {
-        Some(org) => task_grants(conn, task_id, task, &org)?,
-        None => Vec::new(),
-    };
+    let grants = owner_grants(conn, task_id, task)?;
     resources::replace_grants(conn, &format!("task:{task_id}"), &grants)
 }
 
 /// [`grant_task`] for a Task just created (it has no grants to replace).
 pub(super) fn grant_new_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<(), StoreError> {
-    let Some(org) = owner_org(conn, task)? else { return Ok(()) };
-    let grants = task_grants(conn, task_id, task, &org)?;
+    let grants = owner_grants(conn, task_id, task)?;
     resources::add_grants(conn, &format!("task:{task_id}"), &grants)
+}
+
+/// The grants a Task gives its owner's Organization (none without an owner Signpost knows).
+fn owner_grants(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<Vec<Grant>, StoreError> {
+    match owner_org(conn, task)? {
+        Some(org) => task_grants(conn, task_id, task, &org),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Recompute the grants of every Task of a ServiceRequest (after the ServiceRequest changed).

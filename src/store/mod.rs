@@ -269,29 +269,17 @@ where
     E: From<StoreError>,
 {
     let mark = changes::mark();
-    let mut outcome = None;
-    let ran = conn.transaction::<(), DieselError, _>(|c| match f(c) {
-        Ok(v) => {
-            outcome = Some(Ok(v));
-            Ok(())
-        }
-        Err(e) => {
-            outcome = Some(Err(e));
-            Err(DieselError::RollbackTransaction)
-        }
+    let mut failed = None;
+    let ran = conn.transaction::<T, DieselError, _>(|c| {
+        f(c).map_err(|e| {
+            failed = Some(e);
+            DieselError::RollbackTransaction
+        })
     });
-    match (ran, outcome) {
-        (Ok(()), Some(Ok(v))) => Ok(v),
-        (_, Some(Err(e))) => {
-            changes::rewind(mark);
-            Err(e)
-        }
-        (Err(e), _) => {
-            changes::rewind(mark);
-            Err(StoreError::from(e).into())
-        }
-        (Ok(()), None) => Err(StoreError::Unavailable("the savepoint did not run".into()).into()),
-    }
+    ran.map_err(|e| {
+        changes::rewind(mark);
+        failed.unwrap_or_else(|| StoreError::from(e).into())
+    })
 }
 
 /// `f` inside the transaction (or savepoint) just begun on `conn`, with its change log numbered

@@ -194,15 +194,8 @@ pub fn update_if_version(
         return Ok(false);
     }
     insert_version(conn, r)?;
-    let same = |a: &[IndexEntry], b: &[IndexEntry]| {
-        let (mut a, mut b) = (a.to_vec(), b.to_vec());
-        a.sort();
-        a.dedup();
-        b.sort();
-        b.dedup();
-        a == b
-    };
-    if !previous_index.is_some_and(|p| same(p, index)) {
+    // Both come from `index_values`, which lists a body's values in a fixed order.
+    if previous_index != Some(index) {
         write_index(conn, &r.resource_type, &r.id, index, false)?;
     }
     record_change(conn, r)?;
@@ -352,8 +345,9 @@ const GRANTED: usize = 10_000;
 /// A selective start is resolved first — the few candidates of `identifier`, of a reference
 /// (a patient, a referral) or of `_id`, or the resources the caller's Organization holds grants
 /// on (up to 10,000) — then the rest of the search probes the index for each of those ids. One
-/// query for everything would leave the join order to the database's statistics, and a PostgreSQL whose statistics lag behind fast-growing tables
-/// scans every grant of the caller's Organization for each conditional create.
+/// query for everything would leave the join order to the database's statistics, and a
+/// PostgreSQL whose statistics lag behind fast-growing tables scans every grant of the caller's
+/// Organization for each conditional create.
 pub fn search(conn: &mut DbConn, q: &SearchQuery) -> Result<(i64, Vec<StoredResource>), StoreError> {
     if let Some(plan) = QueuePlan::of(q) {
         return plan.search(conn, q);
