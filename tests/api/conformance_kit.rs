@@ -201,7 +201,7 @@ async fn the_webhook_probe_and_the_receiver_agree_and_a_careless_receiver_is_cau
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_until_listening(port).await;
     let url = format!("http://127.0.0.1:{port}/hook");
     let probe =
         signpost(vec!["conformance".into(), "webhook".into(), "--url".into(), url, "--secret".into(), secret.clone()])

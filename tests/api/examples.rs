@@ -185,7 +185,7 @@ async fn the_example_webhook_receiver_passes_the_webhook_probe() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_until_listening(port).await;
     let url = format!("http://127.0.0.1:{port}/hook");
     let probe = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_signpost"))

@@ -262,6 +262,17 @@ impl TestApp {
     }
 }
 
+/// Wait (up to 10 s) until a process just started listens on `port`: a fixed pause is too
+/// short on a loaded machine.
+pub async fn wait_until_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn patient() -> Value {
     json!({
         "resourceType": "Patient",
