@@ -438,7 +438,9 @@ fn compile_element(raw: &Value) -> Option<Element> {
     let slicing = o.get("slicing").map(|s| {
         let discs = items(s, "discriminator")
             .filter_map(|d| {
-                let path = d.get("path")?.as_str()?.to_string();
+                // `$this.name` is `name`: FHIRPath starts at the sliced item either way.
+                let path = d.get("path")?.as_str()?;
+                let path = path.strip_prefix("$this.").unwrap_or(path).to_string();
                 match d.get("type")?.as_str()? {
                     "value" => Some(Discriminator::Value(path)),
                     "pattern" => Some(Discriminator::Pattern(path)),
@@ -632,7 +634,7 @@ impl Profiles {
                 );
             }
         }
-        self.extensions(resource, &mut path.to_string(), resource, issues);
+        self.extensions(resource, &mut path.to_string(), route, issues);
         let lookup = |url: &str| self.definitions.get(url).map(|&i| &self.sources[i]);
         match ty {
             "QuestionnaireResponse" => super::questionnaire::questionnaire_response(resource, path, &lookup, issues),
@@ -655,49 +657,55 @@ impl Profiles {
 }
 
 impl Profiles {
-    /// Check each extension whose definition is loaded against it, anywhere in `v` (but not
-    /// inside nested resources, which are checked as resources). `path` is one buffer for the
-    /// whole walk, extended and restored in place.
-    fn extensions(&self, v: &Value, path: &mut String, resource: &Value, issues: &mut Vec<Issue>) {
+    /// Check each extension whose definition is loaded against it, anywhere in `v` and its
+    /// contained resources (but not inside Bundle entries, which are checked as resources), and
+    /// report those whose definition is not loaded ([`Profiles::unknown_extension`]). `path` is
+    /// one buffer for the whole walk, extended and restored in place.
+    fn extensions(&self, v: &Value, path: &mut String, gateway: bool, issues: &mut Vec<Issue>) {
         let base = path.len();
         match v {
             Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
                     if x.is_object() {
                         super::validator::push_index(path, i);
-                        self.extensions(x, path, resource, issues);
+                        self.extensions(x, path, gateway, issues);
                         path.truncate(base);
                     }
                 }
             }
             Value::Object(o) => {
                 for (k, x) in o {
-                    if k == "resource"
-                        || (k == "contained" && !std::ptr::eq(v, resource))
-                        || !(x.is_object() || x.is_array())
-                    {
+                    if k == "resource" || !(x.is_object() || x.is_array()) {
                         continue;
                     }
                     path.push('.');
                     path.push_str(k.strip_prefix('_').unwrap_or(k));
-                    if matches!(k.as_str(), "extension" | "modifierExtension")
+                    let modifier = k == "modifierExtension";
+                    if (modifier || k == "extension")
                         && let Some(list) = x.as_array()
                     {
                         let at = path.len();
                         for (i, ext) in list.iter().enumerate() {
                             super::validator::push_index(path, i);
-                            if let Some(def) = ext.get("url").and_then(Value::as_str).and_then(|u| self.get(u))
-                                && def.type_name == "Extension"
-                            {
-                                for p in self.lineage(def) {
-                                    ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(path);
+                            let url = ext.get("url").and_then(Value::as_str);
+                            match url.and_then(|u| self.get(u)) {
+                                Some(def) if def.type_name == "Extension" => {
+                                    for p in self.lineage(def) {
+                                        ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(path);
+                                    }
+                                }
+                                Some(_) => {}
+                                None => {
+                                    if let Some(url) = url {
+                                        Self::unknown_extension(url, modifier, gateway, path, issues);
+                                    }
                                 }
                             }
-                            self.extensions(ext, path, resource, issues);
+                            self.extensions(ext, path, gateway, issues);
                             path.truncate(at);
                         }
-                    } else if k != "contained" {
-                        self.extensions(x, path, resource, issues);
+                    } else {
+                        self.extensions(x, path, gateway, issues);
                     }
                     path.truncate(base);
                 }
@@ -705,6 +713,53 @@ impl Profiles {
             _ => {}
         }
     }
+
+    /// An extension whose definition is not loaded, as the Java reference's checkExtension
+    /// treats it: an error (EXTENSION_EXT_UNKNOWN_NOTHERE) unless its URL is one it lets pass
+    /// unchecked (allowUnknownExtension: example.org, acme.com and nema.org, HL7's tooling and
+    /// cross-version extensions). A sub-extension's relative name (`ombCategory`) is its parent's
+    /// business. On the `gateway` (referrals, not `--base-only`) an unknown extension is a
+    /// warning: extensions are safe to ignore, and EHRs send UK Core and vendor extensions
+    /// Signpost does not bundle; an unknown modifierExtension changes the meaning of what it
+    /// sits on, so it is refused there too.
+    fn unknown_extension(url: &str, modifier: bool, gateway: bool, at: &str, issues: &mut Vec<Issue>) {
+        let absolute = url.split_once(':').is_some_and(|(scheme, _)| {
+            scheme.len() > 1 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        if !absolute || lets_unknown_extension_pass(url) {
+            return;
+        }
+        let issue = if gateway && !modifier {
+            Issue::warning(
+                IssueCode::UnknownExtension,
+                format!("The extension {url} is not one Signpost knows, so it was not checked"),
+            )
+        } else {
+            Issue::error(
+                IssueCode::UnknownExtension,
+                format!("The extension {url} could not be found so is not allowed here"),
+            )
+        };
+        issues.push(issue.at(at.to_string()));
+    }
+}
+
+/// Extension URLs that pass without a definition: those the Java reference accepts unchecked
+/// (allowUnknownExtension, with examples allowed as in its default mode: example domains and
+/// DICOM's), and HL7's own namespace outside its implementation guides. Directly under
+/// `http://hl7.org/fhir/` HL7 publishes the core and extensions-pack extensions
+/// (`organization-brand`, ...), its tooling and cross-version extensions, which the reference
+/// carries and Signpost does not bundle, so Signpost cannot tell a real one from a made-up one.
+/// Implementation guides live under a realm (`http://hl7.org/fhir/uv/sdc/...`,
+/// `.../us/core/...`): the reference needs their package too, and refuses their extensions
+/// without it.
+fn lets_unknown_extension_pass(url: &str) -> bool {
+    let in_guide = |rest: &str| {
+        let realm = rest.split('/').next().unwrap_or_default();
+        realm == "uv" || (realm.len() == 2 && realm.chars().all(|c| c.is_ascii_lowercase()))
+    };
+    ["example.org", "acme.com", "nema.org"].iter().any(|d| url.contains(d))
+        || url.strip_prefix("http://hl7.org/fhir/").is_some_and(|rest| !in_guide(rest))
 }
 
 /// Stands for a primitive that has only its `_element` twin.
@@ -1043,6 +1098,7 @@ fn id_of(steps: &[Step], slices: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::outcome::Severity;
     use serde_json::json;
 
     fn check(resource: Value) -> Vec<(IssueCode, String)> {
@@ -1050,6 +1106,60 @@ mod tests {
         let ty = resource["resourceType"].as_str().unwrap().to_string();
         Profiles::shared().check(&resource, &ty, false, &[], &mut issues);
         issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect()
+    }
+
+    /// Extensions whose definition Signpost does not hold, as the Java reference's
+    /// checkExtension treats them (EXTENSION_EXT_UNKNOWN_NOTHERE), in the resource, on a
+    /// primitive, in a contained resource and nested in another extension: refused in the
+    /// reference mode (`route` false, `signpost validate --base-only`) unless HL7's own or an
+    /// example domain; on the gateway a warning, but an unknown modifierExtension refused.
+    #[test]
+    fn unknown_extensions_are_refused_as_the_reference_does_and_warned_on_the_gateway() {
+        let found = |url: &str, gateway: bool| {
+            let ext = json!([{ "url": url, "valueString": "x" }]);
+            let patient = json!({ "resourceType": "Patient", "extension": ext, "_birthDate": { "extension": ext },
+                "birthDate": "1970-01-01", "managingOrganization": { "reference": "#o" },
+                "contained": [{ "resourceType": "Organization", "id": "o", "extension": ext }],
+                "modifierExtension": [{ "url": url, "valueBoolean": true }],
+                "name": [{ "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/humanname-own-prefix", "valueString": "x", "extension": ext }] }] });
+            let mut issues = Vec::new();
+            Profiles::shared().check(&patient, "Patient", gateway, &[], &mut issues);
+            let mut found: Vec<(Severity, String)> = issues
+                .into_iter()
+                .filter(|i| i.code == IssueCode::UnknownExtension)
+                .map(|i| (i.severity, i.expression.unwrap_or_default()))
+                .collect();
+            found.sort_by(|a, b| a.1.cmp(&b.1));
+            found
+        };
+        let (error, warning) = (Severity::Error, Severity::Warning);
+        let everywhere = |plain: Severity, modifier: Severity| {
+            vec![
+                (plain, "Patient.birthDate.extension[0]".to_string()),
+                (plain, "Patient.contained[0].extension[0]".to_string()),
+                (plain, "Patient.extension[0]".to_string()),
+                (modifier, "Patient.modifierExtension[0]".to_string()),
+                (plain, "Patient.name[0].extension[0].extension[0]".to_string()),
+            ]
+        };
+        for url in [
+            "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-Made-Up",
+            "http://validitron.example.com/fhir/StructureDefinition/age",
+            "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-questionnaireAdaptive",
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+        ] {
+            assert_eq!(found(url, false), everywhere(error, error), "{url}");
+            assert_eq!(found(url, true), everywhere(warning, error), "{url}");
+        }
+        for url in [
+            "http://example.org/fhir/StructureDefinition/something",
+            "http://hl7.org/fhir/StructureDefinition/organization-brand",
+            "http://hl7.org/fhir/5.0/StructureDefinition/extension-Patient.name",
+            "http://hl7.org/fhir/tools/StructureDefinition/json-name",
+            "ownPrefix",
+        ] {
+            assert_eq!(found(url, false), vec![], "{url}");
+        }
     }
 
     #[test]
@@ -1167,31 +1277,36 @@ mod tests {
         );
     }
 
+    /// A discriminator path may start at the item (`$this.system`, as FHIRPath allows); it
+    /// slices as `system` does.
     #[test]
     fn closed_slicing_and_value_discriminators_inside_bundles() {
-        let sd = json!({ "resourceType": "StructureDefinition", "url": "http://example.org/sd/closed", "type": "Patient",
-            "differential": { "element": [
-                { "id": "Patient.telecom", "path": "Patient.telecom", "slicing": { "discriminator": [{ "type": "value", "path": "system" }], "rules": "closed" } },
-                { "id": "Patient.telecom:phone", "path": "Patient.telecom", "sliceName": "phone", "max": "2" },
-                { "id": "Patient.telecom:phone.system", "path": "Patient.telecom.system", "fixedCode": "phone" },
-                { "id": "Patient.telecom:phone.use", "path": "Patient.telecom.use", "min": 1 }
-            ] } });
-        let profiles = Profiles::load(vec![sd]).unwrap();
-        let p = profiles.get("http://example.org/sd/closed").unwrap();
-        let patient = json!({ "resourceType": "Patient", "telecom": [
-            { "system": "phone", "value": "1", "use": "home" }, { "system": "email", "value": "a@b" }, { "system": "phone", "value": "2" }
-        ] });
-        let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": patient }] });
-        let mut issues = Vec::new();
-        profiles.check(&bundle["entry"][0]["resource"], "Bundle.entry[0].resource", false, &[p], &mut issues);
-        let found: Vec<(IssueCode, String)> =
-            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect();
-        assert_eq!(
-            found,
-            vec![
-                (IssueCode::NotInSlice, "Bundle.entry[0].resource.telecom[1]".to_string()),
-                (IssueCode::Cardinality, "Bundle.entry[0].resource.telecom[2]".to_string()),
-            ]
-        );
+        for discriminator in ["system", "$this.system"] {
+            let sd = json!({ "resourceType": "StructureDefinition", "url": "http://example.org/sd/closed", "type": "Patient",
+                "differential": { "element": [
+                    { "id": "Patient.telecom", "path": "Patient.telecom", "slicing": { "discriminator": [{ "type": "value", "path": discriminator }], "rules": "closed" } },
+                    { "id": "Patient.telecom:phone", "path": "Patient.telecom", "sliceName": "phone", "max": "2" },
+                    { "id": "Patient.telecom:phone.system", "path": "Patient.telecom.system", "fixedCode": "phone" },
+                    { "id": "Patient.telecom:phone.use", "path": "Patient.telecom.use", "min": 1 }
+                ] } });
+            let profiles = Profiles::load(vec![sd]).unwrap();
+            let p = profiles.get("http://example.org/sd/closed").unwrap();
+            let patient = json!({ "resourceType": "Patient", "telecom": [
+                { "system": "phone", "value": "1", "use": "home" }, { "system": "email", "value": "a@b" }, { "system": "phone", "value": "2" }
+            ] });
+            let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": patient }] });
+            let mut issues = Vec::new();
+            profiles.check(&bundle["entry"][0]["resource"], "Bundle.entry[0].resource", false, &[p], &mut issues);
+            let found: Vec<(IssueCode, String)> =
+                issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect();
+            assert_eq!(
+                found,
+                vec![
+                    (IssueCode::NotInSlice, "Bundle.entry[0].resource.telecom[1]".to_string()),
+                    (IssueCode::Cardinality, "Bundle.entry[0].resource.telecom[2]".to_string()),
+                ],
+                "{discriminator}"
+            );
+        }
     }
 }

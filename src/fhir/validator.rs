@@ -117,35 +117,41 @@ fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u
     base.iter().all(segment_ok).then_some((parts[n - 2], parts[n - 1]))
 }
 
+/// Whether `url` names a value set rather than a code system: an R4 value set Signpost holds,
+/// or a URL under the value-set paths of the FHIR and HL7 terminology canonicals, where no code
+/// system lives.
+fn is_value_set_url(url: &str, defs: &Definitions) -> bool {
+    let url = url.split('|').next().unwrap_or(url);
+    url.starts_with("http://hl7.org/fhir/ValueSet/")
+        || url.starts_with("http://terminology.hl7.org/ValueSet/")
+        || defs.valuesets.contains_key(url)
+}
+
+/// The resource types a search URL asks for, as the reference's BundleValidator reads them
+/// (readSearchResourceTypes): the last path segment when it is a resource type
+/// (`[base]/Patient?name=x`), else the `_type` parameter's list; none when neither says.
+fn search_result_types<'u>(url: &'u str, defs: &Definitions) -> Vec<&'u str> {
+    let (head, query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
+    match head.rsplit('/').next() {
+        Some(last) if defs.is_resource(last) => vec![last],
+        _ => query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|p| p.strip_prefix("_type="))
+            .flat_map(|t| t.split(','))
+            .collect(),
+    }
+}
+
+/// The longest string FHIR allows, in UTF-16 units as the Java reference counts them.
+const STRING_MAX_UNITS: usize = 1_048_576;
+
 /// Whether `url` ends with `/{ty}/{id}`.
 fn ends_with_type_and_id(url: &str, ty: &str, id: &str) -> bool {
     url.strip_suffix(id)
         .and_then(|u| u.strip_suffix('/'))
         .and_then(|u| u.strip_suffix(ty))
         .is_some_and(|u| u.ends_with('/'))
-}
-
-/// Whether a Bundle entry's resource must have an id, as the reference validator decides it
-/// (InstanceValidator.idStatusForEntry): not in a response entry; in a request entry only for a
-/// PUT without a url; otherwise unless the fullUrl is a urn:uuid or urn:oid.
-fn entry_needs_id(entry: &Value) -> bool {
-    if entry.get("response").is_some() {
-        return false;
-    }
-    match entry.get("request") {
-        Some(req) => {
-            req.get("method").and_then(Value::as_str) == Some("PUT") && req.get("url").is_none()
-                || req.get("method").is_none() && entry_needs_id_by_full_url(entry)
-        }
-        None => entry_needs_id_by_full_url(entry),
-    }
-}
-
-fn entry_needs_id_by_full_url(entry: &Value) -> bool {
-    match entry.get("fullUrl").and_then(Value::as_str) {
-        None => true,
-        Some(u) => !(u.starts_with("urn:uuid:") || u.starts_with("urn:oid:")),
-    }
 }
 
 /// Whether `query` (after `Type?`) is a search query as the reference validator reads one
@@ -351,6 +357,86 @@ impl<'v> Walker<'_, 'v> {
         }
     }
 
+    /// A searchset as the reference's BundleValidator checks it (checkSearchSet). It should say
+    /// what the search was (a `self` link), which gives the result types: the type the URL
+    /// ends with, or its `_type` list. Each entry has a resource. When the entries carry search
+    /// modes (all, or some: then each should), a `match` has an id and a result type, an
+    /// `include` an id, and an `outcome` is an OperationOutcome (errors). When none does, a
+    /// result of another type, or without an id (an OperationOutcome aside), is a warning, and
+    /// so is the lack of modes when the types are mixed or cannot be told.
+    fn search_set(&mut self, bundle: &Map<String, Value>, path: &str) {
+        let entries = bundle.get("entry").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+        let self_url = bundle
+            .get("link")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|l| l.get("relation").and_then(Value::as_str) == Some("self"))
+            .map(|l| l.get("url").and_then(Value::as_str).unwrap_or_default());
+        if self_url.is_none() {
+            self.warn(
+                IssueCode::Cardinality,
+                path,
+                "SearchSet Bundles should have a self link that specifies what the search was",
+            );
+        }
+        let types = self_url.map(|u| search_result_types(u, self.defs)).unwrap_or_default();
+        fn mode(e: &Value) -> Option<&str> {
+            e.pointer("/search/mode").and_then(Value::as_str)
+        }
+        let moded = entries.iter().any(|e| mode(e).is_some());
+        let (mut mixed, mut first_type) = (types.is_empty(), None);
+        for (i, entry) in entries.iter().enumerate() {
+            let at = format!("{path}.entry[{i}]");
+            if moded && mode(entry).is_none() {
+                self.warn(IssueCode::Cardinality, &at, "SearchSet bundles should have search modes on the entries");
+            }
+            let Some(resource) = entry.get("resource") else {
+                self.error(IssueCode::Cardinality, at, "A search result entry must have a resource");
+                continue;
+            };
+            let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+            let has_id = resource.get("id").is_some();
+            let of_type = types.is_empty() || types.contains(&rt);
+            let res_at = format!("{at}.resource");
+            const NO_ID: &str = "Search results must have ids";
+            const WRONG_TYPE: &str = "This is not a matching resource type for the specified search";
+            match mode(entry) {
+                _ if !moded => {
+                    if !of_type {
+                        mixed = true;
+                        self.warn(IssueCode::Cardinality, &at, &format!("{WRONG_TYPE} (is a search mode needed?)"));
+                    } else {
+                        if !has_id && rt != "OperationOutcome" {
+                            self.warn(IssueCode::Cardinality, &res_at, NO_ID);
+                        }
+                        if rt != "OperationOutcome" && *first_type.get_or_insert(rt) != rt {
+                            mixed = true;
+                        }
+                    }
+                }
+                None => {}
+                Some("match") => {
+                    if !has_id {
+                        self.error(IssueCode::Cardinality, res_at.clone(), NO_ID);
+                    }
+                    if !of_type {
+                        self.error(IssueCode::Cardinality, res_at, WRONG_TYPE);
+                    }
+                }
+                Some("include") if !has_id => self.error(IssueCode::Cardinality, res_at, NO_ID),
+                Some("include") => {}
+                Some(_) if rt != "OperationOutcome" => {
+                    self.error(IssueCode::Cardinality, res_at, "This is not an OperationOutcome (search mode outcome)")
+                }
+                Some(_) => {}
+            }
+        }
+        if !moded && mixed && !entries.is_empty() {
+            self.warn(IssueCode::Cardinality, path, "SearchSet bundles should have search modes on the entries");
+        }
+    }
+
     /// Each entry's `fullUrl`, as the reference validator's BundleValidator checks it: outside
     /// transactions and batches every entry has one; it is an absolute URI; and one shaped like a
     /// RESTful URL (`[http(s)://base/]Type/id`, see [`restful_type_id`]) ends with the type and id
@@ -366,13 +452,6 @@ impl<'v> Walker<'_, 'v> {
             let resource = entry.get("resource");
             let rtype = resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str);
             let id = resource.and_then(|r| r.get("id")).and_then(Value::as_str);
-            if resource.is_some_and(Value::is_object) && id.is_none() && entry_needs_id(entry) {
-                self.error(
-                    IssueCode::Cardinality,
-                    format!("{}.resource", at()),
-                    "This entry's resource requires an id, but none is present",
-                );
-            }
             match entry.get("fullUrl").and_then(Value::as_str) {
                 None if !optional && entry.get("fullUrl").is_none() => self.error(
                     IssueCode::BundleFullUrl,
@@ -412,7 +491,7 @@ impl<'v> Walker<'_, 'v> {
     /// them: in a searchset or history each of self, first, previous, next and last at most once;
     /// in every other Bundle the paging relations (first, previous, next, last) are not allowed
     /// and self at most once (BUNDLE_LINK_SEARCH_PROHIBITED, BUNDLE_LINK_SEARCH_NO_DUPLICATES). A
-    /// searchset's entries each carry a resource (BUNDLE_SEARCH_ENTRY_NO_RESOURCE).
+    /// searchset's entries are checked by [`Self::search_set`].
     fn bundle_links(&mut self, bundle: &Map<String, Value>, path: &str) {
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default();
         let search = matches!(kind, "searchset" | "history");
@@ -429,16 +508,7 @@ impl<'v> Walker<'_, 'v> {
                     | "batch-response"
             );
         if kind == "searchset" {
-            let entries = bundle.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate();
-            for (i, entry) in entries {
-                if entry.get("resource").is_none() {
-                    self.error(
-                        IssueCode::Cardinality,
-                        format!("{path}.entry[{i}]"),
-                        "A search result entry must have a resource",
-                    );
-                }
-            }
+            self.search_set(bundle, path);
         }
         let Some(links) = bundle.get("link").and_then(Value::as_array) else { return };
         if !known {
@@ -498,6 +568,12 @@ impl<'v> Walker<'_, 'v> {
             } else {
                 seen.push(id);
             }
+        }
+        // A snapshot repeats its differential's element ids, so it opens a scope of its own, as
+        // the Java reference's validateElement resets its id map at `StructureDefinition.snapshot`.
+        let own_scope = elem_path == "StructureDefinition.snapshot";
+        if own_scope {
+            self.element_ids.push(Vec::new());
         }
         let kids = td.children_of(elem_path);
         let named = td.named.get(elem_path);
@@ -620,6 +696,9 @@ impl<'v> Walker<'_, 'v> {
                 );
             }
         }
+        if own_scope {
+            self.element_ids.pop();
+        }
     }
 
     /// The child definition a JSON property names, and the type it takes.
@@ -719,6 +798,9 @@ impl<'v> Walker<'_, 'v> {
                     if dt.name == "Identifier" {
                         self.identifier(o, at.as_str());
                     }
+                    if dt.name == "Coding" {
+                        self.coding(o, at.as_str());
+                    }
                     if dt.name == "Attachment" {
                         self.attachment(o, at.as_str());
                     }
@@ -800,6 +882,15 @@ impl<'v> Walker<'_, 'v> {
                     IssueCode::TextContent,
                     at,
                     "This content includes control characters, which are illegal in the XML version of FHIR",
+                );
+            }
+            // A string is at most 1 MB, counted as Java counts it (UTF-16 units; a UTF-8 byte
+            // count is never smaller), TYPE_SPECIFIC_CHECKS_DT_STRING_LENGTH.
+            if ty == "string" && s.len() > STRING_MAX_UNITS && s.encode_utf16().count() > STRING_MAX_UNITS {
+                self.error(
+                    IssueCode::InvalidValue,
+                    at.to_string(),
+                    "value is longer than permitted maximum length of 1 MB (1048576 bytes)",
                 );
             }
             match ty {
@@ -1010,6 +1101,27 @@ impl<'v> Walker<'_, 'v> {
                 IssueCode::InvalidValue,
                 at.to_string(),
                 format!("Stated Attachment Size {size} does not match actual attachment size {actual}"),
+            );
+        }
+    }
+
+    /// Coding rules of the Java reference (checkTerminologyCoding): the system is absolute
+    /// (`http:`, `https:` or `urn:`, Terminology_TX_System_Relative), and a coded Coding names a
+    /// code system, not a value set (Terminology_TX_System_ValueSet2). Both are errors, reported
+    /// at the system.
+    fn coding(&mut self, o: &Map<String, Value>, at: &str) {
+        let Some(system) = o.get("system").and_then(Value::as_str) else { return };
+        if !["http:", "https:", "urn:"].iter().any(|p| system.starts_with(p)) {
+            self.error(
+                IssueCode::InvalidValue,
+                format!("{at}.system"),
+                "Coding.system must be an absolute reference, not a local reference",
+            );
+        } else if o.contains_key("code") && is_value_set_url(system, self.defs) {
+            self.error(
+                IssueCode::InvalidValue,
+                format!("{at}.system"),
+                "The Coding references a value set, not a code system",
             );
         }
     }
@@ -1339,6 +1451,7 @@ fn real_date(ymd: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::outcome::Severity;
     use serde_json::json;
 
     fn codes(v: Value) -> Vec<(IssueCode, String)> {
@@ -1551,9 +1664,11 @@ mod tests {
     }
 
     /// Ids as the reference validator requires them: element ids unique within their resource
-    /// (DUPLICATE_ID), contained resources with an id each, unique (RESOURCE_RES_ID_MISSING,
-    /// RESOURCE_DUPLICATE_CONTAINED_ID), Bundle entry resources with an id unless the entry is a
-    /// POST or response or its fullUrl a urn:uuid (idStatusForEntry).
+    /// (DUPLICATE_ID), a snapshot's ids a scope of their own, contained resources with an id each,
+    /// unique (RESOURCE_RES_ID_MISSING, RESOURCE_DUPLICATE_CONTAINED_ID); a Bundle entry's
+    /// resource needs no id (validateContains makes BUNDLE_ENTRY ids optional), but a search
+    /// result without one is a warning unless it is an OperationOutcome
+    /// (BUNDLE_SEARCH_ENTRY_NO_RESOURCE_ID).
     #[test]
     fn element_contained_and_entry_ids_follow_the_reference_validator() {
         let dup =
@@ -1563,6 +1678,24 @@ mod tests {
             "contained": [{ "resourceType": "Organization", "id": "o", "name": "x", "telecom": [{ "id": "n", "system": "phone", "value": "1" }] }],
             "managingOrganization": { "reference": "#o" } });
         assert_eq!(codes(scoped), vec![], "the resource id and a contained resource's element ids are other scopes");
+        let element = |id: &str| json!({ "id": id, "path": "Basic.code" });
+        let sd = |snapshot: &str| {
+            json!({ "resourceType": "StructureDefinition", "url": "http://x.org/sd", "name": "X",
+            "status": "draft", "kind": "resource", "abstract": false, "type": "Basic",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Basic", "derivation": "constraint",
+            "snapshot": { "element": [element(snapshot)] }, "differential": { "element": [element("Basic.code")] } })
+        };
+        let duplicates = |v: Value| {
+            validate(&v)
+                .into_iter()
+                .filter(|i| i.diagnostics.starts_with("Duplicate id"))
+                .map(|i| i.expression.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(duplicates(sd("Basic.code")), Vec::<String>::new(), "a snapshot repeats its differential's ids");
+        let mut twice_in_differential = sd("Basic");
+        twice_in_differential["differential"]["element"] = json!([element("Basic.code"), element("Basic.code")]);
+        assert_eq!(duplicates(twice_in_differential), vec!["StructureDefinition.differential.element[1]".to_string()]);
         let no_id =
             json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Organization", "name": "x" }] });
         assert!(codes(no_id).contains(&(IssueCode::Cardinality, "Patient.contained[0]".into())));
@@ -1570,20 +1703,91 @@ mod tests {
             { "resourceType": "Organization", "id": "o", "name": "x" }, { "resourceType": "Organization", "id": "o", "name": "y" }],
             "managingOrganization": { "reference": "#o" } });
         assert!(codes(twice).contains(&(IssueCode::Invariant, "Patient.contained[1]".into())));
-        let entry = |e: Value| {
-            let kind = if e.get("request").is_some() { "transaction" } else { "collection" };
-            codes(json!({ "resourceType": "Bundle", "type": kind, "entry": [e] }))
-                .contains(&(IssueCode::Cardinality, "Bundle.entry[0].resource".into()))
-        };
+        let entry = |kind: &str, e: Value| validate(&json!({ "resourceType": "Bundle", "type": kind, "entry": [e] }));
         let patient = json!({ "resourceType": "Patient" });
-        assert!(entry(json!({ "fullUrl": "http://x.org/fhir/Patient/1", "resource": patient })));
-        assert!(!entry(json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient })));
-        assert!(!entry(
-            json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient, "request": { "method": "POST", "url": "Patient" } })
-        ));
-        assert!(entry(
-            json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient, "request": { "method": "PUT" } })
-        ));
+        for (kind, e) in [
+            ("collection", json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": patient })),
+            ("collection", json!({ "fullUrl": "http://x.org/nothing", "resource": patient })),
+            ("transaction", json!({ "resource": patient, "request": { "method": "PUT", "url": "Patient/1" } })),
+            ("transaction", json!({ "resource": patient, "request": { "method": "POST", "url": "Patient" } })),
+        ] {
+            assert_eq!(entry(kind, e.clone()), vec![], "{e}");
+        }
+        assert_eq!(entry("searchset", json!({ "fullUrl": "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01", "resource": { "resourceType": "Basic", "code": { "text": "x" } } })).len(), 3,
+            "a searchset without a self link, of unknown types, with a result without an id: three warnings");
+    }
+
+    /// Searchsets as the reference's BundleValidator checks them (checkSearchSet): with search
+    /// modes, a match has an id and the searched type, an include an id, an outcome is an
+    /// OperationOutcome (errors); without modes, the same faults are warnings; the self link
+    /// says what was searched for (BUNDLE_SEARCH_NOSELF).
+    #[test]
+    fn search_sets_follow_the_reference_bundle_validator() {
+        let basic = |id: Option<&str>| {
+            let mut b = json!({ "resourceType": "Basic", "code": { "text": "x" } });
+            if let Some(id) = id {
+                b["id"] = json!(id);
+            }
+            b
+        };
+        let outcome =
+            json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "code": "code-invalid" }] });
+        let search = |self_url: Option<&str>, entries: Vec<(Value, Option<&str>)>| {
+            let entries: Vec<Value> = entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, (resource, mode))| {
+                    let mut e = json!({ "fullUrl": format!("urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a0{i}"), "resource": resource });
+                    if let Some(m) = mode {
+                        e["search"] = json!({ "mode": m });
+                    }
+                    e
+                })
+                .collect();
+            let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "entry": entries });
+            if let Some(url) = self_url {
+                bundle["link"] = json!([{ "relation": "self", "url": url }]);
+            }
+            validate(&bundle).into_iter().map(|i| (i.severity, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        let at = |i: usize| format!("Bundle.entry[{i}].resource");
+        let (error, warning) = (Severity::Error, Severity::Warning);
+        let by_type = Some("http://x.org/fhir/Basic?code=x");
+        let by_type_list = Some("http://x.org/fhir?code=x&_type=Basic,Patient");
+        // With modes.
+        let good = vec![
+            (basic(Some("1")), Some("match")),
+            (basic(Some("2")), Some("include")),
+            (outcome.clone(), Some("outcome")),
+        ];
+        assert_eq!(search(by_type, good.clone()), vec![]);
+        assert_eq!(search(by_type_list, good), vec![]);
+        assert_eq!(search(by_type, vec![(basic(None), Some("match"))]), vec![(error, at(0))]);
+        assert_eq!(search(by_type, vec![(basic(None), Some("include"))]), vec![(error, at(0))]);
+        let patient = json!({ "resourceType": "Patient", "id": "p" });
+        assert_eq!(
+            search(by_type, vec![(patient.clone(), Some("match"))]),
+            vec![(error, at(0))],
+            "not the searched type"
+        );
+        assert_eq!(search(by_type, vec![(basic(Some("1")), Some("outcome"))]), vec![(error, at(0))]);
+        assert_eq!(
+            search(by_type, vec![(basic(Some("1")), Some("match")), (basic(Some("2")), None)]),
+            vec![(warning, "Bundle.entry[1]".to_string())],
+            "once some entries have modes, each should"
+        );
+        // Without modes: warnings.
+        assert_eq!(search(by_type, vec![(basic(Some("1")), None), (basic(Some("2")), None)]), vec![]);
+        assert_eq!(search(by_type, vec![(basic(None), None)]), vec![(warning, at(0))]);
+        assert_eq!(
+            search(by_type, vec![(basic(Some("1")), None), (patient, None)]),
+            vec![(warning, "Bundle.entry[1]".to_string()), (warning, "Bundle".to_string())],
+            "a result of another type, and then the lack of modes"
+        );
+        assert_eq!(
+            search(None, vec![(outcome, None)]),
+            vec![(warning, "Bundle".to_string()), (warning, "Bundle".to_string())]
+        );
     }
 
     /// A reference's own form (REFERENCE_REF_INVALID_REF, REFERENCE_REF_QUERY_INVALID).
@@ -1735,7 +1939,6 @@ mod tests {
 
     #[test]
     fn blank_and_text_content_follow_the_reference_check_primitive() {
-        use super::super::outcome::Severity;
         let found = |v: Value| -> Vec<(Severity, IssueCode, String)> {
             validate(&v).into_iter().map(|i| (i.severity, i.code, i.expression.unwrap_or_default())).collect()
         };
@@ -1768,6 +1971,16 @@ mod tests {
         // Control characters: a warning (UNICODE_XML_BAD_CHARS).
         let ctl = found(json!({ "resourceType": "Patient", "name": [{ "family": "Sm\u{1}ith" }] }));
         assert_eq!(ctl, vec![(Severity::Warning, IssueCode::TextContent, "Patient.name[0].family".into())]);
+        // Strings, element ids included, are at most 1 MB of UTF-16 units (DT_STRING_LENGTH).
+        let long = |text: String| {
+            found(json!({ "resourceType": "Location", "position": { "id": text, "longitude": 0, "latitude": 0 } }))
+        };
+        assert_eq!(
+            long("a".repeat(1 << 20 | 1)),
+            vec![(Severity::Error, IssueCode::InvalidValue, "Location.position.id".into())]
+        );
+        assert_eq!(long("a".repeat(1 << 20)), vec![]);
+        assert_eq!(long("é".repeat(600_000)), vec![], "1.2 MB of UTF-8 is 600,000 UTF-16 units");
         // base64 with whitespace: a warning in R4 (BASE64_NO_WS_WARNING), not an error.
         let b64 = found(
             json!({ "resourceType": "Patient", "photo": [{ "contentType": "text/plain", "data": " aGVs bG8= " }] }),
@@ -1786,9 +1999,52 @@ mod tests {
         assert_eq!(twin_items, vec![]);
     }
 
+    /// Codings wherever they occur (a CodeableConcept, a choice element, a bare Coding such as
+    /// Meta.tag) name their code system absolutely (Terminology_TX_System_Relative) and do not
+    /// name a value set (Terminology_TX_System_ValueSet2).
+    #[test]
+    fn codings_name_absolute_code_systems_not_value_sets() {
+        let found = |coding: Value| {
+            let errors = |v: Value| -> Vec<String> {
+                validate(&v)
+                    .into_iter()
+                    .filter(|i| i.severity == Severity::Error)
+                    .map(|i| i.expression.unwrap_or_default())
+                    .collect()
+            };
+            let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "coding": [coding.clone()] },
+                "valueCodeableConcept": { "coding": [coding.clone()] } });
+            let tagged = json!({ "resourceType": "Basic", "meta": { "tag": [coding] }, "code": { "text": "x" } });
+            [errors(observation), errors(tagged)].concat()
+        };
+        for system in ["http://snomed.info/sct", "https://fhir.nhs.uk/CodeSystem/x", "urn:iso:std:iso:3166"] {
+            assert_eq!(found(json!({ "system": system, "code": "a" })), Vec::<String>::new(), "{system}");
+        }
+        let all = vec![
+            "Observation.code.coding[0].system".to_string(),
+            "Observation.value.ofType(CodeableConcept).coding[0].system".to_string(),
+            "Basic.meta.tag[0].system".to_string(),
+        ];
+        for system in [
+            "Location1",
+            "snomed",
+            "ldap:o=nhs",
+            "http://hl7.org/fhir/ValueSet/measure-type",
+            "http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1",
+        ] {
+            assert_eq!(found(json!({ "system": system, "code": "a" })), all, "{system}");
+        }
+        // Without a code there is nothing to look up, so a value set URL is not refused (Java
+        // checks it only for a coded Coding); a relative one still is.
+        assert_eq!(
+            found(json!({ "system": "http://hl7.org/fhir/ValueSet/measure-type", "display": "x" })),
+            Vec::<String>::new()
+        );
+        assert_eq!(found(json!({ "system": "local", "display": "x" })), all);
+    }
+
     #[test]
     fn identifiers_references_and_years_follow_the_reference_type_checks() {
-        use super::super::outcome::Severity;
         let found = |v: Value| -> Vec<(Severity, String)> {
             validate(&v).into_iter().map(|i| (i.severity, i.expression.unwrap_or_default())).collect()
         };
