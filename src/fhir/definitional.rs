@@ -7,6 +7,7 @@
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
+use super::definitions::Definitions;
 use super::items;
 use super::outcome::{Issue, IssueCode};
 
@@ -317,10 +318,18 @@ pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profile
 /// elsewhere, as the HL7 reference says); in a document or message Bundle, a relative reference (`Type/id`,
 /// `Type/id/_history/v`) resolves to one entry: several entries with that type and id make it
 /// ambiguous, and a versioned one must match an entry's `meta.versionId`.
+///
+/// A relative reference is resolved against its entry's fullUrl, as the reference's
+/// getFromBundle does: so it has the form `Type/id` or `Type/id/_history/v` (REFERENCE_REF_FORMAT2;
+/// in a transaction or batch a conditional `Type?search` too, REFERENCE_REF_FORMAT1), and its
+/// entry has a fullUrl (BUNDLE_BUNDLE_FULLURL_MISSING). Signpost leaves the fullUrl rule out
+/// of transactions and batches, where a POSTed entry needs no fullUrl and its relative
+/// references name resources already stored; responses are exempt in Java too.
 pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
     let kind = bundle.get("type").and_then(Value::as_str);
     let document = matches!(kind, Some("document" | "message"));
     let processed = matches!(kind, Some("transaction" | "batch"));
+    let no_base_needed = matches!(kind, Some("transaction" | "batch" | "transaction-response" | "batch-response"));
     let entries: Vec<(usize, &Value, Option<&str>)> = items(bundle, "entry")
         .enumerate()
         .filter_map(|(i, e)| Some((i, e.get("resource")?, e.get("fullUrl").and_then(Value::as_str))))
@@ -359,10 +368,29 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
             _ => {}
         }
     }
-    for &(i, resource, _) in &entries {
+    for &(i, resource, full_url) in &entries {
         let mut refs = Vec::new();
         references(resource, &mut format!("{path}.entry[{i}].resource"), &mut refs);
         for (at, reference) in refs {
+            if !reference.starts_with('#') && !super::validator::is_absolute_uri(reference) {
+                let slashes = reference.matches('/').count();
+                let search = || {
+                    reference.split_once('?').is_some_and(|(ty, query)| {
+                        Definitions::shared().is_resource(ty) && super::validator::is_search_query(query)
+                    })
+                };
+                let fault = if full_url.is_none() && !no_base_needed {
+                    "Relative Reference appears inside Bundle whose entry is missing a fullUrl"
+                } else if slashes == 1 || slashes == 3 || (processed && search()) {
+                    ""
+                } else {
+                    "Relative URLs must be of the form [ResourceName]/[id] (or a search, [type]?parameters, in a transaction or batch)"
+                };
+                if !fault.is_empty() {
+                    issues.push(Issue::error(IssueCode::BundleReference, fault).at(at));
+                    continue;
+                }
+            }
             if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
                 if !full_urls.contains(reference) {
                     let diag = "the reference names no entry of the Bundle (no entry has it as fullUrl)";
@@ -710,11 +738,51 @@ mod tests {
         assert_eq!(at, vec!["Bundle.entry[1].resource.requester"]);
     }
 
+    /// Relative references inside a Bundle as the reference's getFromBundle resolves them:
+    /// `Type/id` or `Type/id/_history/v` (REFERENCE_REF_FORMAT2; a conditional `Type?search`
+    /// only in a transaction or batch, FORMAT1), from an entry with a fullUrl
+    /// (BUNDLE_BUNDLE_FULLURL_MISSING) except in transactions, batches and their responses.
+    #[test]
+    fn relative_references_in_bundles_are_type_and_id_from_an_entry_with_a_full_url() {
+        let faults = |kind: &str, full_url: Option<&str>, reference: &str| {
+            let mut entry =
+                json!({ "resource": { "resourceType": "Observation", "subject": { "reference": reference } } });
+            if let Some(u) = full_url {
+                entry["fullUrl"] = json!(u);
+            }
+            let mut issues = Vec::new();
+            bundle_references(
+                &json!({ "resourceType": "Bundle", "type": kind, "entry": [entry] }),
+                "Bundle",
+                &mut issues,
+            );
+            issues.into_iter().map(|i| i.expression.unwrap_or_default()).collect::<Vec<_>>()
+        };
+        let flagged = vec!["Bundle.entry[0].resource.subject".to_string()];
+        let base = Some("http://x.org/fhir/Observation/1");
+        for kind in ["collection", "searchset", "transaction", "batch-response"] {
+            for ok in ["Patient/1", "Patient/1/_history/2", "http://x.org/fhir/Patient/1", "#p"] {
+                assert_eq!(faults(kind, base, ok), Vec::<String>::new(), "{kind} {ok}");
+            }
+            for bad in ["denom-EXM104", "fhir/Patient/1", "a/b/c/d/e"] {
+                assert_eq!(faults(kind, base, bad), flagged, "{kind} {bad}");
+            }
+        }
+        let search = "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009";
+        assert_eq!(faults("transaction", None, search), Vec::<String>::new());
+        assert_eq!(faults("collection", base, search), flagged);
+        assert_eq!(faults("collection", None, "Patient/1"), flagged, "no fullUrl to resolve against");
+        assert_eq!(faults("collection", None, "http://x.org/fhir/Patient/1"), Vec::<String>::new());
+        for kind in ["transaction", "batch", "transaction-response"] {
+            assert_eq!(faults(kind, None, "Patient/1"), Vec::<String>::new(), "{kind}");
+        }
+    }
+
     #[test]
     fn document_references_must_resolve_to_one_entry_and_version() {
         let obs =
             |v: &str| json!({ "resource": { "resourceType": "Observation", "id": "o", "meta": { "versionId": v } } });
-        let comp = json!({ "resource": { "resourceType": "Composition", "section": [{ "entry": [
+        let comp = json!({ "fullUrl": "http://x.org/fhir/Composition/c", "resource": { "resourceType": "Composition", "section": [{ "entry": [
             { "reference": "Observation/o/_history/3" }, { "reference": "Observation/o" }, { "reference": "Observation/o/_history/2" }
         ] }] } });
         let bundle = json!({ "resourceType": "Bundle", "type": "document", "entry": [comp, obs("1"), obs("2")] });

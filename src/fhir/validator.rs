@@ -27,7 +27,7 @@ use super::{fhirpath, narrative};
 /// Whether `s` is an absolute URL as the reference validator decides it (`isAbsoluteUrl`): a
 /// scheme that is `http`, `https` or `urn`, or a lowercase token (a letter, then letters, digits,
 /// `_`, `[`, `]`), then a colon and something without a space.
-fn is_absolute_uri(s: &str) -> bool {
+pub(super) fn is_absolute_uri(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once(':') else { return false };
     let mut chars = scheme.chars();
     let token = chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -157,7 +157,7 @@ fn ends_with_type_and_id(url: &str, ty: &str, id: &str) -> bool {
 /// Whether `query` (after `Type?`) is a search query as the reference validator reads one
 /// (BaseValidator.isSearchUrl): one or more `name=value` pairs separated by `&` or `;`, each name
 /// `[_a-zA-Z][_a-zA-Z0-9.:-]*`, each value present and without `=` or `&`.
-fn is_search_query(query: &str) -> bool {
+pub(super) fn is_search_query(query: &str) -> bool {
     let pairs: Vec<&str> = query.split(['&', ';']).filter(|p| !p.is_empty()).collect();
     !pairs.is_empty()
         && pairs.iter().all(|pair| {
