@@ -124,8 +124,11 @@ impl<'de> Visitor<'de> for Seed<'_> {
 }
 
 /// Parse `bytes` as one JSON value within `limits`. The error is an issue ready for an
-/// OperationOutcome; it names the position, never the content.
+/// OperationOutcome; it names the position, never the content. A UTF-8 byte order mark at the
+/// start is ignored, as RFC 8259 §8.1 allows and the HL7 Java validator does (Windows tools
+/// write one).
 pub fn parse(bytes: &[u8], limits: Limits) -> Result<Value, Issue> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let breach = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let seed = Seed { depth: 0, limits, breach: &breach };
@@ -188,6 +191,15 @@ mod tests {
     #[test]
     fn accepts_ordinary_json() {
         assert!(parse(br#"{"a":[1,{"b":"c"}],"d":null}"#, Limits::default()).is_ok());
+    }
+
+    /// A byte order mark may lead the body (RFC 8259 §8.1); anywhere else it is not JSON.
+    #[test]
+    fn accepts_one_leading_byte_order_mark_only() {
+        let bom = "\u{feff}";
+        assert_eq!(parse(format!("{bom}{{\"a\":1}}").as_bytes(), Limits::default()).unwrap()["a"], 1);
+        assert_eq!(code(format!("{bom}{bom}{{\"a\":1}}").as_bytes()), Some(IssueCode::JsonMalformed));
+        assert_eq!(code(format!("{{\"a\":{bom}1}}").as_bytes()), Some(IssueCode::JsonMalformed));
     }
 
     #[test]

@@ -198,6 +198,7 @@ pub fn check(div: &str) -> Result<(), Fault> {
     let mut closed_root = false;
     while let Some(open) = rest.find('<') {
         has_text |= text_content(&rest[..open]);
+        entities(&rest[..open])?;
         let after = &rest[open + 1..];
         if let Some(comment) = after.strip_prefix("!--") {
             rest = comment.find("-->").map(|e| &comment[e + 3..]).unwrap_or("");
@@ -242,6 +243,7 @@ pub fn check(div: &str) -> Result<(), Fault> {
             closed_root = true;
         }
         let attrs = &tag[name.len()..];
+        entities(attrs)?;
         for attr in attribute_names(attrs) {
             if attr.len() > 2 && attr[..2].eq_ignore_ascii_case("on") {
                 return Err(Fault::Markup(
@@ -280,6 +282,7 @@ pub fn check(div: &str) -> Result<(), Fault> {
     if text_content(rest) {
         return Err(Fault::Malformed("there is text after the root <div>".into()));
     }
+    entities(rest)?;
     if has_text || has_image { Ok(()) } else { Err(Fault::NoContent) }
 }
 
@@ -336,6 +339,29 @@ fn attributes(attrs: &str) -> Vec<(&str, &str)> {
     out
 }
 
+/// The references in text or attribute values (`&...;`), as the reference's XHTML parser reads
+/// them in XML mode (parseLiteral): a character reference (`&#160;`, `&#xA0;`) or one of XML's
+/// five entities; HTML's (`&nbsp;`, `&reg;`) are not XML, nor is a bare `&`
+/// (XHTML_XHTML_Entity_Illegal). The fault never repeats the text.
+fn entities(s: &str) -> Result<(), Fault> {
+    for (i, _) in s.match_indices('&') {
+        let after = &s[i + 1..];
+        let name = after.split([';', '&', '\'', '"', '>', '<']).next().unwrap_or("");
+        let numeric = name.strip_prefix('#').is_some_and(|n| {
+            n.strip_prefix('x').map_or(!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()), |h| {
+                !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+        });
+        if !after[name.len()..].starts_with(';') || !(numeric || matches!(name, "quot" | "amp" | "apos" | "lt" | "gt"))
+        {
+            return Err(Fault::Malformed(
+                "an entity XML does not define, or a bare &: use &amp;, &lt;, &gt;, &quot;, &apos; or a numeric character reference".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn text_content(s: &str) -> bool {
     s.split('&').enumerate().any(|(i, part)| {
         // An entity (`&nbsp;`) counts as content.
@@ -389,6 +415,23 @@ mod tests {
     use super::*;
 
     const NS: &str = "xmlns=\"http://www.w3.org/1999/xhtml\"";
+
+    /// XML's entities and character references only, in text and attribute values, as the
+    /// reference parses narratives (XHTML_XHTML_Entity_Illegal); HTML's named ones are not XML.
+    #[test]
+    fn only_xml_entities_and_character_references() {
+        let text = |t: &str| check(&format!("<div {NS}><p>{t}</p></div>"));
+        for ok in ["a &amp; b", "&lt;&gt;&quot;&apos;", "&#160;&#xA0;&#xa0;", "no entity"] {
+            assert_eq!(text(ok), Ok(()), "{ok}");
+        }
+        for bad in ["&reg;", "&nbsp;", "Smith & Jones", "&amp", "&#;", "&#xZ1;", "&;"] {
+            assert!(matches!(text(bad), Err(Fault::Malformed(m)) if !m.contains("Jones")), "{bad}");
+        }
+        let link = |href: &str| check(&format!("<div {NS}><a href=\"{href}\">x</a></div>"));
+        assert_eq!(link("http://example.org/a?b=c&amp;d=e"), Ok(()));
+        assert!(matches!(link("http://example.org/a?b=c&d=e"), Err(Fault::Malformed(_))));
+        assert!(matches!(check(&format!("<div {NS}>x</div>&copy;")), Err(Fault::Malformed(_))));
+    }
 
     #[test]
     fn basic_formatting_passes() {

@@ -678,7 +678,8 @@ impl<'v> Walker<'_, 'v> {
         }
         for (k, &i) in kids.iter().enumerate() {
             let el = &td.elements[i];
-            let display = || if el.choice { format!("{}[x]", el.path) } else { el.path.clone() };
+            // A choice element's path already ends with `[x]` (`MedicationRequest.medication[x]`).
+            let display = || el.path.as_str();
             if (counts[k] as u32) < el.min {
                 self.error(
                     IssueCode::Cardinality,
@@ -2041,6 +2042,18 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(found(json!({ "system": "local", "display": "x" })), all);
+    }
+
+    /// Cardinality messages name the element as its definition does, a choice element with one
+    /// `[x]` (Java: "MedicationRequest.medication[x]: minimum required = 1, but only found 0").
+    #[test]
+    fn cardinality_names_the_element_as_its_definition_does() {
+        let diags = |v: Value| validate(&v).into_iter().map(|i| i.diagnostics).collect::<Vec<_>>();
+        let request = json!({ "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "subject": { "reference": "Patient/1" } });
+        assert_eq!(diags(request), vec!["MedicationRequest.medication[x]: minimum required = 1, but only found 0"]);
+        let patient = json!({ "resourceType": "Patient", "link": [{ "type": "seealso" }] });
+        assert_eq!(diags(patient), vec!["Patient.link.other: minimum required = 1, but only found 0"]);
     }
 
     #[test]
