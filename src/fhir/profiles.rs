@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::definitions::{Constraint, Definitions};
 use super::fhirpath;
 use super::items;
-use super::outcome::{Issue, IssueCode};
+use super::outcome::{Issue, IssueCode, Severity};
 use super::validator::{coding_key, matches_pattern};
 
 /// The R4 core profiles and extension definitions (differentials), from `regenerate.py`.
@@ -301,6 +301,22 @@ fn choice_type_in(path: &str) -> &str {
     last.trim_start_matches(|c: char| c.is_ascii_lowercase())
 }
 
+/// The values at a dotted path below `item`, through repeating elements.
+fn values_at<'v>(item: &'v Value, path: &str) -> Vec<&'v Value> {
+    let mut values = vec![item];
+    for k in path.split('.') {
+        values = values
+            .into_iter()
+            .filter_map(|v| v.get(k))
+            .flat_map(|v| match v {
+                Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                v => vec![v],
+            })
+            .collect();
+    }
+    values
+}
+
 /// The core vital signs profile an Observation's code implies, if any (see [`VITAL_SIGNS`]).
 fn implied_vital_signs_profile(observation: &Value) -> Option<&'static str> {
     let codings: Vec<(&str, &str)> = items(observation.get("code").unwrap_or(&Value::Null), "coding")
@@ -342,8 +358,13 @@ enum Discriminator {
     /// `type` on `$this`: the item's type (a choice element's type suffix, or a resource's
     /// `resourceType`) is the slice's type.
     Type,
-    /// `type` on other paths, `profile` and `exists` discriminators, which Signpost does not
-    /// evaluate: slices of such a slicing are not checked (rather than guessed).
+    /// `type` on another path (`resource`): the resource there is of the slice's type.
+    TypeAt(String),
+    /// `profile` on a path: the resource there is of the slice's type and conforms to one of
+    /// its profiles (when Signpost holds one; else the type decides).
+    Profile(String),
+    /// `exists` and `position` discriminators, which Signpost does not evaluate: slices of
+    /// such a slicing are not checked (rather than guessed).
     Unsupported,
 }
 
@@ -357,6 +378,8 @@ struct Element {
     pattern: Option<Value>,
     binding: Option<(bool, String)>,
     types: Vec<(String, Vec<String>)>,
+    /// The profiles of its types (`type.profile`), which a `profile` discriminator applies.
+    type_profiles: Vec<String>,
     constraints: Vec<Constraint>,
     slicing: Option<(Vec<Discriminator>, bool)>,
 }
@@ -445,6 +468,8 @@ fn compile_element(raw: &Value) -> Option<Element> {
                     "value" => Some(Discriminator::Value(path)),
                     "pattern" => Some(Discriminator::Pattern(path)),
                     "type" if path == "$this" => Some(Discriminator::Type),
+                    "type" => Some(Discriminator::TypeAt(path)),
+                    "profile" => Some(Discriminator::Profile(path)),
                     _ => Some(Discriminator::Unsupported),
                 }
             })
@@ -472,6 +497,10 @@ fn compile_element(raw: &Value) -> Option<Element> {
                 let targets = items(t, "targetProfile").filter_map(|p| p.as_str().map(str::to_string)).collect();
                 Some((code, targets))
             })
+            .collect(),
+        type_profiles: items(raw, "type")
+            .flat_map(|t| items(t, "profile"))
+            .filter_map(|p| p.as_str().map(str::to_string))
             .collect(),
         constraints,
         slicing,
@@ -938,23 +967,23 @@ impl<'v> ProfileCheck<'_, 'v> {
                 };
                 return want.0.eq_ignore_ascii_case(have);
             }
+            if let Discriminator::TypeAt(path) | Discriminator::Profile(path) = d {
+                let Some(el) = p.by_id.get(&format!("{slice_id}.{path}")).map(|&i| &p.elements[i]) else {
+                    return false;
+                };
+                return values_at(item, path).into_iter().any(|v| {
+                    let ty = v.get("resourceType").and_then(Value::as_str);
+                    let of_type = el.types.is_empty()
+                        || el.types.iter().any(|(code, _)| code == "Resource" || Some(code.as_str()) == ty);
+                    of_type && (matches!(d, Discriminator::TypeAt(_)) || self.conforms_to_any(v, &el.type_profiles))
+                });
+            }
             let (Discriminator::Value(path) | Discriminator::Pattern(path)) = d else { return false };
             // The values at the discriminator path (through repeating elements).
             let (el_id, values) = if path == "$this" {
                 (std::borrow::Cow::Borrowed(slice_id), vec![item])
             } else {
-                let mut values = vec![item];
-                for k in path.split('.') {
-                    values = values
-                        .into_iter()
-                        .filter_map(|v| v.get(k))
-                        .flat_map(|v| match v {
-                            Value::Array(a) => a.iter().collect::<Vec<_>>(),
-                            v => vec![v],
-                        })
-                        .collect();
-                }
-                (std::borrow::Cow::Owned(format!("{slice_id}.{path}")), values)
+                (std::borrow::Cow::Owned(format!("{slice_id}.{path}")), values_at(item, path))
             };
             let Some(el) = p.by_id.get(&*el_id).map(|&i| &p.elements[i]) else { return false };
             values.iter().any(|value| match (&el.fixed, &el.pattern) {
@@ -963,6 +992,29 @@ impl<'v> ProfileCheck<'_, 'v> {
                 _ => false,
             })
         })
+    }
+
+    /// Whether `resource` conforms to one of `urls` (no errors against it and the profiles it
+    /// derives from), for a `profile` discriminator. A profile Signpost does not hold cannot be
+    /// checked, so it does not decide; nor does one nested too deep (a profile whose slices
+    /// refer back to it).
+    fn conforms_to_any(&self, resource: &Value, urls: &[String]) -> bool {
+        thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+        let held: Vec<&Profile> = urls.iter().filter_map(|u| self.terms.get(u)).collect();
+        if held.is_empty() || DEPTH.get() > 4 {
+            return true;
+        }
+        DEPTH.set(DEPTH.get() + 1);
+        let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let fits = held.into_iter().any(|p| {
+            let mut issues = Vec::new();
+            for q in self.terms.lineage(p) {
+                ProfileCheck { profile: q, terms: self.terms, resource, issues: &mut issues }.run(ty);
+            }
+            !issues.iter().any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+        });
+        DEPTH.set(DEPTH.get() - 1);
+        fits
     }
 
     /// Fixed, pattern, binding, type and constraint checks on each node of an element.
@@ -1274,6 +1326,51 @@ mod tests {
                 (IssueCode::NotInSlice, "Observation.value.ofType(string)".to_string()),
                 (IssueCode::Cardinality, "Observation".to_string()),
             ]
+        );
+    }
+
+    /// Bundle entries sliced by the type of their resource (`type` on `resource`) and by the
+    /// profile it conforms to (`profile` on `resource`), as IPS-style document profiles slice
+    /// them: a required slice with no entry is a cardinality error, and a closed slicing
+    /// refuses an entry no slice takes.
+    #[test]
+    fn entries_sliced_by_the_type_and_profile_of_their_resource() {
+        let patient_with_gender = json!({ "resourceType": "StructureDefinition", "url": "http://example.org/sd/patient-gender",
+            "type": "Patient", "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+            "differential": { "element": [{ "id": "Patient.gender", "path": "Patient.gender", "min": 1 }] } });
+        let bundle_profile = |discriminator: &str| {
+            json!({ "resourceType": "StructureDefinition", "url": format!("http://example.org/sd/bundle-{discriminator}"), "type": "Bundle",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Bundle",
+            "differential": { "element": [
+                { "id": "Bundle.entry", "path": "Bundle.entry", "slicing": { "discriminator": [{ "type": discriminator, "path": "resource" }], "rules": "closed" } },
+                { "id": "Bundle.entry:patient", "path": "Bundle.entry", "sliceName": "patient", "min": 1, "max": "1" },
+                { "id": "Bundle.entry:patient.resource", "path": "Bundle.entry.resource", "type": [{ "code": "Patient", "profile": ["http://example.org/sd/patient-gender"] }] }
+            ] } })
+        };
+        let profiles =
+            Profiles::load(vec![patient_with_gender, bundle_profile("type"), bundle_profile("profile")]).unwrap();
+        let found = |discriminator: &str, resources: Vec<Value>| {
+            let p = profiles.get(&format!("http://example.org/sd/bundle-{discriminator}")).unwrap();
+            let entries: Vec<Value> = resources.into_iter().map(|r| json!({ "resource": r })).collect();
+            let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
+            let mut issues = Vec::new();
+            ProfileCheck { profile: p, terms: &profiles, resource: &bundle, issues: &mut issues }.run("Bundle");
+            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        let with_gender = json!({ "resourceType": "Patient", "gender": "female" });
+        let without = json!({ "resourceType": "Patient" });
+        let org = json!({ "resourceType": "Organization", "name": "x" });
+        assert_eq!(found("type", vec![without.clone()]), vec![], "the type alone decides");
+        assert_eq!(found("profile", vec![with_gender.clone()]), vec![]);
+        let missing = vec![
+            (IssueCode::NotInSlice, "Bundle.entry[0]".to_string()),
+            (IssueCode::Cardinality, "Bundle".to_string()),
+        ];
+        assert_eq!(found("profile", vec![without]), missing, "a Patient that breaks the slice's profile");
+        assert_eq!(found("type", vec![org.clone()]), missing);
+        assert_eq!(
+            found("profile", vec![with_gender, org]),
+            vec![(IssueCode::NotInSlice, "Bundle.entry[1]".to_string())]
         );
     }
 
