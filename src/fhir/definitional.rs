@@ -278,6 +278,13 @@ pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profile
                 }
             }
         }
+        if let Some(el_path) = el.get("path").and_then(Value::as_str)
+            && let Some(fault) = element_path_fault(defs, el_path)
+        {
+            issues.push(
+                Issue::error(IssueCode::Invariant, format!("differential element {i}: {fault}")).at(path.to_string()),
+            );
+        }
         let Some(discs) = el.pointer("/slicing/discriminator").and_then(Value::as_array) else { continue };
         // The children of the sliced element: Extension's for extensions, a backbone
         // element's own (in the resource definition), else its datatype's.
@@ -311,6 +318,65 @@ pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profile
             );
         }
     }
+}
+
+/// What is wrong with a differential element's path, as the reference's snapshot generator
+/// finds it: each step names an element of the type reached so far (a backbone element's own
+/// children, a datatype's, or those of the element a `contentReference` names), and a choice
+/// element may be named for one of its types (`Observation.valueQuantity`), not for anything
+/// else (`Observation.valueBla`). `None` when the path is sound, or its root is not an R4 type
+/// (a logical model), which Signpost cannot follow.
+fn element_path_fault(defs: &Definitions, path: &str) -> Option<String> {
+    let mut steps = path.split('.');
+    let root = steps.next()?;
+    let mut td = defs.type_def(root)?;
+    let mut at = root.to_string();
+    for step in steps {
+        // At most a datatype and a content reference to step through before the child.
+        let mut hops = 0;
+        loop {
+            let named = format!("{at}.{step}");
+            if td.element(&named).is_some() {
+                at = named;
+                break;
+            }
+            let children = td.children_of(&at).iter().map(|&i| &td.elements[i]);
+            if let Some(choice) =
+                children.clone().find(|e| e.choice && step.len() > e.name.len() && step.starts_with(&e.name))
+            {
+                let suffix = &step[choice.name.len()..];
+                let Some(ty) = choice.types.iter().find(|t| t.code.eq_ignore_ascii_case(suffix)) else {
+                    return Some(format!(
+                        "the path must be '{}' not '{path}' when the type list is not constrained",
+                        choice.path
+                    ));
+                };
+                td = defs.type_def(&ty.code)?;
+                at = td.name.clone();
+                break;
+            }
+            let here = td.element(&at)?;
+            hops += 1;
+            if hops > 2 {
+                return Some(format!("'{path}' names no element ({step} is not an element of {at})"));
+            }
+            if let Some(target) = &here.content_reference {
+                at = target.trim_start_matches('#').to_string();
+                if td.element(&at).is_none() {
+                    td = defs.type_def(at.split('.').next().unwrap_or_default())?;
+                }
+            } else if let [only] = here.types.as_slice()
+                && !here.has_children
+                && let Some(datatype) = defs.type_def(&only.code)
+            {
+                td = datatype;
+                at = td.name.clone();
+            } else {
+                return Some(format!("'{path}' names no element ({step} is not an element of {at})"));
+            }
+        }
+    }
+    None
 }
 
 /// References inside a Bundle: a `urn:uuid:` or `urn:oid:` reference names the `fullUrl` of an
@@ -722,6 +788,33 @@ mod tests {
         structure_definition(&sd, "StructureDefinition", None, &mut issues);
         let at: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap_or_default()).collect();
         assert_eq!(at, vec!["StructureDefinition.differential.element[1].slicing.discriminator[0]"]);
+    }
+
+    /// Differential paths as the reference's snapshot generator follows them: through
+    /// backbone elements, datatypes and content references, a choice named for one of its types.
+    #[test]
+    fn differential_paths_name_elements_of_the_base_type() {
+        let defs = Definitions::shared();
+        for sound in [
+            "Observation",
+            "Observation.code.coding.system",
+            "Observation.value[x]",
+            "Observation.valueQuantity.value",
+            "Observation.component.code.text",
+            "Questionnaire.item.item.linkId",
+            "Questionnaire.item.item.item.answerOption.value[x]",
+            "Patient.birthDate.extension",
+            "Extension.extension.value[x]",
+            "Bundle.entry.resource",
+            "MyLogicalModel.anything",
+        ] {
+            assert_eq!(element_path_fault(defs, sound), None, "{sound}");
+        }
+        for wrong in
+            ["Observation.valueBla", "Observation.codee", "Patient.name.familyName", "Observation.code.coding.system.x"]
+        {
+            assert!(element_path_fault(defs, wrong).is_some(), "{wrong}");
+        }
     }
 
     #[test]
