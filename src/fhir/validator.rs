@@ -1226,11 +1226,12 @@ impl<'v> Walker<'_, 'v> {
         if ty.targets.is_empty() || ty.targets.iter().any(|t| t == "Resource") {
             return;
         }
-        let Some((target, _)) = o.get("reference").and_then(Value::as_str).and_then(parse_reference) else {
+        let Some(reference) = o.get("reference").and_then(Value::as_str) else { return };
+        let Some(target) = parse_reference(reference).map(|(t, _)| t).or_else(|| self.resolved_type(reference)) else {
             return;
         };
         // An error, as the HL7 reference validator reports it when the type is known from the
-        // reference (REFERENCE_REF_BADTARGETTYPE).
+        // reference, or from the resource it resolves to (REFERENCE_REF_BADTARGETTYPE).
         if self.defs.is_resource(target) && !ty.targets.iter().any(|t| t == target) {
             self.push(
                 Issue::error(
@@ -1240,6 +1241,30 @@ impl<'v> Walker<'_, 'v> {
                 .at(format!("{at}.reference")),
             );
         }
+    }
+
+    /// The type of the resource a reference resolves to without a server, as the reference
+    /// validator resolves it (localResolve): `#id` to a contained resource of the root, a
+    /// `urn:` or absolute URL to the entry of the nearest enclosing Bundle with that fullUrl.
+    fn resolved_type(&self, reference: &str) -> Option<&'v str> {
+        let type_of = |r: &'v Value| r.get("resourceType").and_then(Value::as_str);
+        if let Some(id) = reference.strip_prefix('#') {
+            let &(_, root, _) = self.frames.last()?;
+            return super::items(root, "contained")
+                .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                .and_then(type_of);
+        }
+        let (_, current, _) = self.frames.last()?;
+        let bundle = self
+            .frames
+            .iter()
+            .rev()
+            .map(|f| f.0)
+            .find(|v| !std::ptr::eq(*v, *current) && type_of(v) == Some("Bundle"))?;
+        super::items(bundle, "entry")
+            .find(|e| e.get("fullUrl").and_then(Value::as_str) == Some(reference))
+            .and_then(|e| e.get("resource"))
+            .and_then(type_of)
     }
 
     fn binding(&mut self, v: &Value, el: &ElementDef, ty: &TypeRef, at: &str) {
@@ -1471,7 +1496,8 @@ mod tests {
             assert!(issues.iter().all(|i| i.severity != super::super::outcome::Severity::Error), "{f}: {issues:?}");
         }
         assert_eq!(codes(corpus("referral-servicerequest.json")), vec![]);
-        // R4's Annotation.authorReference does not allow PractitionerRole (R5 does): a warning.
+        // R4's Annotation.authorReference does not allow PractitionerRole (R5 does): an error, as in
+        // the Java reference (the type is known from the reference).
         let mut sr = corpus("referral-servicerequest.json");
         sr["note"][0] = json!({ "authorReference": { "reference": "PractitionerRole/gp" }, "text": "x" });
         assert_eq!(
@@ -1848,6 +1874,45 @@ mod tests {
         let image = json!({ "resourceType": "Patient", "text": { "status": "generated",
             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"#a\"/></div>" } });
         assert!(validate(&image).iter().all(|i| !i.diagnostics.contains("txt-2")), "an image is content");
+    }
+
+    /// A reference's target type is also known from what it resolves to without a server, as
+    /// the reference's localResolve finds it: a contained resource (`#id`), or the entry of the
+    /// enclosing Bundle with that fullUrl (`urn:uuid:`, absolute URLs); REFERENCE_REF_BADTARGETTYPE.
+    #[test]
+    fn resolved_references_have_an_allowed_target_type() {
+        let wrong = |v: Value| {
+            validate(&v)
+                .into_iter()
+                .filter(|i| i.code == IssueCode::ReferenceType)
+                .map(|i| (i.severity, i.expression.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        let contained = |ty: &str| {
+            json!({ "resourceType": "Patient", "contained": [{ "resourceType": ty, "id": "o", "name": [{ "text": "x" }] }],
+                "managingOrganization": { "reference": "#o" } })
+        };
+        assert_eq!(wrong(contained("Organization")), vec![]);
+        assert_eq!(
+            wrong(contained("Practitioner")),
+            vec![(Severity::Error, "Patient.managingOrganization.reference".into())]
+        );
+        let uuid = |i: u8| format!("urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a0{i}");
+        let bundle = |target: &str| {
+            json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+                { "fullUrl": uuid(1), "resource": { "resourceType": "Organization", "name": "x" }, "request": { "method": "POST", "url": "Organization" } },
+                { "fullUrl": uuid(2), "resource": { "resourceType": "Patient" }, "request": { "method": "POST", "url": "Patient" } },
+                { "fullUrl": "http://x.org/fhir/Group/g", "resource": { "resourceType": "Group", "id": "g", "type": "person", "actual": true }, "request": { "method": "PUT", "url": "Group/g" } },
+                { "fullUrl": uuid(3), "resource": { "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                    "subject": { "reference": target } }, "request": { "method": "POST", "url": "ServiceRequest" } }
+            ] })
+        };
+        assert_eq!(wrong(bundle(&uuid(2))), vec![]);
+        assert_eq!(wrong(bundle("http://x.org/fhir/Group/g")), vec![]);
+        assert_eq!(
+            wrong(bundle(&uuid(1))),
+            vec![(Severity::Error, "Bundle.entry[3].resource.subject.reference".into())]
+        );
     }
 
     /// Bundle entry fullUrls, as the HL7 Java validator's BundleValidator checks them
