@@ -464,7 +464,21 @@ impl<'v> Walker<'_, 'v> {
                 }
                 Some(url) => {
                     let Some(rtype) = rtype.filter(|t| self.defs.is_resource(t)) else { continue };
-                    if restful_type_id(url, self.defs).is_none() {
+                    let restful = restful_type_id(url, self.defs).is_some();
+                    // A canonical resource identified by its own canonical URL: only where that
+                    // URL is the resource's RESTful address (BUNDLE_BUNDLE_ENTRY_MISMATCHIDURL);
+                    // HL7's v2 and v3 code system URLs are known exceptions.
+                    let canonical = resource.and_then(|r| r.get("url")).and_then(Value::as_str);
+                    let at_own_address = restful && id.is_some_and(|id| url.ends_with(&format!("/{id}")));
+                    let v2_or_v3 = url.starts_with("http://hl7.org/fhir/v3/") || url.starts_with("http://hl7.org/fhir/v2/");
+                    if canonical == Some(url) && !at_own_address && !v2_or_v3 {
+                        self.error(
+                            IssueCode::BundleFullUrl,
+                            at(),
+                            "The canonical URL cannot be the fullUrl unless the resource's id ends it (a RESTful URL of the resource)",
+                        );
+                    }
+                    if !restful {
                         continue;
                     }
                     match id {
@@ -1960,6 +1974,23 @@ mod tests {
         );
         assert_eq!(check("collection", entry(Some("http://x.org/fhir/Patient/1"), None)), flagged, "no id");
         assert_eq!(check("document", entry(Some("Patient/1"), Some("1"))).len(), 1);
+        // A canonical resource whose fullUrl is its canonical URL: only as its RESTful address
+        // (BUNDLE_BUNDLE_ENTRY_MISMATCHIDURL).
+        let code_system = |url: &str, full_url: &str| {
+            check(
+                "collection",
+                json!({ "fullUrl": full_url, "resource": { "resourceType": "CodeSystem", "id": "cs",
+                "url": url, "status": "active", "content": "not-present" } }),
+            )
+        };
+        assert_eq!(code_system("http://x.org/fhir/CodeSystem/cs", "http://x.org/fhir/CodeSystem/cs"), fine);
+        assert_eq!(code_system("http://x.org/cs", "urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01"), fine);
+        assert_eq!(code_system("http://x.org/codes", "http://x.org/codes"), flagged);
+        assert_eq!(
+            code_system("http://x.org/fhir/CodeSystem/other", "http://x.org/fhir/CodeSystem/other").len(),
+            2,
+            "and the id"
+        );
     }
 
     #[test]
