@@ -7,8 +7,11 @@
 //! level by level: each response item names a linkId of the Questionnaire items at the same
 //! level, in their order, once unless the item repeats; required items that are enabled are
 //! answered (an error once the response is completed or amended, a warning before); answers
-//! have the item's type, come from its answerOptions and are given once unless it repeats;
-//! groups and display items have no answers; disabled items (enableWhen) have no answers.
+//! have the item's type, come from its answerOptions (of any item type) and are given once
+//! unless it repeats, within the item's min/maxOccurs; attachments, references and quantities
+//! keep to the item's mime types and size, resource types, and units and bounds; groups,
+//! R4's abstract questions and display items have no answers; disabled items (enableWhen)
+//! have no answers.
 //! Issues about which items are present are reported at the parent, as Java reports them.
 
 use serde_json::Value;
@@ -26,9 +29,26 @@ pub fn questionnaire_response<'a>(
     issues: &mut Vec<Issue>,
 ) {
     let Some(canonical) = qr.get("questionnaire").and_then(Value::as_str) else { return };
-    let Some(q) = super::definitional::resolve(qr, canonical, lookup)
-        .filter(|q| q.get("resourceType").and_then(Value::as_str) == Some("Questionnaire"))
-    else {
+    let resolved = super::definitional::resolve(qr, canonical, lookup);
+    // What the canonical names: the resource found, or a value set Signpost knows by its URL.
+    let value_set = super::validator::is_value_set_url(canonical, super::definitions::Definitions::shared());
+    let found =
+        resolved.and_then(|r| r.get("resourceType")).and_then(Value::as_str).or(value_set.then_some("ValueSet"));
+    if let Some(found) = found
+        && found != "Questionnaire"
+    {
+        // A canonical(Questionnaire) that names another kind of resource (TYPE_SPECIFIC_CHECKS_
+        // DT_CANONICAL_TYPE): an error, and nothing to check the response against.
+        issues.push(
+            Issue::error(
+                MISMATCH,
+                format!("Canonical URL '{canonical}' refers to a resource that has the wrong type. Found {found} expecting one of [Questionnaire]"),
+            )
+            .at(format!("{path}.questionnaire")),
+        );
+        return;
+    }
+    let Some(q) = resolved else {
         let text = format!(
             "The questionnaire '{canonical}' could not be resolved, so no validation can be performed against the base questionnaire"
         );
@@ -77,6 +97,78 @@ fn answers_to<'a>(v: &'a Value, id: &str, out: &mut Vec<&'a Value>) {
 
 fn coding_key(c: &Value) -> (Option<&str>, Option<&str>) {
     (c.get("system").and_then(Value::as_str), c.get("code").and_then(Value::as_str))
+}
+
+/// The FHIR type name of a `value[x]` suffix: `Integer` is `integer`, `Coding` stays `Coding`.
+fn type_name(suffix: &str) -> String {
+    match suffix {
+        "Coding" | "Attachment" | "Reference" | "Quantity" => suffix.to_string(),
+        t => {
+            let mut c = t.chars();
+            c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    }
+}
+
+/// The value of the core extension `name` (`http://hl7.org/fhir/StructureDefinition/{name}`) on `v`.
+fn extension<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    items(v, "extension")
+        .find(|e| {
+            e.get("url")
+                .and_then(Value::as_str)
+                .and_then(|u| u.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
+                == Some(name)
+        })
+        .and_then(|e| typed(e, "value").map(|(_, v)| v))
+}
+
+/// Compare a quantity answer with a limit: in the same system and code directly; two UCUM
+/// units that are metric prefixes of one base unit (`m` and `km`) after conversion. An error
+/// names why they cannot be compared: a side without a formal unit (system and code), or
+/// units Signpost cannot convert.
+fn compare_quantities(q: &Value, limit: &Value) -> Result<std::cmp::Ordering, &'static str> {
+    let num = |v: &Value| v.get("value").and_then(Value::as_f64);
+    fn unit(v: &Value) -> Option<(&str, &str)> {
+        Some((v.get("system")?.as_str()?, v.get("code")?.as_str()?))
+    }
+    let (Some(a), Some(b)) = (num(q), num(limit)) else { return Err("") };
+    let (Some((qs, qc)), Some((ls, lc))) = (unit(q), unit(limit)) else {
+        return Err(" because no formal units are specified");
+    };
+    let (a, b) = if (qs, qc) == (ls, lc) {
+        (a, b)
+    } else {
+        const UCUM: &str = "http://unitsofmeasure.org";
+        match (qs == UCUM && ls == UCUM, ucum_metric(qc), ucum_metric(lc)) {
+            (true, Some((fa, base_a)), Some((fb, base_b))) if base_a == base_b => (a * fa, b * fb),
+            _ => return Err(""),
+        }
+    };
+    a.partial_cmp(&b).ok_or("")
+}
+
+/// A UCUM code that is a metric prefix and one base unit (`km`, `mg`, `mL`): its factor to the
+/// base unit, and the base unit.
+fn ucum_metric(code: &str) -> Option<(f64, &str)> {
+    const BASES: &[&str] = &["m", "g", "L", "l", "s", "mol", "Pa", "J", "W", "Hz", "N", "V", "A", "K", "eq", "U"];
+    const PREFIXES: &[(&str, f64)] = &[
+        ("", 1.0),
+        ("da", 1e1),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("h", 1e2),
+        ("d", 1e-1),
+        ("c", 1e-2),
+        ("m", 1e-3),
+        ("u", 1e-6),
+        ("n", 1e-9),
+        ("p", 1e-12),
+    ];
+    PREFIXES.iter().find_map(|&(p, f)| {
+        let base = code.strip_prefix(p)?;
+        BASES.contains(&base).then_some((f, base))
+    })
 }
 
 /// The `value[x]` of an answer or an answerOption / enableWhen `answer[x]`: (type suffix, value).
@@ -160,7 +252,8 @@ impl<'a> Check<'a, '_> {
             self.error(at, format!("Item has answer, even though it is not enabled (item id = '{id}')"));
         }
         match ty {
-            "group" => {
+            // R4's abstract `question` type takes no answers either (QUESTIONNAIRE_QR_ITEM_GROUP).
+            "group" | "question" => {
                 if !answers.is_empty() {
                     self.error(at, "Items of type question should not have answers".into());
                 }
@@ -194,6 +287,19 @@ impl<'a> Check<'a, '_> {
         if answers.len() > 1 && !flag(d, "repeats") {
             self.error(at, "Only one response answer item with this linkId allowed".into());
         }
+        // The questionnaire-minOccurs / -maxOccurs extensions bound the number of answers
+        // (QUESTIONNAIRE_QR_ITEM_MIN_OCCURS / _MAX_OCCURS).
+        let n = answers.len() as i64;
+        if let Some(min) = extension(d, "questionnaire-minOccurs").and_then(Value::as_i64)
+            && n < min
+        {
+            self.error(at, format!("The minimum number of answers is {min} but this has {n} answers"));
+        }
+        if let Some(max) = extension(d, "questionnaire-maxOccurs").and_then(Value::as_i64)
+            && n > max
+        {
+            self.error(at, format!("The maximum number of answers is {max} but this has {n} answers"));
+        }
         if item.get("item").is_some() {
             self.error(
                 at,
@@ -202,7 +308,7 @@ impl<'a> Check<'a, '_> {
         }
         for (j, answer) in answers.iter().enumerate() {
             let here = format!("{at}.answer[{j}]");
-            self.answer(answer, d, ty, &here);
+            self.answer(answer, d, ty, answers.len(), &here);
             // Items nested under an answer are matched against the question's child items,
             // and reported (as Java does) at the question.
             if answer.get("item").is_some() {
@@ -211,7 +317,7 @@ impl<'a> Check<'a, '_> {
         }
     }
 
-    fn answer(&mut self, answer: &Value, d: &Value, ty: &str, at: &str) {
+    fn answer(&mut self, answer: &Value, d: &Value, ty: &str, count: usize, at: &str) {
         let Some((got, value)) = typed(answer, "value") else { return };
         let expected: &[&str] = match ty {
             "boolean" => &["Boolean"],
@@ -228,24 +334,22 @@ impl<'a> Check<'a, '_> {
             "choice" | "open-choice" => &["Coding", "Date", "Time", "Integer", "String"],
             _ => return,
         };
-        let lower = |t: &str| match t {
-            "Coding" | "Attachment" | "Reference" | "Quantity" => t.to_string(),
-            t => {
-                let mut c = t.chars();
-                c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default()
-            }
-        };
         if !expected.contains(&got) {
-            let names: Vec<String> = expected.iter().map(|t| lower(t)).collect();
+            let names: Vec<String> = expected.iter().map(|t| type_name(t)).collect();
             let text = if names.len() == 1 {
-                format!("Answer value must be of the type {} not {}", names[0], lower(got))
+                format!("Answer value must be of the type {} not {}", names[0], type_name(got))
             } else {
-                format!("Answer value must be one of the {} types {} not {}", names.len(), names.join(", "), lower(got))
+                format!(
+                    "Answer value must be one of the {} types {} not {}",
+                    names.len(),
+                    names.join(", "),
+                    type_name(got)
+                )
             };
-            self.error(&format!("{at}.value.ofType({})", lower(got)), text);
+            self.error(&format!("{at}.value.ofType({})", type_name(got)), text);
             return;
         }
-        self.limits(d, ty, got, value, &format!("{at}.value.ofType({})", lower(got)));
+        self.limits(d, ty, got, value, &format!("{at}.value.ofType({})", type_name(got)));
         if got == "Coding"
             && let Some(vs) = d.get("answerValueSet").and_then(Value::as_str)
             && let Some(members) = self.options_value_set(vs)
@@ -264,30 +368,168 @@ impl<'a> Check<'a, '_> {
                 );
             }
         }
-        let options: Vec<(&str, &Value)> = items(d, "answerOption").filter_map(|o| typed(o, "value")).collect();
-        if options.is_empty() || !matches!(ty, "choice" | "open-choice") {
+        self.kind_limits(d, got, value, &format!("{at}.value.ofType({})", type_name(got)));
+        self.options(d, ty, got, value, count, at);
+    }
+
+    /// An answer against the item's answerOptions (QuestionnaireValidator's checkOption and
+    /// its per-type checks, which apply to any item type with options): a coded answer is one
+    /// of the coded options, and alone when that option is exclusive (questionnaire-optionExclusive);
+    /// any other answer equals an option of its own type, and an item whose options have none
+    /// of that type cannot take it; an open-choice item also takes free text (a warning when
+    /// it spells an option's code or display). The answer itself is never repeated.
+    fn options(&mut self, d: &Value, ty: &str, got: &str, value: &Value, count: usize, at: &str) {
+        let options: Vec<(&Value, &str, &Value)> =
+            items(d, "answerOption").filter_map(|o| typed(o, "value").map(|(t, v)| (o, t, v))).collect();
+        if options.is_empty() {
             return;
         }
         match got {
-            "Coding" => {
-                if !options.iter().any(|(t, o)| *t == "Coding" && coding_key(o) == coding_key(value)) {
-                    // The code itself is not repeated: answers can carry patient data.
+            "Coding" => match options.iter().find(|(_, t, o)| *t == "Coding" && coding_key(o) == coding_key(value)) {
+                None => self.error(
+                    at,
+                    "The answer's code is not in the set of permitted values (the item's answerOptions)".into(),
+                ),
+                Some((option, ..))
+                    if count > 1 && extension(option, "questionnaire-optionExclusive") == Some(&Value::Bool(true)) =>
+                {
                     self.error(
                         at,
-                        "The answer's code is not in the set of permitted values (the item's answerOptions)".into(),
+                        "Selected answer is an exclusive option - can't select anything else at the same time".into(),
+                    )
+                }
+                Some(_) => {}
+            },
+            "String" if ty == "open-choice" => {
+                let text = value.as_str().unwrap_or_default();
+                let spelled = options.iter().filter(|(_, t, _)| *t == "Coding").any(|(_, _, o)| {
+                    ["code", "display"]
+                        .iter()
+                        .any(|k| o.get(k).and_then(Value::as_str).is_some_and(|c| c.eq_ignore_ascii_case(text)))
+                });
+                if spelled {
+                    self.issues.push(
+                        Issue::warning(MISMATCH, "The string answer matches the code or display of one of the coded options; use the option instead")
+                            .at(at.to_string()),
                     );
                 }
             }
-            "String" if ty == "open-choice" => {}
             t => {
-                let same_type: Vec<&Value> = options.iter().filter(|(o, _)| *o == t).map(|(_, v)| *v).collect();
-                let kind = lower(t);
-                if same_type.is_empty() && ty == "choice" {
-                    self.error(at, format!("Option list has no option values of type {kind}"));
-                } else if !same_type.contains(&value) && !same_type.is_empty() {
-                    self.error(at, format!("The {kind} answer is not in the set of permitted values"));
+                let same_type: Vec<&Value> = options.iter().filter(|(_, o, _)| *o == t).map(|(_, _, v)| *v).collect();
+                let kind = type_name(t);
+                let at = format!("{at}.value.ofType({kind})");
+                if same_type.is_empty() {
+                    self.error(&at, format!("Cannot validate {kind} answer option because no option list is provided"));
+                } else if !same_type.contains(&value) {
+                    self.error(&at, format!("The {kind} answer is not in the set of permitted values"));
                 }
             }
+        }
+    }
+
+    /// Limits for attachment, reference and quantity answers (QuestionnaireValidator's
+    /// ...Attachment, ...Reference and ...Quantity checks): an attachment's contentType is one
+    /// of the item's mimeType extensions and its data at most maxSize bytes; a reference names
+    /// an R4 resource type, one of the item's questionnaire-referenceResource types when it
+    /// lists them; a quantity has one of the item's questionnaire-unitOption units and lies
+    /// within its sdc minQuantity / maxQuantity, compared only in the same units (UCUM metric
+    /// prefixes of one base unit convert), else it cannot be compared (an error, as in Java).
+    fn kind_limits(&mut self, d: &Value, got: &str, value: &Value, at: &str) {
+        let all = |name: &str| {
+            let url = format!("http://hl7.org/fhir/StructureDefinition/{name}");
+            items(d, "extension")
+                .filter(move |e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                .filter_map(|e| typed(e, "value").map(|(_, v)| v))
+                .collect::<Vec<_>>()
+        };
+        match got {
+            "Attachment" => {
+                let allowed: Vec<&str> = all("mimeType").into_iter().filter_map(Value::as_str).collect();
+                if !allowed.is_empty() {
+                    match value.get("contentType").and_then(Value::as_str) {
+                        None => self.error(at, "A mime type is required for this answer".into()),
+                        Some(m) if !allowed.iter().any(|a| m.starts_with(a)) => self.error(
+                            at,
+                            format!("The mime type is not valid for this answer (allowed = {})", allowed.join(", ")),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                if let Some(max) = extension(d, "maxSize").and_then(Value::as_f64)
+                    && let Some(data) = value.get("data").and_then(Value::as_str)
+                {
+                    use base64::Engine;
+                    let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+                    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(clean)
+                        && bytes.len() as f64 > max
+                    {
+                        self.error(
+                            at,
+                            format!("The attachment is too large (allowed = {max}, found = {})", bytes.len()),
+                        );
+                    }
+                }
+            }
+            "Reference" => {
+                let Some(reference) = value.get("reference").and_then(Value::as_str) else { return };
+                if reference.starts_with('#') || reference.starts_with("urn:") {
+                    return;
+                }
+                let path = reference.split("/_history/").next().unwrap_or(reference);
+                let mut parts = path.rsplit('/');
+                let (Some(_), Some(rt)) = (parts.next(), parts.next()) else { return };
+                let allowed: Vec<&str> =
+                    all("questionnaire-referenceResource").into_iter().filter_map(Value::as_str).collect();
+                if !super::definitions::Definitions::shared().is_resource(rt) {
+                    self.error(at, format!("The resource type {rt} in the reference is not valid"));
+                } else if !allowed.is_empty() && !allowed.contains(&rt) {
+                    self.error(
+                        at,
+                        format!(
+                            "The resource type '{rt}' in the reference is not allowed (allowed = {})",
+                            allowed.join(",")
+                        ),
+                    );
+                }
+            }
+            "Quantity" => {
+                let units = all("questionnaire-unitOption");
+                if !units.is_empty() {
+                    let text = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+                    let fits = units.iter().any(|u| {
+                        [("system", "system"), ("code", "code"), ("display", "unit")]
+                            .iter()
+                            .all(|(uk, qk)| text(u, uk).is_none_or(|want| text(value, qk) == Some(want)))
+                    });
+                    if !fits {
+                        self.error(
+                            at,
+                            "The answer has a unit that is not valid (not one of the item's unitOptions)".into(),
+                        );
+                    }
+                }
+                for (bound, min) in [("minQuantity", true), ("maxQuantity", false)] {
+                    let url = format!("http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-{bound}");
+                    let Some(limit) = items(d, "extension")
+                        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                        .and_then(|e| e.get("valueQuantity"))
+                    else {
+                        continue;
+                    };
+                    let which = if min { "minimum" } else { "maximum" };
+                    match compare_quantities(value, limit) {
+                        Err(why) => {
+                            self.error(at, format!("The quantity cannot be compared to the allowed {which}{why}"))
+                        }
+                        Ok(ord) if (min && ord.is_lt()) || (!min && ord.is_gt()) => {
+                            let side = if min { "less than" } else { "greater than" };
+                            self.error(at, format!("The quantity is {side} the allowed {which}"))
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -603,6 +845,103 @@ mod tests {
         assert_eq!(answer("when", json!({ "valueDate": "2019-12-31" })), at("date"));
     }
 
+    /// Answer options and answer limits for every item type, as QuestionnaireValidator checks
+    /// them: options of the answer's own type (QUESTIONNAIRE_QR_ITEM_NO<type>,
+    /// _NOOPTIONS<type>), exclusive options (_EXCLUSIVE), min/maxOccurs (_MIN_OCCURS,
+    /// _MAX_OCCURS), attachment mime types and size (_BAD_ATTACHMENT_*), reference types
+    /// (_REF_INVALID, _REF_INVALID_GENERAL), quantity units and bounds (_QUANTITY_*,
+    /// _DECIMAL_CANNOT_COMPARE_*, _DECIMAL_INVALID_UNITS), and no answers to R4's abstract
+    /// `question` items (_GROUP).
+    #[test]
+    fn answers_keep_to_the_options_and_limits_of_every_item_type() {
+        let ext = |name: &str, key: &str, v: Value| {
+            let mut e = json!({ "url": format!("http://hl7.org/fhir/StructureDefinition/{name}") });
+            e[key] = v;
+            e
+        };
+        let sdc = |name: &str, v: Value| json!({ "url": format!("http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-{name}"), "valueQuantity": v });
+        let ucum =
+            |value: f64, code: &str| json!({ "value": value, "system": "http://unitsofmeasure.org", "code": code });
+        let coding = |code: &str| json!({ "system": "http://example.org", "code": code });
+        let q = json!({ "resourceType": "Questionnaire", "id": "q", "status": "active", "item": [
+            { "linkId": "time", "type": "time", "repeats": true, "answerOption": [{ "valueTime": "10:00:00" }, { "valueTime": "11:00:00" }] },
+            { "linkId": "size", "type": "integer", "answerOption": [{ "valueInteger": 1 }, { "valueInteger": 2 }] },
+            { "linkId": "text", "type": "string", "answerOption": [{ "valueCoding": coding("a") }] },
+            { "linkId": "pick", "type": "choice", "repeats": true, "answerOption": [{ "valueCoding": coding("a") },
+                { "valueCoding": coding("none"), "extension": [ext("questionnaire-optionExclusive", "valueBoolean", json!(true))] }] },
+            { "linkId": "names", "type": "string", "repeats": true,
+              "extension": [ext("questionnaire-minOccurs", "valueInteger", json!(2)), ext("questionnaire-maxOccurs", "valueInteger", json!(3))] },
+            { "linkId": "scan", "type": "attachment", "extension": [ext("mimeType", "valueCode", json!("image/")), ext("maxSize", "valueDecimal", json!(4))] },
+            { "linkId": "who", "type": "reference", "extension": [ext("questionnaire-referenceResource", "valueCode", json!("Patient"))] },
+            { "linkId": "where", "type": "reference" },
+            { "linkId": "distance", "type": "quantity", "extension": [sdc("minQuantity", ucum(1.0, "km")), sdc("maxQuantity", ucum(5.0, "km")),
+                ext("questionnaire-unitOption", "valueCoding", json!({ "system": "http://unitsofmeasure.org", "code": "km" })),
+                ext("questionnaire-unitOption", "valueCoding", json!({ "system": "http://unitsofmeasure.org", "code": "m" }))] },
+            { "linkId": "abstract", "type": "question" }] });
+        let errors = |link: &str, answers: Vec<Value>| {
+            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "#q", "contained": [q.clone()],
+                "item": [{ "linkId": link, "answer": answers }] });
+            let mut issues = Vec::new();
+            questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
+            issues
+                .into_iter()
+                .filter(|i| i.severity == Severity::Error)
+                .map(|i| i.expression.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let none: Vec<String> = vec![];
+        let at = |path: &str| vec![format!("QuestionnaireResponse.item[0]{path}")];
+        assert_eq!(errors("time", vec![json!({ "valueTime": "10:00:00" }), json!({ "valueTime": "11:00:00" })]), none);
+        assert_eq!(errors("time", vec![json!({ "valueTime": "09:00:00" })]), at(".answer[0].value.ofType(time)"));
+        assert_eq!(errors("size", vec![json!({ "valueInteger": 2 })]), none);
+        assert_eq!(errors("size", vec![json!({ "valueInteger": 3 })]), at(".answer[0].value.ofType(integer)"));
+        assert_eq!(
+            errors("text", vec![json!({ "valueString": "a" })]),
+            at(".answer[0].value.ofType(string)"),
+            "no string options"
+        );
+        assert_eq!(errors("pick", vec![json!({ "valueCoding": coding("none") })]), none);
+        assert_eq!(
+            errors("pick", vec![json!({ "valueCoding": coding("a") }), json!({ "valueCoding": coding("none") })]),
+            at(".answer[1]")
+        );
+        let names = |n: usize| (0..n).map(|i| json!({ "valueString": format!("n{i}") })).collect::<Vec<_>>();
+        assert_eq!(errors("names", names(1)), at(""));
+        assert_eq!(errors("names", names(2)), none);
+        assert_eq!(errors("names", names(3)), none);
+        assert_eq!(errors("names", names(4)), at(""));
+        let scan = |content_type: Option<&str>, data: &str| {
+            let mut a = json!({ "data": data });
+            if let Some(c) = content_type {
+                a["contentType"] = json!(c);
+            }
+            errors("scan", vec![json!({ "valueAttachment": a })])
+        };
+        let scan_at = at(".answer[0].value.ofType(Attachment)");
+        assert_eq!(scan(Some("image/png"), "aGVs"), none, "3 bytes");
+        assert_eq!(scan(Some("application/pdf"), "aGVs"), scan_at);
+        assert_eq!(scan(None, "aGVs"), scan_at);
+        assert_eq!(scan(Some("image/png"), "aGVsbG8="), scan_at, "5 bytes, more than maxSize 4");
+        let who = |link: &str, r: &str| errors(link, vec![json!({ "valueReference": { "reference": r } })]);
+        let who_at = at(".answer[0].value.ofType(Reference)");
+        assert_eq!(who("who", "Patient/1"), none);
+        assert_eq!(who("who", "Organization/1"), who_at);
+        assert_eq!(who("where", "https://x.org/fhir/Chicken/1"), who_at);
+        assert_eq!(who("where", "Location/1"), none);
+        let distance = |q: Value| errors("distance", vec![json!({ "valueQuantity": q })]);
+        let d_at = at(".answer[0].value.ofType(Quantity)");
+        assert_eq!(distance(ucum(2.0, "km")), none);
+        assert_eq!(distance(ucum(2500.0, "m")), none, "metres convert to kilometres");
+        assert_eq!(distance(ucum(500.0, "m")), d_at, "below the minimum");
+        assert_eq!(distance(ucum(6.0, "km")), d_at, "above the maximum");
+        assert_eq!(
+            distance(json!({ "value": 2, "unit": "km" })),
+            vec![d_at[0].clone(); 3],
+            "no formal unit: not an option, not comparable twice"
+        );
+        assert_eq!(errors("abstract", vec![json!({ "valueString": "x" })]), at(""));
+    }
+
     #[test]
     fn a_questionnaire_that_cannot_be_found_is_a_warning_and_nothing_more() {
         for (canonical, severity) in [
@@ -618,6 +957,26 @@ mod tests {
                 (issues[0].severity, issues[0].expression.as_deref()),
                 (severity, Some("QuestionnaireResponse"))
             );
+        }
+    }
+
+    /// A questionnaire canonical that names another kind of resource (a value set, loaded or
+    /// known by its URL) is an error at the canonical, and nothing more is checked.
+    #[test]
+    fn a_questionnaire_canonical_naming_another_resource_type_is_an_error() {
+        let vs = json!({ "resourceType": "ValueSet", "url": "http://acme.org/vs", "status": "active" });
+        for canonical in ["http://hl7.org/fhir/ValueSet/example-extensional", "http://acme.org/vs"] {
+            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": canonical,
+                "item": [{ "linkId": "anything" }] });
+            let mut issues = Vec::new();
+            questionnaire_response(
+                &qr,
+                "QuestionnaireResponse",
+                &|u| (u == "http://acme.org/vs").then_some(&vs),
+                &mut issues,
+            );
+            let found: Vec<_> = issues.iter().map(|i| (i.severity, i.expression.as_deref())).collect();
+            assert_eq!(found, vec![(Severity::Error, Some("QuestionnaireResponse.questionnaire"))], "{canonical}");
         }
     }
 }

@@ -120,7 +120,7 @@ fn restful_type_id<'u>(url: &'u str, defs: &Definitions) -> Option<(&'u str, &'u
 /// Whether `url` names a value set rather than a code system: an R4 value set Signpost holds,
 /// or a URL under the value-set paths of the FHIR and HL7 terminology canonicals, where no code
 /// system lives.
-fn is_value_set_url(url: &str, defs: &Definitions) -> bool {
+pub(super) fn is_value_set_url(url: &str, defs: &Definitions) -> bool {
     let url = url.split('|').next().unwrap_or(url);
     url.starts_with("http://hl7.org/fhir/ValueSet/")
         || url.starts_with("http://terminology.hl7.org/ValueSet/")
