@@ -393,6 +393,9 @@ pub struct Profile {
     base: Option<String>,
     /// For an extension definition: the elements it may be used on (`element` contexts).
     pub contexts: Vec<String>,
+    /// For an extension definition: whether it is a modifier extension (its root element's
+    /// `isModifier`, in the differential or the snapshot).
+    modifier: bool,
     elements: Vec<Element>,
     by_id: FxHashMap<String, usize>,
 }
@@ -550,7 +553,13 @@ impl Profiles {
                         .filter(|c| c.get("type").and_then(Value::as_str) == Some("element"))
                         .filter_map(|c| c.get("expression")?.as_str().map(str::to_string))
                         .collect();
-                    by_url.insert(url.clone(), Arc::new(Profile { url, type_name, base, contexts, elements, by_id }));
+                    let modifier = ["/differential/element/0/isModifier", "/snapshot/element/0/isModifier"]
+                        .iter()
+                        .any(|p| v.pointer(p) == Some(&Value::Bool(true)));
+                    by_url.insert(
+                        url.clone(),
+                        Arc::new(Profile { url, type_name, base, contexts, modifier, elements, by_id }),
+                    );
                 }
                 Some("CodeSystem") => {
                     let codes =
@@ -719,6 +728,22 @@ impl Profiles {
                             let url = ext.get("url").and_then(Value::as_str);
                             match url.and_then(|u| self.get(u)) {
                                 Some(def) if def.type_name == "Extension" => {
+                                    // A modifier extension only in modifierExtension, and the
+                                    // reverse (EXTENSION_EXT_MODIFIER_N / _Y).
+                                    if def.modifier != modifier {
+                                        let text = if modifier {
+                                            format!(
+                                                "The Extension '{}' must not be used as a modifierExtension (it's a regular extension)",
+                                                def.url
+                                            )
+                                        } else {
+                                            format!(
+                                                "The Extension '{}' must not be used as an extension (it's a modifierExtension)",
+                                                def.url
+                                            )
+                                        };
+                                        issues.push(Issue::error(IssueCode::ExtensionContext, text).at(path.clone()));
+                                    }
                                     for p in self.lineage(def) {
                                         ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(path);
                                     }
@@ -1212,6 +1237,35 @@ mod tests {
         ] {
             assert_eq!(found(url, false), vec![], "{url}");
         }
+    }
+
+    /// A modifier extension only in modifierExtension, a regular one only in extension
+    /// (EXTENSION_EXT_MODIFIER_N / _Y), whichever way the definition says it.
+    #[test]
+    fn modifier_extensions_only_as_modifiers_and_regular_ones_only_as_extensions() {
+        let definition = |url: &str, modifier: bool| {
+            json!({ "resourceType": "StructureDefinition", "url": url, "type": "Extension",
+                "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension", "context": [{ "type": "element", "expression": "Element" }],
+                "differential": { "element": [{ "id": "Extension", "path": "Extension", "isModifier": modifier }] } })
+        };
+        let (modifier, regular) = ("http://x.org/ext/not-done", "http://x.org/ext/reason");
+        let profiles = Profiles::shared().with(vec![definition(modifier, true), definition(regular, false)]).unwrap();
+        let found = |key: &str, url: &str| {
+            let patient = json!({ "resourceType": "Patient", key: [{ "url": url, "valueBoolean": true }] });
+            let mut issues = Vec::new();
+            profiles.check(&patient, "Patient", false, &[], &mut issues);
+            issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect::<Vec<_>>()
+        };
+        assert_eq!(found("modifierExtension", modifier), vec![]);
+        assert_eq!(found("extension", regular), vec![]);
+        assert_eq!(
+            found("extension", modifier),
+            vec![(IssueCode::ExtensionContext, "Patient.extension[0]".to_string())]
+        );
+        assert_eq!(
+            found("modifierExtension", regular),
+            vec![(IssueCode::ExtensionContext, "Patient.modifierExtension[0]".to_string())]
+        );
     }
 
     #[test]
