@@ -143,6 +143,14 @@ fn search_result_types<'u>(url: &'u str, defs: &Definitions) -> Vec<&'u str> {
     }
 }
 
+/// Whether `url` names a cross-version extension
+/// (`http://hl7.org/fhir/5.0/StructureDefinition/extension-ValueSet.compose.include.filter.op`).
+pub(super) fn is_cross_version_extension(url: &str) -> bool {
+    url.strip_prefix("http://hl7.org/fhir/")
+        .and_then(|rest| rest.split_once("/StructureDefinition/extension-"))
+        .is_some_and(|(version, _)| !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
 /// The longest string FHIR allows, in UTF-16 units as the Java reference counts them.
 const STRING_MAX_UNITS: usize = 1_048_576;
 
@@ -656,12 +664,14 @@ impl<'v> Walker<'_, 'v> {
                         push_index(expr, i);
                         let partner = other.and_then(|o| o.get(i)).filter(|p| !p.is_null());
                         if item.is_null() {
+                            // A null is a placeholder only where the other array has this item.
                             if !primitive || partner.is_none() {
                                 self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here");
-                            } else if twin {
-                                self.value_only_in_twin(el, expr);
                             }
                         } else {
+                            if twin && partner.is_none() {
+                                self.value_only_in_twin(el, expr, item);
+                            }
                             self.twin_children = primitive && !twin && partner.is_some_and(has_children);
                             self.value(item, td, el, ty, expr, twin);
                         }
@@ -681,7 +691,7 @@ impl<'v> Walker<'_, 'v> {
                 (Value::Null, false) => self.error(IssueCode::EmptyElement, expr.clone(), "null is not allowed here"),
                 (v, false) => {
                     if twin && !obj.contains_key(name) {
-                        self.value_only_in_twin(el, expr);
+                        self.value_only_in_twin(el, expr, v);
                     }
                     self.twin_children =
                         primitive && !twin && has_twins && obj.get(&format!("_{name}")).is_some_and(has_children);
@@ -841,9 +851,23 @@ impl<'v> Walker<'_, 'v> {
     }
 
     /// A primitive given only by its `_twin` (extensions, no value): Java counts the element as
-    /// present, but a required binding then has no code (Terminology_TX_Code_ValueSet_MISSING).
-    fn value_only_in_twin(&mut self, el: &ElementDef, at: &str) {
-        if el.binding.as_ref().is_some_and(|b| b.strength == "required") {
+    /// present, but a required binding then has no code (Terminology_TX_Code_ValueSet_MISSING),
+    /// unless a cross-version extension carries another version's code: then a warning
+    /// (Terminology_TX_Code_ValueSet_XVER_SOURCE).
+    fn value_only_in_twin(&mut self, el: &ElementDef, at: &str, twin: &Value) {
+        if el.binding.as_ref().is_none_or(|b| b.strength != "required") {
+            return;
+        }
+        let cross_version = super::items(twin, "extension")
+            .filter_map(|e| e.get("url").and_then(Value::as_str))
+            .any(is_cross_version_extension);
+        if cross_version {
+            self.warn(
+                IssueCode::CodeNotInValueSet,
+                at,
+                "Though a code is required, no code has been provided; instead, another FHIR version's code is given in a cross-version extension, which many systems will not support",
+            );
+        } else {
             self.error(
                 IssueCode::CodeNotInValueSet,
                 at.to_string(),
@@ -2088,6 +2112,23 @@ mod tests {
         // an unbound or non-required one is fine.
         let no_code = found(json!({ "resourceType": "Patient", "_gender": dar }));
         assert_eq!(no_code, vec![(Severity::Error, IssueCode::CodeNotInValueSet, "Patient.gender".into())]);
+        // In a repeating element, the item whose value is only in the twin array is the one.
+        let days = found(
+            json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/1" },
+            "occurrenceTiming": { "repeat": { "dayOfWeek": ["mon", null], "_dayOfWeek": [null, dar] } } }),
+        );
+        assert_eq!(
+            days,
+            vec![(
+                Severity::Error,
+                IssueCode::CodeNotInValueSet,
+                "ServiceRequest.occurrence.ofType(Timing).repeat.dayOfWeek[1]".into()
+            )]
+        );
+        // Another FHIR version's code in a cross-version extension: a warning (_XVER_SOURCE).
+        let xver = json!({ "extension": [{ "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Patient.gender", "valueCode": "other" }] });
+        let other_version = found(json!({ "resourceType": "Patient", "_gender": xver }));
+        assert_eq!(other_version, vec![(Severity::Warning, IssueCode::CodeNotInValueSet, "Patient.gender".into())]);
         assert_eq!(found(json!({ "resourceType": "Patient", "_birthDate": dar })), vec![]);
         let twin_items = found(
             json!({ "resourceType": "Patient", "communication": [{ "language": { "text": "Welsh" } }],
