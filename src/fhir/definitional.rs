@@ -320,6 +320,21 @@ pub fn structure_definition(sd: &Value, path: &str, base: Option<&super::profile
     }
 }
 
+/// A SearchParameter as the reference's SearchParameterValidator checks it without the
+/// parameters it derives from: a composite parameter defines two or more components
+/// (SEARCHPARAMETER_MISSING_COMPONENTS).
+pub fn search_parameter(sp: &Value, path: &str, issues: &mut Vec<Issue>) {
+    if sp.get("type").and_then(Value::as_str) == Some("composite") && items(sp, "component").count() < 2 {
+        issues.push(
+            Issue::error(
+                IssueCode::Invariant,
+                "When the SearchParameter has a type of 'composite', then the SearchParameter must define two or more components",
+            )
+            .at(path.to_string()),
+        );
+    }
+}
+
 /// What is wrong with a differential element's path, as the reference's snapshot generator
 /// finds it: each step names an element of the type reached so far (a backbone element's own
 /// children, a datatype's, or those of the element a `contentReference` names), and a choice
@@ -815,6 +830,30 @@ mod tests {
         {
             assert!(element_path_fault(defs, wrong).is_some(), "{wrong}");
         }
+    }
+
+    #[test]
+    fn composite_search_parameters_define_two_or_more_components() {
+        let sp = |components: usize| {
+            let component: Vec<Value> = (0..components)
+                .map(|i| json!({ "definition": format!("http://x.org/SearchParameter/p{i}"), "expression": "code" }))
+                .collect();
+            let mut issues = Vec::new();
+            search_parameter(
+                &json!({ "resourceType": "SearchParameter", "type": "composite", "component": component }),
+                "SearchParameter",
+                &mut issues,
+            );
+            issues.len()
+        };
+        assert_eq!((sp(0), sp(1), sp(2), sp(3)), (1, 1, 0, 0));
+        let mut issues = Vec::new();
+        search_parameter(
+            &json!({ "resourceType": "SearchParameter", "type": "token" }),
+            "SearchParameter",
+            &mut issues,
+        );
+        assert!(issues.is_empty(), "only composites have components");
     }
 
     #[test]

@@ -678,6 +678,7 @@ impl Profiles {
             "QuestionnaireResponse" => super::questionnaire::questionnaire_response(resource, path, &lookup, issues),
             "MeasureReport" => super::definitional::measure_report(resource, path, &lookup, issues),
             "Observation" => super::definitional::observation_best_practice(resource, path, issues),
+            "SearchParameter" => super::definitional::search_parameter(resource, path, issues),
             "StructureDefinition" => {
                 let base = resource.get("baseDefinition").and_then(Value::as_str).and_then(|u| self.get(u));
                 super::definitional::structure_definition(resource, path, base, issues)
