@@ -276,3 +276,210 @@ fn signpost_profile_examples_pass_or_fail_as_named() {
     }
     assert!(checked >= 17, "only {checked} examples");
 }
+
+/// One fault in an otherwise valid referral, for each rule family the validator applies: the
+/// JSON form, cardinality, lexical forms, required bindings, references (form, target type,
+/// resolution in the Bundle), codings, identifiers, extensions, narratives, contained
+/// resources, Bundle entries. Each mutant must be refused with an error at (or under) the
+/// faulty element, and the referral itself must pass: the family, not one instance.
+#[test]
+fn single_fault_referral_mutants_are_each_refused_where_the_fault_is() {
+    use serde_json::json;
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(corpus().join("referrals").join(f)).unwrap()).unwrap()
+    };
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let set = |pointer: &'static str, v: Value| -> Mutation {
+        Box::new(move |r: &mut Value| {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let p = r.pointer_mut(parent).unwrap_or_else(|| panic!("{parent}"));
+            match p {
+                Value::Array(a) => a[key.parse::<usize>().unwrap()] = v.clone(),
+                p => {
+                    p[key] = v.clone();
+                }
+            }
+        })
+    };
+    let remove = |pointer: &'static str| -> Mutation {
+        Box::new(move |r: &mut Value| {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            r.pointer_mut(parent).and_then(Value::as_object_mut).unwrap().remove(key).unwrap();
+        })
+    };
+    let check = |base: &Value, mutants: Vec<(&str, Mutation, &str)>| {
+        let root = base["resourceType"].as_str().unwrap().to_string();
+        let errors = |v: &Value| {
+            validate_text(&v.to_string(), Profiles::shared()).into_iter().filter(is_error).collect::<Vec<_>>()
+        };
+        assert_eq!(errors(base).len(), 0, "{root}: the unmutated referral is valid: {:?}", errors(base));
+        let mut missed = Vec::new();
+        for (name, mutate, at) in &mutants {
+            let mut m = base.clone();
+            mutate(&mut m);
+            let found = errors(&m);
+            let want = format!("{root}{at}");
+            if !found.iter().any(|i| i.expression.as_deref().is_some_and(|e| e.starts_with(&want))) {
+                missed.push(format!(
+                    "{name}: no error at {want}, got {:?}",
+                    found.iter().map(|i| &i.expression).collect::<Vec<_>>()
+                ));
+            }
+        }
+        assert!(
+            missed.is_empty(),
+            "{} of {} {root} mutants missed:\n{}",
+            missed.len(),
+            mutants.len(),
+            missed.join("\n")
+        );
+    };
+    let sr = read("referral-servicerequest.json");
+    check(
+        &sr,
+        vec![
+            ("status outside its required value set", set("/status", json!("pending")), ".status"),
+            ("status as an array", set("/status", json!(["active"])), ".status"),
+            ("status as a number", set("/status", json!(1)), ".status"),
+            ("intent missing", remove("/intent"), ""),
+            ("intent outside its value set", set("/intent", json!("referral")), ".intent"),
+            ("subject missing", remove("/subject"), ""),
+            ("subject to a type it may not name", set("/subject/reference", json!("Organization/x")), ".subject"),
+            ("authoredOn as a number", set("/authoredOn", json!(20240314)), ".authoredOn"),
+            ("authoredOn an impossible date", set("/authoredOn", json!("2024-13-14")), ".authoredOn"),
+            ("authoredOn with a time but no zone", set("/authoredOn", json!("2024-03-14T10:15:00")), ".authoredOn"),
+            ("authoredOn in a local format", set("/authoredOn", json!("14/03/2024")), ".authoredOn"),
+            ("an element R4 does not define (reported at its parent, as Java does)", set("/urgency", json!("high")), ""),
+            ("priority outside its value set", set("/priority", json!("normal")), ".priority"),
+            ("identifier as an object", set("/identifier", json!({ "system": "https://fhir.nhs.uk/Id/UBRN", "value": "1" })), ".identifier"),
+            ("identifier system relative", set("/identifier/0/system", json!("UBRN")), ".identifier[0]"),
+            ("identifier use outside its value set", set("/identifier/0/use", json!("primary")), ".identifier[0].use"),
+            ("coding system relative", set("/code/coding/0/system", json!("snomed")), ".code.coding[0].system"),
+            ("coding system a value set", set("/code/coding/0/system", json!("http://hl7.org/fhir/ValueSet/c80-practice-codes")), ".code.coding[0].system"),
+            ("code as a number", set("/code/coding/0/code", json!(871731000000106u64)), ".code.coding[0].code"),
+            ("code with a leading space", set("/code/coding/0/code", json!(" 871731000000106")), ".code.coding[0].code"),
+            ("reference with a space", set("/encounter/reference", json!("Encounter/enc 1")), ".encounter"),
+            ("encounter to a Patient", set("/encounter/reference", json!("Patient/x")), ".encounter"),
+            ("requester a Location", set("/requester/reference", json!("Location/x")), ".requester"),
+            ("reasonReference a Practitioner", set("/reasonReference/0/reference", json!("Practitioner/x")), ".reasonReference[0]"),
+            ("two occurrence[x] types", set("/occurrenceDateTime", json!("2024-03-14")), ""),
+            ("period ending before it starts", set("/occurrencePeriod", json!({ "start": "2024-05-14", "end": "2024-03-14" })), ".occurrence"),
+            ("lastUpdated without a time", set("/meta/lastUpdated", json!("2024-03-14")), ".meta.lastUpdated"),
+            ("meta.source with a space", set("/meta/source", json!("https://gp system")), ".meta.source"),
+            ("id with an underscore and slash", set("/id", json!("ref_2024/000123")), ".id"),
+            ("id of 65 characters", set("/id", json!("a".repeat(65))), ".id"),
+            ("narrative status outside its value set", set("/text/status", json!("done")), ".text.status"),
+            ("narrative with a script", set("/text/div", json!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x</script><p>a</p></div>")), ".text"),
+            ("narrative outside the XHTML namespace", set("/text/div", json!("<div><p>a</p></div>")), ".text"),
+            ("narrative with an HTML entity", set("/text/div", json!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>a&nbsp;b</p></div>")), ".text"),
+            ("narrative empty", set("/text/div", json!("<div xmlns=\"http://www.w3.org/1999/xhtml\"></div>")), ".text"),
+            ("two note authors", set("/note/0/authorReference", json!({ "reference": "Practitioner/x" })), ".note[0]"),
+            ("note without text", remove("/note/0/text"), ".note[0]"),
+            ("extension without url", set("/extension", json!([{ "valueString": "x" }])), ".extension[0]"),
+            ("extension with value and extensions", set("/extension", json!([{ "url": "http://example.org/x", "valueString": "x", "extension": [{ "url": "a", "valueString": "b" }] }])), ".extension[0]"),
+            ("extension with neither", set("/extension", json!([{ "url": "http://example.org/x" }])), ".extension[0]"),
+            ("an unknown modifierExtension", set("/modifierExtension", json!([{ "url": "https://vendor.example.com/fhir/flag", "valueBoolean": true }])), ".modifierExtension[0]"),
+            ("an empty string", set("/patientInstruction", json!("")), ".patientInstruction"),
+            ("a null", set("/patientInstruction", Value::Null), ".patientInstruction"),
+            ("an empty object", set("/performerType", json!({})), ".performerType"),
+            ("an empty array", set("/category", json!([])), ".category"),
+            ("a boolean as a string", set("/doNotPerform", json!("true")), ".doNotPerform"),
+            ("a quantity comparator outside its value set", set("/quantityQuantity", json!({ "value": 1, "comparator": "==" })), ".quantity"),
+            ("a contained resource nothing refers to", set("/contained", json!([{ "resourceType": "Organization", "id": "o1", "name": "x" }])), ".contained[0]"),
+            ("a contained resource without an id", set("/contained", json!([{ "resourceType": "Organization", "name": "x" }])), ".contained[0]"),
+            ("a local reference to nothing contained", set("/requester/reference", json!("#nothere")), ".requester"),
+            ("a contained resource of a type the reference may not name", set("/contained", json!([{ "resourceType": "Location", "id": "l1", "name": "x" }])), ".requester"),
+            ("a uri with a space", set("/instantiatesUri", json!(["http://a b"])), ".instantiatesUri[0]"),
+            ("a canonical that is relative", set("/instantiatesCanonical", json!(["PlanDefinition/x"])), ".instantiatesCanonical[0]"),
+            ("a string over 1 MB", set("/patientInstruction", json!("a".repeat(1_048_577))), ".patientInstruction"),
+        ]
+        .into_iter()
+        .map(|(n, m, at)| {
+            // The contained Location mutant also points the requester at it.
+            if n.starts_with("a contained resource of a type") {
+                let both: Mutation = Box::new(move |r: &mut Value| {
+                    m(r);
+                    r["requester"]["reference"] = json!("#l1");
+                });
+                (n, both, at)
+            } else {
+                (n, m, at)
+            }
+        })
+        .collect(),
+    );
+    let bundle = read("referral-bundle.json");
+    check(
+        &bundle,
+        vec![
+            ("Bundle type outside its value set", set("/type", json!("transactions")), ".type"),
+            ("Bundle type missing", remove("/type"), ""),
+            (
+                "a urn:uuid naming no entry",
+                set("/entry/3/resource/subject/reference", json!("urn:uuid:00000000-0000-4000-8000-000000000000")),
+                ".entry[3].resource.subject",
+            ),
+            ("a relative fullUrl", set("/entry/0/fullUrl", json!("Patient/1")), ".entry[0]"),
+            (
+                "two entries with one fullUrl",
+                set("/entry/1/fullUrl", json!("urn:uuid:0b3c6c9e-3f0a-4f57-9a3e-1d6a2f1c9a01")),
+                "",
+            ),
+            (
+                "request method outside its value set",
+                set("/entry/0/request/method", json!("POSTS")),
+                ".entry[0].request.method",
+            ),
+            ("request without url", remove("/entry/0/request/url"), ".entry[0].request"),
+            (
+                "Task status outside its value set",
+                set("/entry/4/resource/status", json!("open")),
+                ".entry[4].resource.status",
+            ),
+            ("Task intent missing", remove("/entry/4/resource/intent"), ".entry[4].resource"),
+            ("Task for as a number", set("/entry/4/resource/for", json!(5)), ".entry[4].resource.for"),
+            (
+                "Patient gender outside its value set",
+                set("/entry/0/resource/gender", json!("F")),
+                ".entry[0].resource.gender",
+            ),
+            (
+                "Patient birthDate impossible",
+                set("/entry/0/resource/birthDate", json!("1970-02-30")),
+                ".entry[0].resource.birthDate",
+            ),
+            (
+                "Patient telecom system outside its value set",
+                set("/entry/0/resource/telecom", json!([{ "system": "mobile", "value": "07700900000" }])),
+                ".entry[0].resource.telecom[0].system",
+            ),
+            ("Patient name as a string", set("/entry/0/resource/name", json!("Jane Doe")), ".entry[0].resource.name"),
+            ("Organization name as an array", set("/entry/2/resource/name", json!(["x"])), ".entry[2].resource.name"),
+            (
+                "PractitionerRole practitioner an Organization",
+                set("/entry/1/resource/practitioner", json!({ "reference": "Organization/x" })),
+                ".entry[1].resource.practitioner",
+            ),
+            (
+                "subject resolving to the Organization entry",
+                set("/entry/3/resource/subject/reference", json!("urn:uuid:1f9a7b3c-2d4e-4f6a-8b0c-9e1d2f3a4b04")),
+                ".entry[3].resource.subject",
+            ),
+            (
+                "an entry of a type R4 does not define",
+                set("/entry/2/resource", json!({ "resourceType": "Charity", "name": "x" })),
+                ".entry[2].resource",
+            ),
+            (
+                "a paging link outside a search",
+                set("/link", json!([{ "relation": "next", "url": "http://x.org/fhir?page=2" }])),
+                ".link[0]",
+            ),
+            (
+                "a relative reference that is not Type/id",
+                set("/entry/3/resource/requester/reference", json!("pr-gp-apatel")),
+                ".entry[3].resource.requester",
+            ),
+        ],
+    );
+}
