@@ -65,6 +65,33 @@ async fn a_write_with_only_warnings_succeeds_and_returns_them() {
     assert_eq!(app.post(REFERRER, "/fhir/ServiceRequest", &sr).await.status, 201);
 }
 
+/// EHRs send UK Core and vendor extensions Signpost does not bundle: on a write they are a
+/// warning (extensions are safe to ignore), but an unknown modifierExtension, which changes the
+/// meaning of what it sits on, is refused and nothing is stored.
+#[tokio::test]
+async fn unknown_extensions_are_a_warning_on_writes_but_unknown_modifier_extensions_are_refused() {
+    let app = spawn().await;
+    let mut body = patient();
+    body["extension"] = json!([{ "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+        "valueCodeableConcept": { "coding": [{ "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategory", "code": "A" }] } }]);
+    let r =
+        app.send("POST", Some(REFERRER), "/fhir/Patient", Some(&body), &[("Prefer", "return=OperationOutcome")]).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let unknown: Vec<Value> =
+        warnings(&r.body).into_iter().filter(|i| i["details"]["coding"][0]["code"] == "unknown-extension").collect();
+    assert_eq!(unknown.len(), 1, "{}", r.body);
+    assert_eq!(unknown[0]["expression"][0], "Patient.extension[0]");
+
+    let mut modifier = patient();
+    modifier["modifierExtension"] = json!([{ "url": "https://vendor.example.com/fhir/StructureDefinition/not-really-this-patient", "valueBoolean": true }]);
+    let before = app.get(REFERRER, "/fhir/Patient?_summary=count").await.total();
+    assert_eq!(before, 1, "the first Patient was stored");
+    let refused = app.post(REFERRER, "/fhir/Patient", &modifier).await;
+    assert_refusal_is_an_error(refused.status, &refused.body);
+    assert!(refused.issue_codes().contains(&"unknown-extension".to_string()), "{}", refused.body);
+    assert_eq!(app.get(REFERRER, "/fhir/Patient?_summary=count").await.total(), before, "nothing stored");
+}
+
 #[tokio::test]
 async fn a_transaction_with_only_warnings_succeeds_and_returns_them_per_entry() {
     let app = spawn().await;
