@@ -106,6 +106,10 @@ def compact_profile(sd):
         if cons:
             out["constraint"] = cons
         elements.append(out)
+    # Whether an extension is a modifier is said on its snapshot's root element.
+    root = (sd.get("snapshot") or {}).get("element", [{}])[0]
+    if sd["type"] == "Extension" and elements and "isModifier" in root:
+        elements[0]["isModifier"] = root["isModifier"]
     out = {"resourceType": "StructureDefinition", "url": sd["url"], "type": sd["type"],
            "baseDefinition": sd.get("baseDefinition"), "differential": {"element": elements}}
     if sd.get("context"):

@@ -386,6 +386,15 @@ fn element_path_fault(defs: &Definitions, path: &str) -> Option<String> {
             {
                 td = datatype;
                 at = td.name.clone();
+            } else if here.types.len() > 1 {
+                // A step below a choice of several types (`Observation.value[x].value`, as
+                // type-slicing tools write): the child of whichever type has it.
+                let datatype = here.types.iter().filter_map(|t| defs.type_def(&t.code)).find(|d| {
+                    let child = format!("{}.{step}", d.name);
+                    d.element(&child).is_some()
+                })?;
+                td = datatype;
+                at = td.name.clone();
             } else {
                 return Some(format!("'{path}' names no element ({step} is not an element of {at})"));
             }
@@ -426,8 +435,17 @@ pub fn bundle_references(bundle: &Value, path: &str, issues: &mut Vec<Issue>) {
         let base = at.len();
         match v {
             Value::Object(o) => {
+                // Only a Reference's `reference`: DetectedIssue.reference, Expression.reference
+                // and Immunization.education.reference are uris, in objects with other keys.
+                let reference_shaped = o.keys().all(|k| {
+                    matches!(
+                        k.trim_start_matches('_'),
+                        "reference" | "type" | "identifier" | "display" | "id" | "extension"
+                    )
+                });
                 for (k, x) in o {
                     if k == "reference"
+                        && reference_shaped
                         && let Some(r) = x.as_str()
                     {
                         out.push((at.clone(), r));
@@ -818,6 +836,8 @@ mod tests {
             "Observation.component.code.text",
             "Questionnaire.item.item.linkId",
             "Questionnaire.item.item.item.answerOption.value[x]",
+            "Observation.value[x].value",
+            "Extension.value[x].coding.system",
             "Patient.birthDate.extension",
             "Extension.extension.value[x]",
             "Bundle.entry.resource",
@@ -900,6 +920,15 @@ mod tests {
                 assert_eq!(faults(kind, base, bad), flagged, "{kind} {bad}");
             }
         }
+        // A uri named `reference` (DetectedIssue.reference) is not a Reference.
+        let mut issue = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "fullUrl": "http://x.org/fhir/DetectedIssue/1",
+            "resource": { "resourceType": "DetectedIssue", "id": "1", "status": "final", "reference": "guidance.html" } }] });
+        let mut issues = Vec::new();
+        bundle_references(&issue, "Bundle", &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        issue["entry"][0]["resource"]["patient"] = json!({ "reference": "guidance.html" });
+        bundle_references(&issue, "Bundle", &mut issues);
+        assert_eq!(issues.len(), 1, "a Reference beside it is checked");
         let search = "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009";
         assert_eq!(faults("transaction", None, search), Vec::<String>::new());
         assert_eq!(faults("collection", base, search), flagged);

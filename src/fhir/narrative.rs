@@ -425,7 +425,7 @@ mod tests {
             assert_eq!(text(ok), Ok(()), "{ok}");
         }
         for bad in ["&reg;", "&nbsp;", "Smith & Jones", "&amp", "&#;", "&#xZ1;", "&;"] {
-            assert!(matches!(text(bad), Err(Fault::Malformed(m)) if !m.contains("Jones")), "{bad}");
+            assert!(matches!(text(bad), Err(Fault::Malformed(_))), "{bad}");
         }
         let link = |href: &str| check(&format!("<div {NS}><a href=\"{href}\">x</a></div>"));
         assert_eq!(link("http://example.org/a?b=c&amp;d=e"), Ok(()));

@@ -301,13 +301,20 @@ fn choice_type_in(path: &str) -> &str {
     last.trim_start_matches(|c: char| c.is_ascii_lowercase())
 }
 
-/// The values at a dotted path below `item`, through repeating elements.
+/// The values at a dotted path below `item`, through repeating elements; a choice step
+/// (`value`) finds its typed property (`valueQuantity`).
 fn values_at<'v>(item: &'v Value, path: &str) -> Vec<&'v Value> {
     let mut values = vec![item];
     for k in path.split('.') {
         values = values
             .into_iter()
-            .filter_map(|v| v.get(k))
+            .filter_map(|v| {
+                v.get(k).or_else(|| {
+                    v.as_object()?.iter().find_map(|(key, x)| {
+                        key.strip_prefix(k).filter(|t| t.starts_with(|c: char| c.is_ascii_uppercase())).map(|_| x)
+                    })
+                })
+            })
             .flat_map(|v| match v {
                 Value::Array(a) => a.iter().collect::<Vec<_>>(),
                 v => vec![v],
@@ -393,9 +400,9 @@ pub struct Profile {
     base: Option<String>,
     /// For an extension definition: the elements it may be used on (`element` contexts).
     pub contexts: Vec<String>,
-    /// For an extension definition: whether it is a modifier extension (its root element's
-    /// `isModifier`, in the differential or the snapshot).
-    modifier: bool,
+    /// For an extension definition: whether it is a modifier extension, when its root element
+    /// says (`isModifier`, in the differential or the snapshot); `None` when it does not.
+    modifier: Option<bool>,
     elements: Vec<Element>,
     by_id: FxHashMap<String, usize>,
 }
@@ -464,9 +471,18 @@ fn compile_element(raw: &Value) -> Option<Element> {
     let slicing = o.get("slicing").map(|s| {
         let discs = items(s, "discriminator")
             .filter_map(|d| {
-                // `$this.name` is `name`: FHIRPath starts at the sliced item either way.
+                // `$this.name` is `name`: FHIRPath starts at the sliced item either way; a choice
+                // step may be written `value[x]`. A path with a function (`resolve()`,
+                // `ofType(..)`) cannot be followed in the JSON: its slices are not checked.
                 let path = d.get("path")?.as_str()?;
-                let path = path.strip_prefix("$this.").unwrap_or(path).to_string();
+                let path = path.strip_prefix("$this.").unwrap_or(path).replace("[x]", "");
+                let plain = path == "$this"
+                    || path
+                        .split('.')
+                        .all(|step| !step.is_empty() && step.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                if !plain {
+                    return Some(Discriminator::Unsupported);
+                }
                 match d.get("type")?.as_str()? {
                     "value" => Some(Discriminator::Value(path)),
                     "pattern" => Some(Discriminator::Pattern(path)),
@@ -553,9 +569,11 @@ impl Profiles {
                         .filter(|c| c.get("type").and_then(Value::as_str) == Some("element"))
                         .filter_map(|c| c.get("expression")?.as_str().map(str::to_string))
                         .collect();
-                    let modifier = ["/differential/element/0/isModifier", "/snapshot/element/0/isModifier"]
+                    let modifier = ["/differential/element/0", "/snapshot/element/0"]
                         .iter()
-                        .any(|p| v.pointer(p) == Some(&Value::Bool(true)));
+                        .filter_map(|p| v.pointer(p))
+                        .filter(|root| root.get("path").and_then(Value::as_str) == Some("Extension"))
+                        .find_map(|root| root.get("isModifier").and_then(Value::as_bool));
                     by_url.insert(
                         url.clone(),
                         Arc::new(Profile { url, type_name, base, contexts, modifier, elements, by_id }),
@@ -664,7 +682,7 @@ impl Profiles {
         let mut seen = FxHashSet::default();
         for p in applied.into_iter().filter(|p| seen.insert(p.url.as_str())) {
             if p.type_name == ty {
-                ProfileCheck { profile: p, terms: self, resource, issues }.run(path);
+                ProfileCheck { profile: p, terms: self, resource, issues, depth: 0 }.run(path);
             } else {
                 issues.push(
                     Issue::error(IssueCode::ProfileUnknown, format!("the profile is for {}, not {ty}", p.type_name))
@@ -731,7 +749,8 @@ impl Profiles {
                                 Some(def) if def.type_name == "Extension" => {
                                     // A modifier extension only in modifierExtension, and the
                                     // reverse (EXTENSION_EXT_MODIFIER_N / _Y).
-                                    if def.modifier != modifier {
+                                    let declared = self.lineage(def).iter().find_map(|p| p.modifier);
+                                    if declared.is_some_and(|m| m != modifier) {
                                         let text = if modifier {
                                             format!(
                                                 "The Extension '{}' must not be used as a modifierExtension (it's a regular extension)",
@@ -746,7 +765,8 @@ impl Profiles {
                                         issues.push(Issue::error(IssueCode::ExtensionContext, text).at(path.clone()));
                                     }
                                     for p in self.lineage(def) {
-                                        ProfileCheck { profile: p, terms: self, resource: ext, issues }.run(path);
+                                        ProfileCheck { profile: p, terms: self, resource: ext, issues, depth: 0 }
+                                            .run(path);
                                     }
                                 }
                                 Some(_) => {}
@@ -778,10 +798,7 @@ impl Profiles {
     /// Signpost does not bundle; an unknown modifierExtension changes the meaning of what it
     /// sits on, so it is refused there too.
     fn unknown_extension(url: &str, modifier: bool, gateway: bool, at: &str, issues: &mut Vec<Issue>) {
-        let absolute = url.split_once(':').is_some_and(|(scheme, _)| {
-            scheme.len() > 1 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        });
-        if !absolute || lets_unknown_extension_pass(url) {
+        if !super::validator::is_absolute_uri(url) || lets_unknown_extension_pass(url) {
             return;
         }
         let issue = if gateway && !modifier {
@@ -828,6 +845,8 @@ struct ProfileCheck<'a, 'v> {
     terms: &'a Profiles,
     resource: &'v Value,
     issues: &'a mut Vec<Issue>,
+    /// How many `profile` discriminators this check is nested in (see `conforms_to_any`).
+    depth: usize,
 }
 
 impl<'v> ProfileCheck<'_, 'v> {
@@ -869,7 +888,7 @@ impl<'v> ProfileCheck<'_, 'v> {
                     );
                 }
                 if let Some((discs, true)) = &el.slicing
-                    && !discs.iter().any(|d| matches!(d, Discriminator::Unsupported))
+                    && self.slicing_evaluable(&el.id, discs)
                 {
                     for (ipath, item) in &items {
                         if !self.in_any_slice(&el.id, ipath, item) {
@@ -958,7 +977,24 @@ impl<'v> ProfileCheck<'_, 'v> {
             p.by_id
                 .get(&sliced)
                 .and_then(|&i| p.elements[i].slicing.as_ref())
-                .is_none_or(|(discs, _)| !discs.iter().any(|d| matches!(d, Discriminator::Unsupported)))
+                .is_none_or(|(discs, _)| self.slicing_evaluable(&sliced, discs))
+        })
+    }
+
+    /// Whether the slicing of `sliced_id` can be evaluated: its discriminators are supported,
+    /// and each slice says what a `type` or `profile` discriminator on a path looks at (an
+    /// element `{slice}.{path}`); otherwise its slices are not checked rather than guessed.
+    fn slicing_evaluable(&self, sliced_id: &str, discs: &[Discriminator]) -> bool {
+        let p = self.profile;
+        let prefix = format!("{sliced_id}:");
+        discs.iter().all(|d| match d {
+            Discriminator::Unsupported => false,
+            Discriminator::TypeAt(path) | Discriminator::Profile(path) if path != "$this" => p
+                .elements
+                .iter()
+                .filter(|e| e.id.strip_prefix(&prefix).is_some_and(|rest| !rest.contains('.')))
+                .all(|slice| p.by_id.contains_key(&format!("{}.{path}", slice.id))),
+            _ => true,
         })
     }
 
@@ -994,10 +1030,13 @@ impl<'v> ProfileCheck<'_, 'v> {
                 return want.0.eq_ignore_ascii_case(have);
             }
             if let Discriminator::TypeAt(path) | Discriminator::Profile(path) = d {
-                let Some(el) = p.by_id.get(&format!("{slice_id}.{path}")).map(|&i| &p.elements[i]) else {
-                    return false;
+                let (el_id, values) = if path == "$this" {
+                    (slice_id.to_string(), vec![item])
+                } else {
+                    (format!("{slice_id}.{path}"), values_at(item, path))
                 };
-                return values_at(item, path).into_iter().any(|v| {
+                let Some(el) = p.by_id.get(&el_id).map(|&i| &p.elements[i]) else { return false };
+                return values.into_iter().any(|v| {
                     let ty = v.get("resourceType").and_then(Value::as_str);
                     let of_type = el.types.is_empty()
                         || el.types.iter().any(|(code, _)| code == "Resource" || Some(code.as_str()) == ty);
@@ -1025,22 +1064,19 @@ impl<'v> ProfileCheck<'_, 'v> {
     /// checked, so it does not decide; nor does one nested too deep (a profile whose slices
     /// refer back to it).
     fn conforms_to_any(&self, resource: &Value, urls: &[String]) -> bool {
-        thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
         let held: Vec<&Profile> = urls.iter().filter_map(|u| self.terms.get(u)).collect();
-        if held.is_empty() || DEPTH.get() > 4 {
+        if held.is_empty() || self.depth >= 4 {
             return true;
         }
-        DEPTH.set(DEPTH.get() + 1);
         let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-        let fits = held.into_iter().any(|p| {
+        held.into_iter().any(|p| {
             let mut issues = Vec::new();
             for q in self.terms.lineage(p) {
-                ProfileCheck { profile: q, terms: self.terms, resource, issues: &mut issues }.run(ty);
+                let depth = self.depth + 1;
+                ProfileCheck { profile: q, terms: self.terms, resource, issues: &mut issues, depth }.run(ty);
             }
             !issues.iter().any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
-        });
-        DEPTH.set(DEPTH.get() - 1);
-        fits
+        })
     }
 
     /// Fixed, pattern, binding, type and constraint checks on each node of an element.
@@ -1267,6 +1303,22 @@ mod tests {
             found("modifierExtension", regular),
             vec![(IssueCode::ExtensionContext, "Patient.modifierExtension[0]".to_string())]
         );
+        // R4's own modifier extension, bundled: right only as a modifierExtension.
+        let core = "http://hl7.org/fhir/StructureDefinition/request-doNotPerform";
+        assert_eq!(found("modifierExtension", core), vec![]);
+        assert_eq!(found("extension", core), vec![(IssueCode::ExtensionContext, "Patient.extension[0]".to_string())]);
+        // A definition that does not say is not judged.
+        let silent = json!({ "resourceType": "StructureDefinition", "url": "http://x.org/ext/silent", "type": "Extension",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
+            "differential": { "element": [{ "id": "Extension.value[x]", "path": "Extension.value[x]" }] } });
+        let profiles = Profiles::shared().with(vec![silent]).unwrap();
+        for key in ["extension", "modifierExtension"] {
+            let patient =
+                json!({ "resourceType": "Patient", key: [{ "url": "http://x.org/ext/silent", "valueBoolean": true }] });
+            let mut issues = Vec::new();
+            profiles.check(&patient, "Patient", false, &[], &mut issues);
+            assert!(issues.iter().all(|i| i.code != IssueCode::ExtensionContext), "{key}: {issues:?}");
+        }
     }
 
     #[test]
@@ -1409,7 +1461,8 @@ mod tests {
             let entries: Vec<Value> = resources.into_iter().map(|r| json!({ "resource": r })).collect();
             let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
             let mut issues = Vec::new();
-            ProfileCheck { profile: p, terms: &profiles, resource: &bundle, issues: &mut issues }.run("Bundle");
+            ProfileCheck { profile: p, terms: &profiles, resource: &bundle, issues: &mut issues, depth: 0 }
+                .run("Bundle");
             issues.into_iter().map(|i| (i.code, i.expression.unwrap_or_default())).collect::<Vec<_>>()
         };
         let with_gender = json!({ "resourceType": "Patient", "gender": "female" });
@@ -1424,8 +1477,33 @@ mod tests {
         assert_eq!(found("profile", vec![without]), missing, "a Patient that breaks the slice's profile");
         assert_eq!(found("type", vec![org.clone()]), missing);
         assert_eq!(
-            found("profile", vec![with_gender, org]),
+            found("profile", vec![with_gender, org.clone()]),
             vec![(IssueCode::NotInSlice, "Bundle.entry[1]".to_string())]
+        );
+        // A discriminator path Signpost cannot follow in the JSON (a function), or a slice that
+        // does not say what the path holds: the slices are not checked, rather than guessed.
+        let unfollowable = |path: &str, say_type: bool| {
+            let mut sd = bundle_profile("type");
+            sd["url"] = json!("http://example.org/sd/bundle-other");
+            sd["differential"]["element"][0]["slicing"]["discriminator"][0]["path"] = json!(path);
+            if !say_type {
+                sd["differential"]["element"].as_array_mut().unwrap().pop();
+            }
+            let profiles = Profiles::load(vec![sd]).unwrap();
+            let p = profiles.get("http://example.org/sd/bundle-other").unwrap();
+            let bundle =
+                json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": org.clone() }] });
+            let mut issues = Vec::new();
+            ProfileCheck { profile: p, terms: &profiles, resource: &bundle, issues: &mut issues, depth: 0 }
+                .run("Bundle");
+            issues.into_iter().map(|i| i.code).collect::<Vec<_>>()
+        };
+        assert_eq!(unfollowable("resource.resolve()", true), vec![]);
+        assert_eq!(unfollowable("resource", false), vec![]);
+        assert_eq!(
+            unfollowable("resource", true),
+            vec![IssueCode::NotInSlice, IssueCode::Cardinality],
+            "and followable, checked"
         );
     }
 

@@ -144,6 +144,10 @@ fn compare_quantities(q: &Value, limit: &Value) -> Result<std::cmp::Ordering, &'
             _ => return Err(""),
         }
     };
+    // Equal within rounding: 700 mL is 0.7 L though 700 × 0.001 is 0.7000000000000001.
+    if (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) {
+        return Ok(std::cmp::Ordering::Equal);
+    }
     a.partial_cmp(&b).ok_or("")
 }
 
@@ -167,7 +171,8 @@ fn ucum_metric(code: &str) -> Option<(f64, &str)> {
     ];
     PREFIXES.iter().find_map(|&(p, f)| {
         let base = code.strip_prefix(p)?;
-        BASES.contains(&base).then_some((f, base))
+        // UCUM's litre is `L` or `l`.
+        BASES.contains(&base).then_some((f, if base == "l" { "L" } else { base }))
     })
 }
 
@@ -293,7 +298,10 @@ impl<'a> Check<'a, '_> {
         if let Some(min) = extension(d, "questionnaire-minOccurs").and_then(Value::as_i64)
             && n < min
         {
-            self.error(at, format!("The minimum number of answers is {min} but this has {n} answers"));
+            // Like a required item: an error once the response is completed, a warning before.
+            let text = format!("The minimum number of answers is {min} but this has {n} answers");
+            let issue = if self.completed { Issue::error(MISMATCH, text) } else { Issue::warning(MISMATCH, text) };
+            self.issues.push(issue.at(at.to_string()));
         }
         if let Some(max) = extension(d, "questionnaire-maxOccurs").and_then(Value::as_i64)
             && n > max
@@ -418,9 +426,14 @@ impl<'a> Check<'a, '_> {
                 let same_type: Vec<&Value> = options.iter().filter(|(_, o, _)| *o == t).map(|(_, _, v)| *v).collect();
                 let kind = type_name(t);
                 let at = format!("{at}.value.ofType({kind})");
+                // A Reference option is the resource it names, whatever display it carries.
+                let same = |o: &&Value| match t {
+                    "Reference" => o.get("reference").is_some() && o.get("reference") == value.get("reference"),
+                    _ => *o == value,
+                };
                 if same_type.is_empty() {
                     self.error(&at, format!("Cannot validate {kind} answer option because no option list is provided"));
-                } else if !same_type.contains(&value) {
+                } else if !same_type.iter().any(same) {
                     self.error(&at, format!("The {kind} answer is not in the set of permitted values"));
                 }
             }
@@ -471,17 +484,15 @@ impl<'a> Check<'a, '_> {
                 }
             }
             "Reference" => {
-                let Some(reference) = value.get("reference").and_then(Value::as_str) else { return };
-                if reference.starts_with('#') || reference.starts_with("urn:") {
+                // The type named by a `Type/id` reference (the reference itself is never repeated).
+                let Some((rt, _)) = value.get("reference").and_then(Value::as_str).and_then(super::parse_reference)
+                else {
                     return;
-                }
-                let path = reference.split("/_history/").next().unwrap_or(reference);
-                let mut parts = path.rsplit('/');
-                let (Some(_), Some(rt)) = (parts.next(), parts.next()) else { return };
+                };
                 let allowed: Vec<&str> =
                     all("questionnaire-referenceResource").into_iter().filter_map(Value::as_str).collect();
                 if !super::definitions::Definitions::shared().is_resource(rt) {
-                    self.error(at, format!("The resource type {rt} in the reference is not valid"));
+                    self.error(at, "The reference does not name an R4 resource type".into());
                 } else if !allowed.is_empty() && !allowed.contains(&rt) {
                     self.error(
                         at,
@@ -877,18 +888,21 @@ mod tests {
             { "linkId": "distance", "type": "quantity", "extension": [sdc("minQuantity", ucum(1.0, "km")), sdc("maxQuantity", ucum(5.0, "km")),
                 ext("questionnaire-unitOption", "valueCoding", json!({ "system": "http://unitsofmeasure.org", "code": "km" })),
                 ext("questionnaire-unitOption", "valueCoding", json!({ "system": "http://unitsofmeasure.org", "code": "m" }))] },
-            { "linkId": "abstract", "type": "question" }] });
-        let errors = |link: &str, answers: Vec<Value>| {
-            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "#q", "contained": [q.clone()],
+            { "linkId": "abstract", "type": "question" },
+            { "linkId": "volume", "type": "quantity", "extension": [sdc("maxQuantity", ucum(0.7, "L"))] },
+            { "linkId": "clinic", "type": "reference", "answerOption": [{ "valueReference": { "reference": "Location/a" } }] }] });
+        let issues = |status: &str, link: &str, answers: Vec<Value>, severity: Severity| {
+            let qr = json!({ "resourceType": "QuestionnaireResponse", "status": status, "questionnaire": "#q", "contained": [q.clone()],
                 "item": [{ "linkId": link, "answer": answers }] });
             let mut issues = Vec::new();
             questionnaire_response(&qr, "QuestionnaireResponse", &|_| None, &mut issues);
             issues
                 .into_iter()
-                .filter(|i| i.severity == Severity::Error)
+                .filter(|i| i.severity == severity)
                 .map(|i| i.expression.unwrap_or_default())
                 .collect::<Vec<_>>()
         };
+        let errors = |link: &str, answers: Vec<Value>| issues("completed", link, answers, Severity::Error);
         let none: Vec<String> = vec![];
         let at = |path: &str| vec![format!("QuestionnaireResponse.item[0]{path}")];
         assert_eq!(errors("time", vec![json!({ "valueTime": "10:00:00" }), json!({ "valueTime": "11:00:00" })]), none);
@@ -910,6 +924,12 @@ mod tests {
         assert_eq!(errors("names", names(2)), none);
         assert_eq!(errors("names", names(3)), none);
         assert_eq!(errors("names", names(4)), at(""));
+        assert_eq!(
+            issues("in-progress", "names", names(1), Severity::Error),
+            none,
+            "too few, before completion: a warning"
+        );
+        assert_eq!(issues("in-progress", "names", names(1), Severity::Warning), at(""));
         let scan = |content_type: Option<&str>, data: &str| {
             let mut a = json!({ "data": data });
             if let Some(c) = content_type {
@@ -928,6 +948,14 @@ mod tests {
         assert_eq!(who("who", "Organization/1"), who_at);
         assert_eq!(who("where", "https://x.org/fhir/Chicken/1"), who_at);
         assert_eq!(who("where", "Location/1"), none);
+        assert_eq!(who("where", "https://x.org/abc"), none, "no type named: nothing to check");
+        let clinic = |r: Value| errors("clinic", vec![json!({ "valueReference": r })]);
+        assert_eq!(
+            clinic(json!({ "reference": "Location/a", "display": "Leeds clinic" })),
+            none,
+            "an option is the resource it names"
+        );
+        assert_eq!(clinic(json!({ "reference": "Location/b" })), at(".answer[0].value.ofType(Reference)"));
         let distance = |q: Value| errors("distance", vec![json!({ "valueQuantity": q })]);
         let d_at = at(".answer[0].value.ofType(Quantity)");
         assert_eq!(distance(ucum(2.0, "km")), none);
@@ -940,6 +968,10 @@ mod tests {
             "no formal unit: not an option, not comparable twice"
         );
         assert_eq!(errors("abstract", vec![json!({ "valueString": "x" })]), at(""));
+        let volume = |q: Value| errors("volume", vec![json!({ "valueQuantity": q })]);
+        assert_eq!(volume(ucum(700.0, "mL")), none, "700 mL is 0.7 L, not a rounding error above it");
+        assert_eq!(volume(ucum(701.0, "mL")), at(".answer[0].value.ofType(Quantity)"));
+        assert_eq!(volume(ucum(0.5, "l")), none, "UCUM's litre is L or l");
     }
 
     #[test]

@@ -477,9 +477,9 @@ impl<'v> Walker<'_, 'v> {
                     // URL is the resource's RESTful address (BUNDLE_BUNDLE_ENTRY_MISMATCHIDURL);
                     // HL7's v2 and v3 code system URLs are known exceptions.
                     let canonical = resource.and_then(|r| r.get("url")).and_then(Value::as_str);
-                    let at_own_address = restful && id.is_some_and(|id| url.ends_with(&format!("/{id}")));
-                    let v2_or_v3 = url.starts_with("http://hl7.org/fhir/v3/") || url.starts_with("http://hl7.org/fhir/v2/");
-                    if canonical == Some(url) && !at_own_address && !v2_or_v3 {
+                    let at_own_address = || restful && id.is_some_and(|id| url.ends_with(&format!("/{id}")));
+                    let v2_or_v3 = || url.starts_with("http://hl7.org/fhir/v3/") || url.starts_with("http://hl7.org/fhir/v2/");
+                    if canonical == Some(url) && !at_own_address() && !v2_or_v3() {
                         self.error(
                             IssueCode::BundleFullUrl,
                             at(),
