@@ -112,14 +112,19 @@ fn type_name(suffix: &str) -> String {
 
 /// The value of the core extension `name` (`http://hl7.org/fhir/StructureDefinition/{name}`) on `v`.
 fn extension<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    extensions(v, name).next()
+}
+
+/// The values of every core extension `name` on `v` (`mimeType` may be given several times).
+fn extensions<'a>(v: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
     items(v, "extension")
-        .find(|e| {
+        .filter(move |e| {
             e.get("url")
                 .and_then(Value::as_str)
                 .and_then(|u| u.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
                 == Some(name)
         })
-        .and_then(|e| typed(e, "value").map(|(_, v)| v))
+        .filter_map(|e| typed(e, "value").map(|(_, v)| v))
 }
 
 /// Compare a quantity answer with a limit: in the same system and code directly; two UCUM
@@ -342,6 +347,7 @@ impl<'a> Check<'a, '_> {
             "choice" | "open-choice" => &["Coding", "Date", "Time", "Integer", "String"],
             _ => return,
         };
+        let value_at = format!("{at}.value.ofType({})", type_name(got));
         if !expected.contains(&got) {
             let names: Vec<String> = expected.iter().map(|t| type_name(t)).collect();
             let text = if names.len() == 1 {
@@ -354,10 +360,10 @@ impl<'a> Check<'a, '_> {
                     type_name(got)
                 )
             };
-            self.error(&format!("{at}.value.ofType({})", type_name(got)), text);
+            self.error(&value_at, text);
             return;
         }
-        self.limits(d, ty, got, value, &format!("{at}.value.ofType({})", type_name(got)));
+        self.limits(d, ty, got, value, &value_at);
         if got == "Coding"
             && let Some(vs) = d.get("answerValueSet").and_then(Value::as_str)
             && let Some(members) = self.options_value_set(vs)
@@ -376,7 +382,7 @@ impl<'a> Check<'a, '_> {
                 );
             }
         }
-        self.kind_limits(d, got, value, &format!("{at}.value.ofType({})", type_name(got)));
+        self.kind_limits(d, got, value, &value_at);
         self.options(d, ty, got, value, count, at);
     }
 
@@ -424,18 +430,21 @@ impl<'a> Check<'a, '_> {
             }
             t => {
                 let same_type: Vec<&Value> = options.iter().filter(|(_, o, _)| *o == t).map(|(_, _, v)| *v).collect();
-                let kind = type_name(t);
-                let at = format!("{at}.value.ofType({kind})");
                 // A Reference option is the resource it names, whatever display it carries.
                 let same = |o: &&Value| match t {
                     "Reference" => o.get("reference").is_some() && o.get("reference") == value.get("reference"),
                     _ => *o == value,
                 };
-                if same_type.is_empty() {
-                    self.error(&at, format!("Cannot validate {kind} answer option because no option list is provided"));
+                // Paths and messages are built only for a fault: this runs for every answer.
+                let kind = || type_name(t);
+                let text = if same_type.is_empty() {
+                    format!("Cannot validate {} answer option because no option list is provided", kind())
                 } else if !same_type.iter().any(same) {
-                    self.error(&at, format!("The {kind} answer is not in the set of permitted values"));
-                }
+                    format!("The {} answer is not in the set of permitted values", kind())
+                } else {
+                    return;
+                };
+                self.error(&format!("{at}.value.ofType({})", kind()), text);
             }
         }
     }
@@ -448,16 +457,9 @@ impl<'a> Check<'a, '_> {
     /// within its sdc minQuantity / maxQuantity, compared only in the same units (UCUM metric
     /// prefixes of one base unit convert), else it cannot be compared (an error, as in Java).
     fn kind_limits(&mut self, d: &Value, got: &str, value: &Value, at: &str) {
-        let all = |name: &str| {
-            let url = format!("http://hl7.org/fhir/StructureDefinition/{name}");
-            items(d, "extension")
-                .filter(move |e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
-                .filter_map(|e| typed(e, "value").map(|(_, v)| v))
-                .collect::<Vec<_>>()
-        };
         match got {
             "Attachment" => {
-                let allowed: Vec<&str> = all("mimeType").into_iter().filter_map(Value::as_str).collect();
+                let allowed: Vec<&str> = extensions(d, "mimeType").filter_map(Value::as_str).collect();
                 if !allowed.is_empty() {
                     match value.get("contentType").and_then(Value::as_str) {
                         None => self.error(at, "A mime type is required for this answer".into()),
@@ -490,7 +492,7 @@ impl<'a> Check<'a, '_> {
                     return;
                 };
                 let allowed: Vec<&str> =
-                    all("questionnaire-referenceResource").into_iter().filter_map(Value::as_str).collect();
+                    extensions(d, "questionnaire-referenceResource").filter_map(Value::as_str).collect();
                 if !super::definitions::Definitions::shared().is_resource(rt) {
                     self.error(at, "The reference does not name an R4 resource type".into());
                 } else if !allowed.is_empty() && !allowed.contains(&rt) {
@@ -504,7 +506,7 @@ impl<'a> Check<'a, '_> {
                 }
             }
             "Quantity" => {
-                let units = all("questionnaire-unitOption");
+                let units: Vec<&Value> = extensions(d, "questionnaire-unitOption").collect();
                 if !units.is_empty() {
                     let text = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
                     let fits = units.iter().any(|u| {
@@ -549,14 +551,7 @@ impl<'a> Check<'a, '_> {
     /// maxValue and maxDecimalPlaces extensions (errors); a newline in a `string` answer
     /// (warning). The answer itself is never repeated.
     fn limits(&mut self, d: &Value, ty: &str, got: &str, value: &Value, at: &str) {
-        let ext = |name: &str| {
-            items(d, "extension")
-                .find(|e| {
-                    e.get("url").and_then(Value::as_str)
-                        == Some(&format!("http://hl7.org/fhir/StructureDefinition/{name}"))
-                })
-                .and_then(|e| typed(e, "value").map(|(_, v)| v))
-        };
+        let ext = |name: &str| extension(d, name);
         match (got, value) {
             ("String", Value::String(text)) => {
                 let length = text.chars().count() as i64;

@@ -151,6 +151,17 @@ pub(super) fn is_cross_version_extension(url: &str) -> bool {
         .is_some_and(|(version, _)| !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
+/// The contained resource of `root` with `id`.
+fn contained_by_id<'v>(root: &'v Value, id: &str) -> Option<&'v Value> {
+    super::items(root, "contained").find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+}
+
+/// Whether a Coding or Identifier system is an absolute reference as the Java reference's
+/// isSystemReferenceValid has it (`http:`, `https:`, `urn:`; an Identifier may also use `ldap:`).
+fn is_system_reference(system: &str) -> bool {
+    ["http:", "https:", "urn:"].iter().any(|p| system.starts_with(p))
+}
+
 /// The longest string FHIR allows, in UTF-16 units as the Java reference counts them.
 const STRING_MAX_UNITS: usize = 1_048_576;
 
@@ -395,28 +406,29 @@ impl<'v> Walker<'_, 'v> {
         let moded = entries.iter().any(|e| mode(e).is_some());
         let (mut mixed, mut first_type) = (types.is_empty(), None);
         for (i, entry) in entries.iter().enumerate() {
-            let at = format!("{path}.entry[{i}]");
+            // Paths are built only for an issue.
+            let at = || format!("{path}.entry[{i}]");
+            let res_at = || format!("{path}.entry[{i}].resource");
             if moded && mode(entry).is_none() {
-                self.warn(IssueCode::Cardinality, &at, "SearchSet bundles should have search modes on the entries");
+                self.warn(IssueCode::Cardinality, &at(), "SearchSet bundles should have search modes on the entries");
             }
             let Some(resource) = entry.get("resource") else {
-                self.error(IssueCode::Cardinality, at, "A search result entry must have a resource");
+                self.error(IssueCode::Cardinality, at(), "A search result entry must have a resource");
                 continue;
             };
             let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
             let has_id = resource.get("id").is_some();
             let of_type = types.is_empty() || types.contains(&rt);
-            let res_at = format!("{at}.resource");
             const NO_ID: &str = "Search results must have ids";
             const WRONG_TYPE: &str = "This is not a matching resource type for the specified search";
             match mode(entry) {
                 _ if !moded => {
                     if !of_type {
                         mixed = true;
-                        self.warn(IssueCode::Cardinality, &at, &format!("{WRONG_TYPE} (is a search mode needed?)"));
+                        self.warn(IssueCode::Cardinality, &at(), &format!("{WRONG_TYPE} (is a search mode needed?)"));
                     } else {
                         if !has_id && rt != "OperationOutcome" {
-                            self.warn(IssueCode::Cardinality, &res_at, NO_ID);
+                            self.warn(IssueCode::Cardinality, &res_at(), NO_ID);
                         }
                         if rt != "OperationOutcome" && *first_type.get_or_insert(rt) != rt {
                             mixed = true;
@@ -426,17 +438,19 @@ impl<'v> Walker<'_, 'v> {
                 None => {}
                 Some("match") => {
                     if !has_id {
-                        self.error(IssueCode::Cardinality, res_at.clone(), NO_ID);
+                        self.error(IssueCode::Cardinality, res_at(), NO_ID);
                     }
                     if !of_type {
-                        self.error(IssueCode::Cardinality, res_at, WRONG_TYPE);
+                        self.error(IssueCode::Cardinality, res_at(), WRONG_TYPE);
                     }
                 }
-                Some("include") if !has_id => self.error(IssueCode::Cardinality, res_at, NO_ID),
+                Some("include") if !has_id => self.error(IssueCode::Cardinality, res_at(), NO_ID),
                 Some("include") => {}
-                Some(_) if rt != "OperationOutcome" => {
-                    self.error(IssueCode::Cardinality, res_at, "This is not an OperationOutcome (search mode outcome)")
-                }
+                Some(_) if rt != "OperationOutcome" => self.error(
+                    IssueCode::Cardinality,
+                    res_at(),
+                    "This is not an OperationOutcome (search mode outcome)",
+                ),
                 Some(_) => {}
             }
         }
@@ -1150,7 +1164,7 @@ impl<'v> Walker<'_, 'v> {
     /// at the system.
     fn coding(&mut self, o: &Map<String, Value>, at: &str) {
         let Some(system) = o.get("system").and_then(Value::as_str) else { return };
-        if !["http:", "https:", "urn:"].iter().any(|p| system.starts_with(p)) {
+        if !is_system_reference(system) {
             self.error(
                 IssueCode::InvalidValue,
                 format!("{at}.system"),
@@ -1170,7 +1184,7 @@ impl<'v> Walker<'_, 'v> {
     /// RFC 4122 page is not a system for UUIDs.
     fn identifier(&mut self, o: &Map<String, Value>, at: &str) {
         let Some(system) = o.get("system").and_then(Value::as_str) else { return };
-        if !["http:", "https:", "urn:", "ldap:"].iter().any(|p| system.starts_with(p)) {
+        if !(is_system_reference(system) || system.starts_with("ldap:")) {
             self.error(
                 IssueCode::InvalidValue,
                 at.to_string(),
@@ -1250,8 +1264,7 @@ impl<'v> Walker<'_, 'v> {
         if let Some(id) = o.get("reference").and_then(Value::as_str).and_then(|r| r.strip_prefix('#'))
             && let Some(&(_, root, _)) = self.frames.last()
         {
-            let contained = root.get("contained").and_then(Value::as_array);
-            let found = contained.is_some_and(|cs| cs.iter().any(|c| c.get("id").and_then(Value::as_str) == Some(id)));
+            let found = contained_by_id(root, id).is_some();
             let container = id.is_empty() && self.frames.len() > 1;
             if !(found || container) {
                 self.error(
@@ -1288,9 +1301,7 @@ impl<'v> Walker<'_, 'v> {
         let type_of = |r: &'v Value| r.get("resourceType").and_then(Value::as_str);
         if let Some(id) = reference.strip_prefix('#') {
             let &(_, root, _) = self.frames.last()?;
-            return super::items(root, "contained")
-                .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
-                .and_then(type_of);
+            return contained_by_id(root, id).and_then(type_of);
         }
         let (_, current, _) = self.frames.last()?;
         let bundle = self
