@@ -41,7 +41,7 @@ fn main() -> Result<(), StoreError> {
                     last_updated: at,
                     body: task.to_string(),
                 };
-                resources::insert_new(conn, &stored, &index_values(spec, &task))?;
+                resources::insert_new(conn, &stored, &index_values(spec, &task), &task)?;
                 let grant = Grant { resource_type: "Task".into(), resource_id: id.clone(), org_id: org };
                 resources::replace_grants(conn, &format!("task:{id}"), &[grant])?;
             }

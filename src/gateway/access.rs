@@ -206,20 +206,43 @@ fn shareable(ty: &str) -> bool {
 
 /// Compute and store what the owner of a Task may see (see the module rules).
 pub(super) fn grant_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<(), StoreError> {
-    let grants = owner_grants(conn, task_id, task)?;
+    let grants = owner_grants(conn, task_id, task, None)?;
     resources::replace_grants(conn, &format!("task:{task_id}"), &grants)
 }
 
 /// [`grant_task`] for a Task just created (it has no grants to replace).
 pub(super) fn grant_new_task(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<(), StoreError> {
-    let grants = owner_grants(conn, task_id, task)?;
+    let grants = owner_grants(conn, task_id, task, None)?;
     resources::add_grants(conn, &format!("task:{task_id}"), &grants)
 }
 
+/// A ServiceRequest about to be stored with its Tasks: its id, sender Organization and body.
+pub(super) struct Unstored<'a> {
+    pub id: &'a str,
+    pub sender: &'a str,
+    pub body: &'a Value,
+}
+
+/// The grants of a new Task of a ServiceRequest not stored yet, computed before the write
+/// transaction (the caller writes them with [`resources::add_grants`] under `task:{task_id}`).
+pub(super) fn new_task_grants(
+    conn: &mut DbConn,
+    task_id: &str,
+    task: &Value,
+    sr: &Unstored<'_>,
+) -> Result<Vec<Grant>, StoreError> {
+    owner_grants(conn, task_id, task, Some(sr))
+}
+
 /// The grants a Task gives its owner's Organization (none without an owner Signpost knows).
-fn owner_grants(conn: &mut DbConn, task_id: &str, task: &Value) -> Result<Vec<Grant>, StoreError> {
+fn owner_grants(
+    conn: &mut DbConn,
+    task_id: &str,
+    task: &Value,
+    unstored: Option<&Unstored<'_>>,
+) -> Result<Vec<Grant>, StoreError> {
     match owner_org(conn, task)? {
-        Some(org) => task_grants(conn, task_id, task, &org),
+        Some(org) => task_grants(conn, task_id, task, &org, unstored),
         None => Ok(Vec::new()),
     }
 }
@@ -238,7 +261,13 @@ pub(super) fn regrant_tasks_of(conn: &mut DbConn, sr_id: &str) -> Result<(), Sto
     Ok(())
 }
 
-fn task_grants(conn: &mut DbConn, task_id: &str, task: &Value, org: &str) -> Result<Vec<Grant>, StoreError> {
+fn task_grants(
+    conn: &mut DbConn,
+    task_id: &str,
+    task: &Value,
+    org: &str,
+    unstored: Option<&Unstored<'_>>,
+) -> Result<Vec<Grant>, StoreError> {
     let grant = |ty: &str, id: &str| Grant { resource_type: ty.into(), resource_id: id.into(), org_id: org.into() };
     let mut out = vec![grant("Task", task_id)];
     let mut srs: Vec<String> = Vec::new();
@@ -250,9 +279,14 @@ fn task_grants(conn: &mut DbConn, task_id: &str, task: &Value, org: &str) -> Res
         }
     }
     for sr_id in srs {
-        let Some(sender) = resources::sender_of(conn, "ServiceRequest", &sr_id)? else { continue };
-        let Some(stored) = resources::get(conn, "ServiceRequest", &sr_id)? else { continue };
-        let sr = stored.json()?;
+        let (sender, sr) = match unstored.filter(|u| u.id == sr_id) {
+            Some(u) => (u.sender.to_string(), std::borrow::Cow::Borrowed(u.body)),
+            None => {
+                let Some(sender) = resources::sender_of(conn, "ServiceRequest", &sr_id)? else { continue };
+                let Some(stored) = resources::get(conn, "ServiceRequest", &sr_id)? else { continue };
+                (sender, std::borrow::Cow::Owned(stored.json()?))
+            }
+        };
         out.push(grant("ServiceRequest", &sr_id));
         let mut targets: Vec<(String, String)> = Vec::new();
         let refs = sr

@@ -123,13 +123,13 @@ pub fn load_files(
             let index = index_values(spec, &body);
             match current {
                 Some(c) => {
-                    if !resources::update_if_version(conn, &stored, c.version_id, &index, None)? {
+                    if !resources::update_if_version(conn, &stored, c.version_id, &index, None, &body)? {
                         anyhow::bail!("{}/{id} changed while the directory was loading; load it again", spec.name);
                     }
                     loaded.updated += 1;
                 }
                 None => {
-                    resources::insert_new(conn, &stored, &index)?;
+                    resources::insert_new(conn, &stored, &index, &body)?;
                     loaded.created += 1;
                 }
             }

@@ -97,6 +97,7 @@ pub(super) fn system_update(
             current.version_id,
             &index_values(spec, &body),
             Some(&previous_index),
+            &body,
         )? {
             let regrant = GRANTED_BY.iter().zip(&grants_from).any(|(k, before)| body.get(*k) != before.as_ref());
             match ty {

@@ -265,6 +265,27 @@ impl Plan {
     }
 }
 
+/// The stored form of a routing decision (built before the write transaction where it can be).
+pub(super) fn decision_row(p: &Principal, sr_id: &str, plan: &Plan, task_ids: &[String]) -> DecisionRow {
+    let unmatched = plan.unmatched();
+    DecisionRow {
+        service_request_id: sr_id.to_string(),
+        sender_org: p.org_id.clone(),
+        decided_at: now_ms(),
+        unmatched: i32::try_from(unmatched).unwrap_or(i32::MAX),
+        explanation: plan.explanation(Some(&format!("ServiceRequest/{sr_id}")), task_ids).to_string(),
+    }
+}
+
+/// Store a routing decision with its ServiceRequest.
+pub(super) fn store_decision(conn: &mut DbConn, row: &DecisionRow) -> Result<(), ApiError> {
+    if row.unmatched > 0 {
+        tracing::warn!(service_request = %row.service_request_id, unmatched = row.unmatched, "referral has needs no service fits");
+    }
+    decisions::insert(conn, row)?;
+    Ok(())
+}
+
 fn prepend(parameters: &mut Value, p: Value) {
     if let Some(list) = parameters.get_mut("parameter").and_then(Value::as_array_mut) {
         list.insert(0, p);
@@ -295,22 +316,7 @@ impl Gateway {
         plan: &Plan,
         task_ids: &[String],
     ) -> Result<(), ApiError> {
-        let unmatched = plan.unmatched();
-        if unmatched > 0 {
-            tracing::warn!(service_request = sr_id, unmatched, "referral has needs no service fits");
-        }
-        let explanation = plan.explanation(Some(&format!("ServiceRequest/{sr_id}")), task_ids);
-        decisions::insert(
-            conn,
-            &DecisionRow {
-                service_request_id: sr_id.to_string(),
-                sender_org: p.org_id.clone(),
-                decided_at: now_ms(),
-                unmatched: i32::try_from(unmatched).unwrap_or(i32::MAX),
-                explanation: explanation.to_string(),
-            },
-        )?;
-        Ok(())
+        store_decision(conn, &decision_row(p, sr_id, plan, task_ids))
     }
 
     /// `GET /fhir/ServiceRequest/{id}/$routing`: how the referral was routed, for its sender and

@@ -9,7 +9,7 @@ use super::access;
 use super::flow::Author;
 use super::provenance;
 use super::referral::{enforce_referral_rules, referral_issues};
-use super::route::Plan;
+use super::route::{Plan, decision_row, store_decision};
 use super::{Ctx, Gateway, Reply, WriteOpts, resource_reply, served_type};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
@@ -18,7 +18,8 @@ use crate::fhir::search::index_values;
 use crate::fhir::{TypeClass, TypeSpec, instant, now_ms, stamp_meta, type_spec};
 use crate::lifecycle::{self, Actor};
 use crate::routing::{self, DirectoryFacts};
-use crate::store::resources::{self, StoredResource};
+use crate::store::resources::{self, Grant, IndexEntry, StoredResource};
+use crate::store::routing::DecisionRow;
 use crate::store::{DbConn, StoreError};
 
 /// How an update changes the stored resource.
@@ -109,32 +110,87 @@ pub(super) fn performer_facts(conn: &mut DbConn, sr: &Value) -> Result<Directory
     Ok(facts)
 }
 
+/// A new resource (version 1) ready to store: its id and `meta` set, its body serialised and its
+/// search values extracted, all of it work done before the write transaction.
+pub(super) struct NewResource {
+    pub spec: &'static TypeSpec,
+    pub stored: StoredResource,
+    pub body: Value,
+    pub index: Vec<IndexEntry>,
+}
+
+impl NewResource {
+    pub(super) fn new(spec: &'static TypeSpec, id: &str, mut body: Value, now: i64) -> Self {
+        body["id"] = Value::String(id.to_string());
+        stamp_meta(&mut body, 1, now);
+        let stored = StoredResource {
+            resource_type: spec.name.to_string(),
+            id: id.to_string(),
+            version_id: 1,
+            last_updated: now,
+            body: body.to_string(),
+        };
+        let index = index_values(spec, &body);
+        Self { spec, stored, body, index }
+    }
+}
+
+/// Store a new resource with its index, its sender's grant and its Provenance. A Task's owner
+/// grants are the caller's to write, once everything the Task points to is stored.
+pub(super) fn store_new(
+    conn: &mut DbConn,
+    author: &Author,
+    new: &NewResource,
+    sender_org: &str,
+) -> Result<(), ApiError> {
+    let stored = &new.stored;
+    resources::insert_new(conn, stored, &new.index, &new.body)?;
+    access::grant_sender(conn, new.spec, &stored.id, sender_org)?;
+    provenance::record(conn, stored, author, "CREATE")?;
+    tracing::info!(resource_type = new.spec.name, id = %stored.id, version = 1, client = %author.client, "created");
+    Ok(())
+}
+
 /// Store a new resource (version 1) with its index and its sender's grant. Sets `id` and
 /// `meta`. A Task's owner grants are written by [`access::grant_task`] once everything the
 /// Task points to is stored.
 pub(super) fn insert_resource(
     conn: &mut DbConn,
     author: &Author,
-    spec: &TypeSpec,
+    spec: &'static TypeSpec,
     id: &str,
     body: &mut Value,
     sender_org: &str,
     now: i64,
 ) -> Result<StoredResource, ApiError> {
-    body["id"] = Value::String(id.to_string());
-    stamp_meta(body, 1, now);
-    let stored = StoredResource {
-        resource_type: spec.name.to_string(),
-        id: id.to_string(),
-        version_id: 1,
-        last_updated: now,
-        body: body.to_string(),
-    };
-    resources::insert_new(conn, &stored, &index_values(spec, body))?;
-    access::grant_sender(conn, spec, id, sender_org)?;
-    provenance::record(conn, &stored, author, "CREATE")?;
-    tracing::info!(resource_type = spec.name, id, version = 1, client = %author.client, "created");
-    Ok(stored)
+    let new = NewResource::new(spec, id, std::mem::take(body), now);
+    let stored = store_new(conn, author, &new, sender_org);
+    *body = new.body;
+    stored.map(|()| new.stored)
+}
+
+/// The Tasks routing decided for a ServiceRequest (`sr_id`, `sr` as it is stored), each checked
+/// against the Task profile like any other write, ready to store.
+fn routed_tasks(
+    sr_id: &str,
+    sr: &Value,
+    routes: &[routing::Route],
+    sender_org: &str,
+    now: i64,
+) -> Result<Vec<NewResource>, ApiError> {
+    let task_spec = type_spec("Task").expect("Task is served");
+    let mut out = Vec::new();
+    for route in routes {
+        let task = routing::task_for(sr_id, sr, route, sender_org, &instant(now));
+        let mut issues = Vec::new();
+        crate::fhir::validate_resource(&task, "Task", &mut issues);
+        if has_errors(&issues) {
+            let codes: Vec<&str> = issues.iter().map(|i| i.code.code()).collect();
+            return Err(ApiError::Internal(format!("a routed Task fails validation: {codes:?}")));
+        }
+        out.push(NewResource::new(task_spec, &crate::store::new_id(), task, now));
+    }
+    Ok(out)
 }
 
 /// Create the Tasks routing decided for a stored ServiceRequest (their owners' grants are the
@@ -148,22 +204,77 @@ pub(super) fn create_routed_tasks(
     routes: &[routing::Route],
     now: i64,
 ) -> Result<Vec<StoredResource>, ApiError> {
-    let task_spec = type_spec("Task").expect("Task is served");
     let mut out = Vec::new();
-    for route in routes {
-        let mut task = routing::task_for(sr_id, sr, route, sender_org, &instant(now));
-        // Routed Tasks pass the Task profile like any other write.
-        let mut issues = Vec::new();
-        crate::fhir::validate_resource(&task, "Task", &mut issues);
-        if has_errors(&issues) {
-            let codes: Vec<&str> = issues.iter().map(|i| i.code.code()).collect();
-            return Err(ApiError::Internal(format!("a routed Task fails validation: {codes:?}")));
-        }
-        let id = crate::store::new_id();
-        out.push(insert_resource(conn, author, task_spec, &id, &mut task, sender_org, now)?);
-        tracing::info!(task = %id, via = %route.via, "routed");
+    for (task, route) in routed_tasks(sr_id, sr, routes, sender_org, now)?.into_iter().zip(routes) {
+        store_new(conn, author, &task, sender_org)?;
+        tracing::info!(task = %task.stored.id, via = %route.via, "routed");
+        out.push(task.stored);
     }
     Ok(out)
+}
+
+/// A ServiceRequest create decided before its write transaction: the referral rules' warnings,
+/// the routing decision, and the ServiceRequest and its routed Tasks (with their owners'
+/// grants) ready to store. What is left for the transaction is writing it.
+pub(super) struct PreparedReferral {
+    warnings: Vec<Issue>,
+    sr: NewResource,
+    tasks: Vec<(NewResource, Vec<Grant>)>,
+    vias: Vec<String>,
+    decision: DecisionRow,
+}
+
+impl Gateway {
+    /// Check a new ServiceRequest (`id`) against the referral rules, route it and build its
+    /// Tasks, reading through `conn`.
+    fn prepare_referral(
+        &self,
+        conn: &mut DbConn,
+        p: &Principal,
+        id: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<PreparedReferral, ApiError> {
+        let mut warnings = enforce_referral_rules(conn, p, body, "ServiceRequest", self.validation)?;
+        let plan = if routing::performer_targets(body).is_empty() {
+            self.route_by_condition(conn, p, body, &Default::default(), "ServiceRequest")?
+        } else {
+            let facts = performer_facts(conn, body)?;
+            Plan::Explicit(routing::route(body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?)
+        };
+        warnings.extend(plan.warnings("ServiceRequest"));
+        let spec = type_spec("ServiceRequest").expect("ServiceRequest is served");
+        let sr = NewResource::new(spec, id, body.clone(), now);
+        let routes = plan.routes();
+        let unstored = access::Unstored { id, sender: &p.org_id, body: &sr.body };
+        let mut tasks = Vec::new();
+        for task in routed_tasks(id, &sr.body, &routes, &p.org_id, now)? {
+            let grants = access::new_task_grants(conn, &task.stored.id, &task.body, &unstored)?;
+            tasks.push((task, grants));
+        }
+        let task_ids: Vec<String> = tasks.iter().map(|(t, _)| t.stored.id.clone()).collect();
+        let decision = decision_row(p, id, &plan, &task_ids);
+        let vias = routes.iter().map(|r| r.via.clone()).collect();
+        Ok(PreparedReferral { warnings, sr, tasks, vias, decision })
+    }
+
+    /// [`Self::prepare_referral`] on a pooled connection, in one read snapshot, before the write
+    /// transaction.
+    fn prepare_referral_before(&self, p: &Principal, body: &Value, now: i64) -> Result<PreparedReferral, ApiError> {
+        let mut conn = self.conn()?;
+        crate::store::read_snapshot(&mut conn, |c| self.prepare_referral(c, p, &crate::store::new_id(), body, now))
+    }
+}
+
+/// Write a prepared ServiceRequest, its Tasks, their grants and the routing decision.
+fn store_referral(conn: &mut DbConn, author: &Author, sender_org: &str, r: &PreparedReferral) -> Result<(), ApiError> {
+    store_new(conn, author, &r.sr, sender_org)?;
+    for ((task, grants), via) in r.tasks.iter().zip(&r.vias) {
+        store_new(conn, author, task, sender_org)?;
+        resources::add_grants(conn, &format!("task:{}", task.stored.id), grants)?;
+        tracing::info!(task = %task.stored.id, via = %via, "routed");
+    }
+    store_decision(conn, &r.decision)
 }
 
 impl Gateway {
@@ -257,30 +368,40 @@ impl Gateway {
             None => None,
         };
         let p = &ctx.principal;
+        // A referral's reads and routing happen before the write transaction, unless a condition
+        // must be checked first (then inside it, after the condition).
+        let prepared = match (spec.name, &conditional) {
+            ("ServiceRequest", None) => Some(self.prepare_referral_before(p, &resource, now_ms())?),
+            _ => None,
+        };
         self.run_write(ctx, opts, |conn| {
             let now = now_ms();
-            let id = crate::store::new_id();
+            let id = prepared.as_ref().map_or_else(crate::store::new_id, |r| r.sr.stored.id.clone());
             if let Some(ident) = &conditional
                 && let Some(existing) = conditional_create(conn, p, spec, ident, &id, None)?
             {
                 return Ok(resource_reply(ctx, 200, &existing, true, &warnings));
             }
+            let author = Author::of(p, &ctx.correlation_id);
+            let inside;
+            let referral = match &prepared {
+                Some(r) => Some(r),
+                None if spec.name == "ServiceRequest" => {
+                    inside = self.prepare_referral(conn, p, &id, &resource, now)?;
+                    Some(&inside)
+                }
+                None => None,
+            };
+            if let Some(r) = referral {
+                store_referral(conn, &author, &p.org_id, r)?;
+                let mut all = warnings.clone();
+                all.extend(r.warnings.iter().cloned());
+                return Ok(resource_reply(ctx, 201, &r.sr.stored, true, &all));
+            }
             let mut body = resource.clone();
-            let mut plan = None;
             let mut warnings = warnings.clone();
             match spec.name {
                 "Patient" => warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?),
-                "ServiceRequest" => {
-                    warnings.extend(enforce_referral_rules(conn, p, &body, spec.name, self.validation)?);
-                    let chosen = if routing::performer_targets(&body).is_empty() {
-                        self.route_by_condition(conn, p, &body, &Default::default(), "ServiceRequest")?
-                    } else {
-                        let facts = performer_facts(conn, &body)?;
-                        Plan::Explicit(routing::route(&body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?)
-                    };
-                    warnings.extend(chosen.warnings("ServiceRequest"));
-                    plan = Some(chosen);
-                }
                 "Task" => {
                     let issues = access::check_sender_task(conn, p, &body, &HashMap::new(), "Task")?;
                     if !issues.is_empty() {
@@ -289,16 +410,7 @@ impl Gateway {
                 }
                 _ => {}
             }
-            let author = Author::of(p, &ctx.correlation_id);
             let stored = insert_resource(conn, &author, spec, &id, &mut body, &p.org_id, now)?;
-            if let Some(plan) = &plan {
-                let mut task_ids = Vec::new();
-                for task in create_routed_tasks(conn, &author, &p.org_id, &id, &body, &plan.routes(), now)? {
-                    access::grant_new_task(conn, &task.id, &task.json()?)?;
-                    task_ids.push(task.id);
-                }
-                self.record_decision(conn, p, &id, plan, &task_ids)?;
-            }
             if spec.name == "Task" {
                 access::grant_new_task(conn, &id, &body)?;
             }
@@ -405,7 +517,7 @@ impl Gateway {
                 body: new.to_string(),
             };
             let (index, previous_index) = (index_values(spec, &new), index_values(spec, &old));
-            if !resources::update_if_version(conn, &stored, current.version_id, &index, Some(&previous_index))? {
+            if !resources::update_if_version(conn, &stored, current.version_id, &index, Some(&previous_index), &new)? {
                 return Err(version_conflict());
             }
             match spec.name {

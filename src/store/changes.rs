@@ -153,10 +153,10 @@ fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Re
             changed_at,
         })
         .collect();
-    // Multi-row INSERTs (MultiConnection has no batch insert, so per backend), in chunks that
-    // keep within both databases' limits on bound parameters (a large directory import).
+    // In chunks that keep within both databases' limits on bound parameters (a large
+    // directory import).
     for chunk in rows.chunks(1000) {
-        super::on_backend!(conn, c => diesel::insert_into(change_log::table).values(chunk).execute(c)?);
+        super::insert_rows!(&mut *conn, change_log::table, chunk.to_vec());
     }
     Ok(last)
 }

@@ -45,17 +45,27 @@ pub enum DbConn {
     Pg(PgConnection),
 }
 
-/// Run `$body` with `$c` bound to the backend's own connection: for the statements diesel does not
-/// offer through `MultiConnection` (multi-row inserts, upserts, row locks).
-macro_rules! on_backend {
-    ($conn:expr, $c:ident => $body:expr) => {
+/// Insert `$rows` (a `Vec` of one table's rows) into `$table`: on PostgreSQL one multi-row
+/// statement (one round trip); on SQLite one single-row statement per row, which diesel
+/// prepares once and caches (a multi-row statement is compiled again for every call, and
+/// SQLite has no round trips to save).
+macro_rules! insert_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {
         match $conn {
-            $crate::store::DbConn::Sqlite($c) => $body,
-            $crate::store::DbConn::Pg($c) => $body,
+            $crate::store::DbConn::Sqlite(c) => {
+                for row in $rows {
+                    diesel::insert_into($table).values(row).execute(c)?;
+                }
+            }
+            $crate::store::DbConn::Pg(c) => {
+                if !$rows.is_empty() {
+                    diesel::insert_into($table).values(&$rows).execute(c)?;
+                }
+            }
         }
     };
 }
-pub(crate) use on_backend;
+pub(crate) use insert_rows;
 
 /// The backend type shared by every query built for [`DbConn`].
 pub type Backend = <DbConn as Connection>::Backend;
@@ -217,8 +227,21 @@ pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
     }
     let writer = match url.kind {
         BackendKind::Sqlite => {
-            let conn = Manager { url: url.clone() }.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Some(Arc::new(GroupWriter::new(conn)))
+            let manager = Manager { url: url.clone() };
+            let conn = manager.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let writer = if url.target == ":memory:" {
+                GroupWriter::new(conn)
+            } else {
+                // The writer never copies the WAL back into the database itself (its commits
+                // would wait for it): a checkpointer of its own does, beside it.
+                let writer = GroupWriter::new(conn);
+                let checkpointer = manager.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                if spawn_checkpointer(checkpointer, Arc::downgrade(&writer.alive)) {
+                    writer.lock().conn.batch_execute("PRAGMA wal_autocheckpoint = 0;")?;
+                }
+                writer
+            };
+            Some(Arc::new(writer))
         }
         BackendKind::Postgres => None,
     };
@@ -259,6 +282,34 @@ where
     match conn.writer.clone() {
         Some(writer) => writer.run(f),
         None => single_txn(&mut conn.conn, f),
+    }
+}
+
+/// `f` in one read-only transaction on `conn` (a pooled connection, never the SQLite writer),
+/// so that its reads see one committed state of the database; ended with a rollback. The reads
+/// a write needs are made this way before its write transaction, which then holds the SQLite
+/// writer only for its inserts: they see what was committed when they ran, as a PostgreSQL
+/// write transaction's reads (read committed) always do.
+pub fn read_snapshot<T, E>(conn: &mut PooledConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    let conn = &mut *conn.conn;
+    let begun = match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN DEFERRED"),
+        DbConn::Pg(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        }
+    };
+    begun.map_err(|e| E::from(StoreError::from(e)))?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+    let ended = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+    match outcome {
+        Ok(value) => {
+            ended.map_err(|e| E::from(StoreError::from(e)))?;
+            value
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
@@ -337,6 +388,28 @@ where
     }
 }
 
+/// How often the checkpointer copies the WAL's committed pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copy the WAL into the database file every [`CHECKPOINT_EVERY`] (`PASSIVE`: never waiting for
+/// the writer or readers; SQLite starts the WAL afresh at the next write once it is all copied),
+/// until the writer whose `alive` token this is has gone. `false` if it could not start (the
+/// writer then checkpoints as SQLite does by default).
+fn spawn_checkpointer(mut conn: DbConn, alive: std::sync::Weak<()>) -> bool {
+    let spawned = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        while alive.upgrade().is_some() {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+            }
+        }
+    });
+    if let Err(e) = &spawned {
+        tracing::error!(error = %e, "cannot start the SQLite checkpointer");
+    }
+    spawned.is_ok()
+}
+
 /// The most writes one SQLite transaction carries, so that the first of them waits for a
 /// bounded number of others.
 const MAX_GROUP: usize = 64;
@@ -354,6 +427,8 @@ pub struct GroupWriter {
     committed: std::sync::Condvar,
     /// Writes waiting for the lock.
     queued: std::sync::atomic::AtomicUsize,
+    /// Held while the writer exists: its checkpointer stops when it is gone.
+    alive: Arc<()>,
 }
 
 struct WriterState {
@@ -381,6 +456,7 @@ impl GroupWriter {
             }),
             committed: std::sync::Condvar::new(),
             queued: Default::default(),
+            alive: Arc::new(()),
         }
     }
 
@@ -561,6 +637,30 @@ mod tests {
         let changes = super::changes::since(&mut conn, before, 10, None, &[]).unwrap();
         let ids: Vec<&str> = changes.iter().map(|c| c.resource_id.as_str()).collect();
         assert_eq!(ids, ["kept"]);
+    }
+
+    /// The writer leaves checkpoints to the checkpointer: what it commits reaches the database
+    /// file without another write, and the WAL does not grow without end.
+    #[test]
+    fn the_checkpointer_copies_committed_writes_into_the_database_file() {
+        use diesel::connection::SimpleConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let pool = super::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        let mut conn = pool.get().unwrap();
+        conn.batch_execute("CREATE TABLE t (x TEXT)").unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        for _ in 0..200 {
+            super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+                Ok(c.batch_execute("INSERT INTO t VALUES (hex(randomblob(2000)))")?)
+            })
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < before + 400_000 {
+            assert!(std::time::Instant::now() < deadline, "the database file never received the WAL's pages");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     #[test]

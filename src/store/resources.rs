@@ -132,36 +132,37 @@ fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry], fre
             )
         })
         .collect();
-    // One multi-row INSERT (MultiConnection has no batch insert, so per backend).
-    if rows.is_empty() {
-        return Ok(());
-    }
-    super::on_backend!(conn, c => diesel::insert_into(search_index::table).values(&rows).execute(c)?);
+    super::insert_rows!(conn, search_index::table, rows);
     Ok(())
 }
 
-/// Store a new resource (version 1 or a create-on-update) with its search values.
-/// Fails with [`StoreError::Unique`] if the id is taken.
-pub fn insert_new(conn: &mut DbConn, r: &StoredResource, index: &[IndexEntry]) -> Result<(), StoreError> {
+/// Store a new resource (version 1 or a create-on-update) with its search values; `body` is
+/// `r.body` as JSON. Fails with [`StoreError::Unique`] if the id is taken.
+pub fn insert_new(
+    conn: &mut DbConn,
+    r: &StoredResource,
+    index: &[IndexEntry],
+    body: &serde_json::Value,
+) -> Result<(), StoreError> {
     diesel::insert_into(resources::table).values(r).execute(conn)?;
     insert_version(conn, r)?;
     write_index(conn, &r.resource_type, &r.id, index, true)?;
-    record_change(conn, r)
+    record_change(conn, r, body)
 }
 
-/// The change log and, for Tasks, the outbox: written with every stored version.
-fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
+/// The change log and, for Tasks, the outbox: written with every stored version (`new` is
+/// `r.body` as JSON).
+fn record_change(conn: &mut DbConn, r: &StoredResource, new: &serde_json::Value) -> Result<(), StoreError> {
     super::changes::record(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     if r.resource_type == "Task" {
-        let new = r.json()?;
         let old = match r.version_id {
             1 => None,
             v => get_version(conn, "Task", &r.id, v - 1)?.map(|o| o.json()).transpose()?,
         };
-        super::routing::note_task_change(conn, old.as_ref(), &new)?;
-        super::routing::note_task_queue(conn, &r.id, &new, r.last_updated)?;
+        super::routing::note_task_change(conn, old.as_ref(), new)?;
+        super::routing::note_task_queue(conn, &r.id, new, r.last_updated)?;
         crate::failpoint::hit("store::before_outbox");
-        super::outbox::enqueue_for_task(conn, r, &new, old.as_ref())?;
+        super::outbox::enqueue_for_task(conn, r, new, old.as_ref())?;
     }
     Ok(())
 }
@@ -169,7 +170,7 @@ fn record_change(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError
 /// Replace the current version if it is still `expected_version` (compare-and-swap).
 /// Returns `false`, writing nothing, when another writer got there first.
 ///
-/// `previous_index` is the index of the version replaced, when the caller has it: a change that
+/// `body` is `r.body` as JSON. `previous_index` is the index of the version replaced, when the caller has it: a change that
 /// leaves the indexed values as they were (a stage, a note) keeps the stored rows.
 pub fn update_if_version(
     conn: &mut DbConn,
@@ -177,6 +178,7 @@ pub fn update_if_version(
     expected_version: i64,
     index: &[IndexEntry],
     previous_index: Option<&[IndexEntry]>,
+    body: &serde_json::Value,
 ) -> Result<bool, StoreError> {
     let changed = diesel::update(
         resources::table
@@ -198,7 +200,7 @@ pub fn update_if_version(
     if previous_index != Some(index) {
         write_index(conn, &r.resource_type, &r.id, index, false)?;
     }
-    record_change(conn, r)?;
+    record_change(conn, r, body)?;
     Ok(true)
 }
 
@@ -226,10 +228,7 @@ pub fn add_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(
             )
         })
         .collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    super::on_backend!(conn, c => diesel::insert_into(access_grants::table).values(&rows).execute(c)?);
+    super::insert_rows!(conn, access_grants::table, rows);
     Ok(())
 }
 

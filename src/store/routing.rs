@@ -86,16 +86,34 @@ pub fn note_task_queue(
         task_queue::status.eq(status),
         task_queue::last_updated.eq(last_updated),
     );
-    super::on_backend!(conn, c => diesel::insert_into(task_queue::table)
-        .values(row)
-        .on_conflict(task_queue::task_id)
-        .do_update()
-        .set((
-            task_queue::owner_org.eq(excluded(task_queue::owner_org)),
-            task_queue::status.eq(excluded(task_queue::status)),
-            task_queue::last_updated.eq(excluded(task_queue::last_updated)),
-        ))
-        .execute(c)?);
+    match conn {
+        // The one writer: an update, else an insert (two cached statements; diesel compiles an
+        // upsert again each time).
+        DbConn::Sqlite(c) => {
+            let changed = diesel::update(task_queue::table.find(id))
+                .set((
+                    task_queue::owner_org.eq(&owner),
+                    task_queue::status.eq(status),
+                    task_queue::last_updated.eq(last_updated),
+                ))
+                .execute(c)?;
+            if changed == 0 {
+                diesel::insert_into(task_queue::table).values(row).execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            diesel::insert_into(task_queue::table)
+                .values(row)
+                .on_conflict(task_queue::task_id)
+                .do_update()
+                .set((
+                    task_queue::owner_org.eq(excluded(task_queue::owner_org)),
+                    task_queue::status.eq(excluded(task_queue::status)),
+                    task_queue::last_updated.eq(excluded(task_queue::last_updated)),
+                ))
+                .execute(c)?;
+        }
+    }
     Ok(())
 }
 
@@ -103,12 +121,25 @@ pub fn note_task_queue(
 pub(super) fn add_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     let row = (open_tasks::org_id.eq(org), open_tasks::open.eq(delta));
-    super::on_backend!(conn, c => diesel::insert_into(open_tasks::table)
-        .values(row)
-        .on_conflict(open_tasks::org_id)
-        .do_update()
-        .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
-        .execute(c)?);
+    match conn {
+        // As in `note_task_queue`: the one writer updates, else inserts.
+        DbConn::Sqlite(c) => {
+            let changed = diesel::update(open_tasks::table.find(org))
+                .set(open_tasks::open.eq(open_tasks::open + delta))
+                .execute(c)?;
+            if changed == 0 {
+                diesel::insert_into(open_tasks::table).values(row).execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            diesel::insert_into(open_tasks::table)
+                .values(row)
+                .on_conflict(open_tasks::org_id)
+                .do_update()
+                .set(open_tasks::open.eq(open_tasks::open + excluded(open_tasks::open)))
+                .execute(c)?;
+        }
+    }
     Ok(())
 }
 

@@ -152,7 +152,8 @@ fn force_status(app: &TestApp, id: &str, status: &str) {
             &stored,
             current.version_id,
             &signpost::fhir::search::index_values(spec, &body),
-            None
+            None,
+            &body
         )
         .unwrap()
     );
