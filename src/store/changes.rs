@@ -156,7 +156,7 @@ fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Re
     // In chunks that keep within both databases' limits on bound parameters (a large
     // directory import).
     for chunk in rows.chunks(1000) {
-        super::insert_rows!(&mut *conn, change_log::table, chunk.to_vec());
+        super::insert_rows!(&mut *conn, change_log::table, chunk);
     }
     Ok(last)
 }

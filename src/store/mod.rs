@@ -45,25 +45,26 @@ pub enum DbConn {
     Pg(PgConnection),
 }
 
-/// Insert `$rows` (a `Vec` of one table's rows) into `$table`: on PostgreSQL one multi-row
+/// Insert `$rows` (a slice of one table's rows) into `$table`: on PostgreSQL one multi-row
 /// statement (one round trip); on SQLite one single-row statement per row, which diesel
 /// prepares once and caches (a multi-row statement is compiled again for every call, and
 /// SQLite has no round trips to save).
 macro_rules! insert_rows {
-    ($conn:expr, $table:expr, $rows:expr) => {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        let rows = $rows;
         match $conn {
             $crate::store::DbConn::Sqlite(c) => {
-                for row in $rows {
+                for row in rows {
                     diesel::insert_into($table).values(row).execute(c)?;
                 }
             }
             $crate::store::DbConn::Pg(c) => {
-                if !$rows.is_empty() {
-                    diesel::insert_into($table).values(&$rows).execute(c)?;
+                if !rows.is_empty() {
+                    diesel::insert_into($table).values(rows).execute(c)?;
                 }
             }
         }
-    };
+    }};
 }
 pub(crate) use insert_rows;
 

@@ -132,7 +132,7 @@ fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry], fre
             )
         })
         .collect();
-    super::insert_rows!(conn, search_index::table, rows);
+    super::insert_rows!(conn, search_index::table, &rows);
     Ok(())
 }
 
@@ -228,7 +228,7 @@ pub fn add_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(
             )
         })
         .collect();
-    super::insert_rows!(conn, access_grants::table, rows);
+    super::insert_rows!(conn, access_grants::table, &rows);
     Ok(())
 }
 
