@@ -369,9 +369,15 @@ impl Gateway {
         };
         let p = &ctx.principal;
         // A referral's reads and routing happen before the write transaction, unless a condition
-        // must be checked first (then inside it, after the condition).
+        // must be checked first or the request may be a replay (then inside it, after the
+        // condition or the idempotency key: a replay gets its first answer, whatever the
+        // referral rules would say now).
+        let replay = match &opts.idempotency_key {
+            Some(key) => crate::store::idempotency::find(&mut *self.conn()?, &p.client_id, key)?.is_some(),
+            None => false,
+        };
         let prepared = match (spec.name, &conditional) {
-            ("ServiceRequest", None) => Some(self.prepare_referral_before(p, &resource, now_ms())?),
+            ("ServiceRequest", None) if !replay => Some(self.prepare_referral_before(p, &resource, now_ms())?),
             _ => None,
         };
         self.run_write(ctx, opts, |conn| {

@@ -74,3 +74,30 @@ async fn if_none_exist_returns_the_existing_resource_even_under_concurrency() {
         app.send("POST", Some(REFERRER), "/fhir/Patient", Some(&patient()), &[("If-None-Exist", "name=DOE")]).await;
     bad.assert_outcome(400, "bad-conditional");
 }
+
+/// A referral's checks run before its write transaction, but a replay still gets the first
+/// answer: withdrawing the Consent afterwards refuses a new submission, not the replay.
+#[tokio::test]
+async fn a_replayed_referral_keeps_its_first_answer_after_the_consent_is_withdrawn() {
+    let app = spawn().await;
+    let pid = app.patient(REFERRER).await;
+    let sr = service_request(&pid, "HealthcareService/stroke-association-support");
+    let h = [("X-Request-Id", "sr-replay-1")];
+    let first = app.send("POST", Some(REFERRER), "/fhir/ServiceRequest", Some(&sr), &h).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+
+    let consents = app.get(REFERRER, &format!("/fhir/Consent?patient=Patient/{pid}")).await;
+    let mut consent = consents.body["entry"][0]["resource"].clone();
+    consent["status"] = serde_json::json!("inactive");
+    let id = consent["id"].as_str().unwrap().to_string();
+    let withdrawn = app.put(REFERRER, &format!("/fhir/Consent/{id}"), &consent, None).await;
+    assert_eq!(withdrawn.status, 200, "{}", withdrawn.body);
+
+    let replay = app.send("POST", Some(REFERRER), "/fhir/ServiceRequest", Some(&sr), &h).await;
+    assert_eq!(replay.status, 201, "{}", replay.body);
+    assert_eq!(replay.body, first.body);
+    let fresh =
+        app.send("POST", Some(REFERRER), "/fhir/ServiceRequest", Some(&sr), &[("X-Request-Id", "sr-replay-2")]).await;
+    assert_eq!(fresh.status, 422, "{}", fresh.body);
+    assert_eq!(app.get(REFERRER, "/fhir/ServiceRequest?_summary=count").await.total(), 1);
+}
