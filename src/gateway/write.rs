@@ -217,6 +217,8 @@ pub(super) fn create_routed_tasks(
 /// the routing decision, and the ServiceRequest and its routed Tasks (with their owners'
 /// grants) ready to store. What is left for the transaction is writing it.
 pub(super) struct PreparedReferral {
+    /// The change-log position of the snapshot it was decided on.
+    seen: i64,
     warnings: Vec<Issue>,
     sr: NewResource,
     tasks: Vec<(NewResource, Vec<Grant>)>,
@@ -235,6 +237,7 @@ impl Gateway {
         body: &Value,
         now: i64,
     ) -> Result<PreparedReferral, ApiError> {
+        let seen = crate::store::changes::last(conn)?;
         let mut warnings = enforce_referral_rules(conn, p, body, "ServiceRequest", self.validation)?;
         let plan = if routing::performer_targets(body).is_empty() {
             self.route_by_condition(conn, p, body, &Default::default(), "ServiceRequest")?
@@ -255,7 +258,7 @@ impl Gateway {
         let task_ids: Vec<String> = tasks.iter().map(|(t, _)| t.stored.id.clone()).collect();
         let decision = decision_row(p, id, &plan, &task_ids);
         let vias = routes.iter().map(|r| r.via.clone()).collect();
-        Ok(PreparedReferral { warnings, sr, tasks, vias, decision })
+        Ok(PreparedReferral { seen, warnings, sr, tasks, vias, decision })
     }
 
     /// [`Self::prepare_referral`] on a pooled connection, in one read snapshot, before the write
@@ -391,12 +394,16 @@ impl Gateway {
             let author = Author::of(p, &ctx.correlation_id);
             let inside;
             let referral = match &prepared {
-                Some(r) => Some(r),
-                None if spec.name == "ServiceRequest" => {
+                // Decided on a snapshot that is still current for everything it read: only
+                // referrals and Tasks (other than this one, which is not stored yet) changed
+                // since. Otherwise (a Consent withdrawn, a Patient or the directory changed) it
+                // is decided again here, inside the transaction.
+                Some(r) if !crate::store::changes::others_since(conn, r.seen, &["ServiceRequest", "Task"])? => Some(r),
+                _ if spec.name == "ServiceRequest" => {
                     inside = self.prepare_referral(conn, p, &id, &resource, now)?;
                     Some(&inside)
                 }
-                None => None,
+                _ => None,
             };
             if let Some(r) = referral {
                 store_referral(conn, &author, &p.org_id, r)?;

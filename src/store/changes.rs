@@ -187,6 +187,18 @@ pub fn since(
     Ok(q.order(change_log::seq.asc()).limit(limit).load(conn)?)
 }
 
+/// Whether a resource of a type other than `except` changed after `seq`: committed since, or
+/// written earlier in the transaction running on `conn`.
+pub fn others_since(conn: &mut DbConn, seq: i64, except: &[&str]) -> Result<bool, StoreError> {
+    let found: Option<i64> = change_log::table
+        .filter(change_log::seq.gt(seq))
+        .filter(diesel::dsl::not(change_log::resource_type.eq_any(except)))
+        .select(change_log::seq)
+        .first(conn)
+        .optional()?;
+    Ok(found.is_some())
+}
+
 /// The newest sequence number (0 when nothing was ever written).
 pub fn last(conn: &mut DbConn) -> Result<i64, StoreError> {
     Ok(change_counter::table.filter(change_counter::id.eq(1)).select(change_counter::last_seq).first(conn)?)

@@ -640,6 +640,33 @@ mod tests {
         assert_eq!(ids, ["kept"]);
     }
 
+    /// A decision made on a snapshot is known to be stale once a resource of a type it read has
+    /// changed since: committed, or written earlier in the running transaction.
+    #[test]
+    fn changes_of_other_types_since_a_position_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("o.db").display()), 2).unwrap();
+        super::migrate(&pool).unwrap();
+        let mut conn = pool.get().unwrap();
+        let seen = super::changes::last(&mut conn).unwrap();
+        let except = ["ServiceRequest", "Task"];
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+            super::changes::record(c, "Task", "t1", 1, 0)?;
+            super::changes::record(c, "ServiceRequest", "s1", 1, 0)
+        })
+        .unwrap();
+        assert!(!super::changes::others_since(&mut conn, seen, &except).unwrap());
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+            super::changes::append(c, "Consent", "c1", 2, 0)?;
+            assert!(super::changes::others_since(c, seen, &except)?, "a change earlier in the transaction");
+            Ok(())
+        })
+        .unwrap();
+        assert!(super::changes::others_since(&mut conn, seen, &except).unwrap());
+        let now = super::changes::last(&mut conn).unwrap();
+        assert!(!super::changes::others_since(&mut conn, now, &except).unwrap());
+    }
+
     /// The writer leaves checkpoints to the checkpointer: what it commits reaches the database
     /// file without another write, and the WAL does not grow without end.
     #[test]
