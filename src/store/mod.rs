@@ -306,10 +306,10 @@ where
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
     let ended = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
     match outcome {
-        Ok(value) => {
-            ended.map_err(|e| E::from(StoreError::from(e)))?;
-            value
-        }
+        // A failed read's own error says what went wrong (a lost connection is a 503); the
+        // rollback's, after it, would not.
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(value)) => ended.map(|()| value).map_err(|e| E::from(StoreError::from(e))),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
