@@ -249,14 +249,27 @@ pub fn concept(system: &str, code: &str) -> Value {
 
 /// The display of a Signpost lifecycle code.
 pub fn display_of(system: &str, code: &str) -> Option<String> {
-    let text = match system {
-        STAGE_SYSTEM => include_str!("../fhir-profiles/signpost/CodeSystem-referral-outcome.json"),
-        REASON_SYSTEM => include_str!("../fhir-profiles/signpost/CodeSystem-rejection-reason.json"),
-        OUTCOME_SYSTEM => include_str!("../fhir-profiles/signpost/CodeSystem-support-outcome.json"),
-        _ => return None,
-    };
-    let cs: Value = serde_json::from_str(text).ok()?;
-    cs["concept"].as_array()?.iter().find(|c| c["code"] == code)?["display"].as_str().map(str::to_string)
+    /// Each lifecycle code system's `(code, display)` pairs, read from its definition once.
+    /// A code system's `(code, display)` pairs.
+    type Displays = Vec<(String, String)>;
+    static DISPLAYS: std::sync::LazyLock<Vec<(&str, Displays)>> = std::sync::LazyLock::new(|| {
+        [
+            (STAGE_SYSTEM, include_str!("../fhir-profiles/signpost/CodeSystem-referral-outcome.json")),
+            (REASON_SYSTEM, include_str!("../fhir-profiles/signpost/CodeSystem-rejection-reason.json")),
+            (OUTCOME_SYSTEM, include_str!("../fhir-profiles/signpost/CodeSystem-support-outcome.json")),
+        ]
+        .into_iter()
+        .map(|(system, text)| {
+            let cs: Value = serde_json::from_str(text).unwrap_or_default();
+            let concepts = crate::fhir::items(&cs, "concept")
+                .filter_map(|c| Some((c["code"].as_str()?.to_string(), c["display"].as_str()?.to_string())))
+                .collect();
+            (system, concepts)
+        })
+        .collect()
+    });
+    let (_, concepts) = DISPLAYS.iter().find(|(s, _)| *s == system)?;
+    concepts.iter().find(|(c, _)| c == code).map(|(_, d)| d.clone())
 }
 
 /// The Signpost code of a CodeableConcept in `system`, if any.

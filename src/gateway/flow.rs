@@ -75,9 +75,9 @@ pub(super) fn system_update(
     let spec = type_spec(ty).expect("a served type");
     for _ in 0..3 {
         let Some(current) = resources::get(conn, ty, id)? else { return Ok(None) };
-        let mut body = current.json()?;
-        let grants_from: Vec<Option<Value>> = GRANTED_BY.iter().map(|k| body.get(*k).cloned()).collect();
-        let previous_index = index_values(spec, &body);
+        let old = current.json()?;
+        let mut body = old.clone();
+        let previous_index = index_values(spec, &old);
         if !f(&mut body) {
             return Ok(None);
         }
@@ -96,10 +96,10 @@ pub(super) fn system_update(
             &stored,
             current.version_id,
             &index_values(spec, &body),
-            Some(&previous_index),
+            Some(resources::Replaced { body: &old, index: &previous_index }),
             &body,
         )? {
-            let regrant = GRANTED_BY.iter().zip(&grants_from).any(|(k, before)| body.get(*k) != before.as_ref());
+            let regrant = GRANTED_BY.iter().any(|k| body.get(*k) != old.get(*k));
             match ty {
                 "Task" if regrant => access::grant_task(conn, id, &body)?,
                 "ServiceRequest" => access::regrant_tasks_of(conn, id)?,

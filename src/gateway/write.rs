@@ -530,7 +530,8 @@ impl Gateway {
                 body: new.to_string(),
             };
             let (index, previous_index) = (index_values(spec, &new), index_values(spec, &old));
-            if !resources::update_if_version(conn, &stored, current.version_id, &index, Some(&previous_index), &new)? {
+            let replaced = resources::Replaced { body: &old, index: &previous_index };
+            if !resources::update_if_version(conn, &stored, current.version_id, &index, Some(replaced), &new)? {
                 return Err(version_conflict());
             }
             match spec.name {

@@ -667,6 +667,57 @@ mod tests {
         assert!(!super::changes::others_since(&mut conn, now, &except).unwrap());
     }
 
+    /// An update told the values it replaces rewrites only the search rows that changed; either
+    /// way the rows left are exactly the new version's, and a search by a dropped value finds
+    /// nothing.
+    #[test]
+    fn an_update_leaves_exactly_the_new_versions_search_rows() {
+        use super::resources::{self, Replaced, StoredResource};
+        use super::schema::search_index;
+        use diesel::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("i.db").display()), 2).unwrap();
+        super::migrate(&pool).unwrap();
+        let mut conn = pool.get().unwrap();
+        let entries = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect()
+        };
+        let version = |v: i64| StoredResource {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version_id: v,
+            last_updated: v,
+            body: "{}".into(),
+        };
+        let rows = |conn: &mut super::PooledConn| -> Vec<(String, String)> {
+            search_index::table
+                .filter(search_index::resource_type.eq("Patient"))
+                .filter(search_index::resource_id.eq("p1"))
+                .select((search_index::param, search_index::value))
+                .order((search_index::param, search_index::value))
+                .load(&mut **conn)
+                .unwrap()
+        };
+        let body = serde_json::json!({});
+        let v1 = entries(&[("gender", "female"), ("family", "doe"), ("identifier", "x|1"), ("family", "doe")]);
+        let v2 = entries(&[("family", "doe"), ("gender", "male"), ("birthdate", "1950")]);
+        let v3 = entries(&[("family", "roe")]);
+        super::write_txn::<_, super::StoreError>(&mut conn, |c| {
+            resources::insert_new(c, &version(1), &v1, &body)?;
+            let replaced = Replaced { body: &body, index: &v1 };
+            assert!(resources::update_if_version(c, &version(2), 1, &v2, Some(replaced), &body)?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows(&mut conn), entries(&[("birthdate", "1950"), ("family", "doe"), ("gender", "male")]));
+        super::write_txn::<_, super::StoreError>(&mut conn, |c| {
+            assert!(resources::update_if_version(c, &version(3), 2, &v3, None, &body)?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows(&mut conn), v3);
+    }
+
     /// The writer leaves checkpoints to the checkpointer: what it commits reaches the database
     /// file without another write, and the WAL does not grow without end.
     #[test]

@@ -106,22 +106,47 @@ fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Write a resource's search rows: a new resource's, or a new version's in place of the old.
-///
-/// A new version deletes every old row and writes its own: reading the old rows to write only
-/// the difference cost more, because SQLite (without statistics) reads them through the
-/// primary key's `resource_type` prefix rather than the `(resource_type, resource_id)` index.
-fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry], fresh: bool) -> Result<(), StoreError> {
-    if !fresh {
+/// Write a new resource's search rows.
+fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -> Result<(), StoreError> {
+    insert_index_rows(conn, ty, rid, unique(index))
+}
+
+/// A new version's search rows in place of the old ones: with the old values known (`previous`),
+/// only the rows that changed are deleted and inserted (a stage changes one of a Task's dozen);
+/// without them every old row is deleted and the new ones written (reading the old rows to write
+/// only the difference cost more, because SQLite without statistics reads them through the
+/// primary key's `resource_type` prefix rather than the `(resource_type, resource_id)` index).
+fn rewrite_index(
+    conn: &mut DbConn,
+    ty: &str,
+    rid: &str,
+    index: &[IndexEntry],
+    previous: Option<&[IndexEntry]>,
+) -> Result<(), StoreError> {
+    let Some(previous) = previous else {
         diesel::delete(
             search_index::table.filter(search_index::resource_type.eq(ty)).filter(search_index::resource_id.eq(rid)),
         )
         .execute(conn)?;
+        return write_index(conn, ty, rid, index);
+    };
+    let (old, new) = (unique(previous), unique(index));
+    for (p, v) in old.iter().filter(|e| new.binary_search(e).is_err()) {
+        diesel::delete(search_index::table.find((ty, p.as_str(), v.as_str(), rid))).execute(conn)?;
     }
-    let mut wanted: Vec<&IndexEntry> = index.iter().collect();
-    wanted.sort();
-    wanted.dedup();
-    let rows: Vec<_> = wanted
+    insert_index_rows(conn, ty, rid, new.into_iter().filter(|e| old.binary_search(e).is_err()).collect())
+}
+
+/// The entries sorted, each once.
+fn unique(index: &[IndexEntry]) -> Vec<&IndexEntry> {
+    let mut entries: Vec<&IndexEntry> = index.iter().collect();
+    entries.sort();
+    entries.dedup();
+    entries
+}
+
+fn insert_index_rows(conn: &mut DbConn, ty: &str, rid: &str, entries: Vec<&IndexEntry>) -> Result<(), StoreError> {
+    let rows: Vec<_> = entries
         .into_iter()
         .map(|(p, v)| {
             (
@@ -146,38 +171,56 @@ pub fn insert_new(
 ) -> Result<(), StoreError> {
     diesel::insert_into(resources::table).values(r).execute(conn)?;
     insert_version(conn, r)?;
-    write_index(conn, &r.resource_type, &r.id, index, true)?;
-    record_change(conn, r, body)
+    write_index(conn, &r.resource_type, &r.id, index)?;
+    record_change(conn, r, body, None)
 }
 
 /// The change log and, for Tasks, the outbox: written with every stored version (`new` is
-/// `r.body` as JSON).
-fn record_change(conn: &mut DbConn, r: &StoredResource, new: &serde_json::Value) -> Result<(), StoreError> {
+/// `r.body` as JSON; `old` the version it replaces, read again here when the caller has not).
+fn record_change(
+    conn: &mut DbConn,
+    r: &StoredResource,
+    new: &serde_json::Value,
+    old: Option<&serde_json::Value>,
+) -> Result<(), StoreError> {
     super::changes::record(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
     if r.resource_type == "Task" {
-        let old = match r.version_id {
-            1 => None,
-            v => get_version(conn, "Task", &r.id, v - 1)?.map(|o| o.json()).transpose()?,
+        let read;
+        let old = match (r.version_id, old) {
+            (1, _) => None,
+            (_, Some(old)) => Some(old),
+            (v, None) => {
+                read = get_version(conn, "Task", &r.id, v - 1)?.map(|o| o.json()).transpose()?;
+                read.as_ref()
+            }
         };
-        super::routing::note_task_change(conn, old.as_ref(), new)?;
+        super::routing::note_task_change(conn, old, new)?;
         super::routing::note_task_queue(conn, &r.id, new, r.last_updated)?;
         crate::failpoint::hit("store::before_outbox");
-        super::outbox::enqueue_for_task(conn, r, new, old.as_ref())?;
+        super::outbox::enqueue_for_task(conn, r, new, old)?;
     }
     Ok(())
+}
+
+/// The version an update replaces, as its caller read it: its body and its search values.
+#[derive(Clone, Copy)]
+pub struct Replaced<'a> {
+    pub body: &'a serde_json::Value,
+    pub index: &'a [IndexEntry],
 }
 
 /// Replace the current version if it is still `expected_version` (compare-and-swap).
 /// Returns `false`, writing nothing, when another writer got there first.
 ///
-/// `body` is `r.body` as JSON. `previous_index` is the index of the version replaced, when the caller has it: a change that
-/// leaves the indexed values as they were (a stage, a note) keeps the stored rows.
+/// `body` is `r.body` as JSON. `replaced` is the version replaced, when the caller has it: then
+/// only the search rows that changed are rewritten (none for a note), and the Task bookkeeping
+/// compares against it without reading it again.
 pub fn update_if_version(
     conn: &mut DbConn,
     r: &StoredResource,
     expected_version: i64,
     index: &[IndexEntry],
-    previous_index: Option<&[IndexEntry]>,
+    replaced: Option<Replaced<'_>>,
     body: &serde_json::Value,
 ) -> Result<bool, StoreError> {
     let changed = diesel::update(
@@ -197,10 +240,11 @@ pub fn update_if_version(
     }
     insert_version(conn, r)?;
     // Both come from `index_values`, which lists a body's values in a fixed order.
+    let previous_index = replaced.map(|p| p.index);
     if previous_index != Some(index) {
-        write_index(conn, &r.resource_type, &r.id, index, false)?;
+        rewrite_index(conn, &r.resource_type, &r.id, index, previous_index)?;
     }
-    record_change(conn, r, body)?;
+    record_change(conn, r, body, replaced.map(|p| p.body))?;
     Ok(true)
 }
 
