@@ -172,15 +172,18 @@ impl Worker {
     /// Claim the events due at `now_ms`, send them (concurrently), record the outcomes.
     pub async fn drain_once(&self, now_ms: i64) -> Result<Drained, StoreError> {
         let claimed = self.claim(now_ms).await?;
-        let mut report = Drained { claimed: claimed.len(), ..Default::default() };
-        let results = futures_util::future::join_all(claimed.into_iter().map(|row| self.process(row, now_ms))).await;
-        for kind in results {
-            match kind? {
-                Recorded::Delivered => report.delivered += 1,
-                Recorded::Retrying => report.retrying += 1,
-                Recorded::DeadLettered => report.dead_lettered += 1,
-                Recorded::Held => report.held += 1,
-                Recorded::LeaseLost => report.lease_lost += 1,
+        let mut report = Drained::default();
+        let lanes = futures_util::future::join_all(claimed.into_iter().map(|row| self.lane(row, || now_ms))).await;
+        for kinds in lanes {
+            for kind in kinds? {
+                report.claimed += 1;
+                match kind {
+                    Recorded::Delivered => report.delivered += 1,
+                    Recorded::Retrying => report.retrying += 1,
+                    Recorded::DeadLettered => report.dead_lettered += 1,
+                    Recorded::Held => report.held += 1,
+                    Recorded::LeaseLost => report.lease_lost += 1,
+                }
             }
         }
         report.alerts_pushed = self.push_alerts(now_ms).await?;
@@ -237,23 +240,44 @@ impl Worker {
         .await
     }
 
-    /// Send one claimed event and record what happened (only while the lease is ours).
-    async fn process(&self, row: OutboxRow, now_ms: i64) -> Result<Recorded, StoreError> {
+    /// Send a claimed event, and after each delivery the Endpoint's next due event, claimed as
+    /// the delivery is recorded, until the Endpoint has none due or an attempt fails; what was
+    /// recorded for each. `now` is read before each attempt.
+    async fn lane(&self, row: OutboxRow, now: impl Fn() -> i64) -> Result<Vec<Recorded>, StoreError> {
+        let mut recorded = Vec::new();
+        let mut next = Some(row);
+        while let Some(row) = next.take() {
+            let (kind, follow) = self.process(row, now()).await?;
+            recorded.push(kind);
+            next = follow;
+        }
+        Ok(recorded)
+    }
+
+    /// Send one claimed event and record what happened (only while the lease is ours); after a
+    /// delivery, the Endpoint's next due event, claimed in the same transaction.
+    async fn process(&self, row: OutboxRow, now_ms: i64) -> Result<(Recorded, Option<OutboxRow>), StoreError> {
         let outcome = self.send(&row, now_ms).await?;
         if matches!(outcome, Outcome::Delivered) {
             crate::failpoint::hit("outbox::after_send");
         }
         let pool = self.pool.clone();
         let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
-        let recorded = blocking(move || {
+        let (owner, lease) = (self.owner.clone(), self.settings.lease.as_millis() as i64);
+        let mut follow = None;
+        let (recorded, follow) = blocking(move || {
             let mut conn = pool.get()?;
             let (ok, kind) = match outcome {
-                // The delivery and the Task's `delivered` stage in one write transaction.
+                // The delivery, the Task's `delivered` stage and the next claim in one write
+                // transaction.
                 Outcome::Delivered => (
                     crate::store::write_txn(&mut conn, |conn| {
                         let done = outbox::complete(conn, &row, now_ms)?;
                         if done && row.event_type == "referral.created" {
                             mark_delivered(conn, &row);
+                        }
+                        if done {
+                            follow = outbox::claim_next_of(conn, &row.endpoint_id, &owner, now_ms, lease)?;
                         }
                         Ok::<_, StoreError>(done)
                     })?,
@@ -267,11 +291,11 @@ impl Worker {
                     (outbox::fail(&mut conn, &row, next, &error, now_ms)?, kind)
                 }
             };
-            Ok(if ok { kind } else { Recorded::LeaseLost })
+            Ok((if ok { kind } else { Recorded::LeaseLost }, follow))
         })
         .await?;
         metrics::count(recorded);
-        Ok(recorded)
+        Ok((recorded, follow))
     }
 
     /// Drain until nothing is due at `now_ms` (tests); the rounds' reports added up.
@@ -297,8 +321,9 @@ impl Worker {
     }
 
     /// Run until the process ends. Each claimed event is sent by a task of its own, so a slow
-    /// or dead Endpoint never holds up the others (its own events wait for its 4 slots); the loop
-    /// claims again whenever a write commits, a send finishes, or every poll interval.
+    /// or dead Endpoint never holds up the others (its own events wait for its 4 slots), and that
+    /// task goes on with the Endpoint's next due events while they are delivered; the loop claims
+    /// again whenever a write commits, a task ends, or every poll interval.
     pub async fn run(self) {
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
         let mut last_alerts = std::time::Instant::now();
@@ -315,7 +340,7 @@ impl Worker {
                 let Ok(permit) = slots.clone().acquire_owned().await else { return };
                 let worker = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = worker.process(row, crate::fhir::now_ms()).await {
+                    if let Err(e) = worker.lane(row, crate::fhir::now_ms).await {
                         tracing::warn!(error = %e, "recording a webhook outcome failed");
                     }
                     drop(permit);

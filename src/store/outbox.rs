@@ -414,14 +414,7 @@ fn claim_in_txn(
             Some(n) => *n,
             None => {
                 let n = if lock_endpoint(conn, &endpoint_id)? {
-                    Some(
-                        outbox::table
-                            .filter(outbox::endpoint_id.eq(&endpoint_id))
-                            .filter(outbox::state.eq(PENDING))
-                            .filter(outbox::lease_expires.ge(now))
-                            .count()
-                            .get_result(conn)?,
-                    )
+                    Some(count_in_flight(conn, &endpoint_id, now)?)
                 } else {
                     None
                 };
@@ -430,24 +423,84 @@ fn claim_in_txn(
             }
         };
         let Some(flying) = flying.filter(|n| *n < MAX_IN_FLIGHT) else { continue };
-        let won = diesel::update(
-            outbox::table
-                .filter(outbox::id.eq(&id))
-                .filter(outbox::fencing.eq(fencing))
-                .filter(outbox::state.eq(PENDING)),
-        )
-        .set((
-            outbox::lease_owner.eq(Some(owner.to_string())),
-            outbox::lease_expires.eq(Some(now + lease_ms)),
-            outbox::fencing.eq(fencing + 1),
-        ))
-        .execute(conn)?;
-        if won == 1 {
-            claimed.push(outbox::table.find(&id).first(conn)?);
+        if let Some(row) = take(conn, &id, fencing, owner, now, lease_ms)? {
+            claimed.push(row);
             in_flight.insert(endpoint_id, Some(flying + 1));
         }
     }
     Ok(claimed)
+}
+
+/// Claim the next due event of one Endpoint, in the transaction that records the delivery of its
+/// previous one: the slot that delivery frees goes on at once, without a claim of its own. As
+/// [`claim`] for that Endpoint: only when it is enabled and has a secret, and holds fewer than
+/// [`MAX_IN_FLIGHT`] leases; oldest due first.
+pub fn claim_next_of(
+    conn: &mut DbConn,
+    endpoint: &str,
+    owner: &str,
+    now: i64,
+    lease_ms: i64,
+) -> Result<Option<OutboxRow>, StoreError> {
+    let ready = endpoint_state::table
+        .find(endpoint)
+        .filter(endpoint_state::disabled.eq(false))
+        .filter(endpoint_state::secret.is_not_null())
+        .select(endpoint_state::endpoint_id);
+    let ready = match conn {
+        DbConn::Pg(pg) => ready.for_update().skip_locked().first::<String>(pg).optional()?,
+        DbConn::Sqlite(_) => ready.first::<String>(conn).optional()?,
+    };
+    if ready.is_none() || count_in_flight(conn, endpoint, now)? >= MAX_IN_FLIGHT {
+        return Ok(None);
+    }
+    let due = outbox::table
+        .filter(outbox::endpoint_id.eq(endpoint))
+        .filter(outbox::state.eq(PENDING))
+        .filter(outbox::next_attempt_at.le(now))
+        .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
+        .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
+        .select((outbox::id, outbox::fencing));
+    let due: Option<(String, i64)> = match conn {
+        DbConn::Pg(pg) => due.for_update().skip_locked().first(pg).optional()?,
+        DbConn::Sqlite(_) => due.first(conn).optional()?,
+    };
+    match due {
+        Some((id, fencing)) => take(conn, &id, fencing, owner, now, lease_ms),
+        None => Ok(None),
+    }
+}
+
+/// How many of an Endpoint's events are leased now.
+fn count_in_flight(conn: &mut DbConn, endpoint: &str, now: i64) -> Result<i64, StoreError> {
+    Ok(outbox::table
+        .filter(outbox::endpoint_id.eq(endpoint))
+        .filter(outbox::state.eq(PENDING))
+        .filter(outbox::lease_expires.ge(now))
+        .count()
+        .get_result(conn)?)
+}
+
+/// Lease one event if its fencing token is still `fencing` (a compare-and-set): the claimed row,
+/// or `None` when another claimer got there first.
+fn take(
+    conn: &mut DbConn,
+    id: &str,
+    fencing: i64,
+    owner: &str,
+    now: i64,
+    lease_ms: i64,
+) -> Result<Option<OutboxRow>, StoreError> {
+    let won = diesel::update(
+        outbox::table.filter(outbox::id.eq(id)).filter(outbox::fencing.eq(fencing)).filter(outbox::state.eq(PENDING)),
+    )
+    .set((
+        outbox::lease_owner.eq(Some(owner.to_string())),
+        outbox::lease_expires.eq(Some(now + lease_ms)),
+        outbox::fencing.eq(fencing + 1),
+    ))
+    .execute(conn)?;
+    Ok(if won == 1 { Some(outbox::table.find(id).first(conn)?) } else { None })
 }
 
 /// Lock an Endpoint's state row for this claim (PostgreSQL, `SKIP LOCKED`: `false` when another

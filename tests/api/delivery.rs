@@ -682,6 +682,33 @@ async fn a_backlog_drains_through_four_slots_each_event_once() {
     assert!(metrics.contains("signpost_outbox_pending 0"), "{metrics}");
 }
 
+/// After each delivery the worker goes on with the Endpoint's next due event, claimed as the
+/// delivery is recorded: one round drains a whole backlog through the 4 slots, each event
+/// once. A slot whose attempt fails stops there, and its event, due again later, is not taken
+/// by the others meanwhile.
+#[tokio::test]
+async fn one_round_drains_a_backlog_slot_by_slot_and_a_failed_slot_stops() {
+    let (app, receiver, worker, _) = setup().await;
+    receiver.answer(500, vec![]);
+    receiver.by_default(Answer { status: 200, delay_ms: 10, ..Default::default() });
+    for _ in 0..10 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let t = now();
+    let round = worker.drain_once(t).await.unwrap();
+    assert_eq!((round.claimed, round.delivered, round.retrying), (10, 9, 1), "{round:?}");
+    let ids = |hits: &[Hit]| -> std::collections::HashSet<String> {
+        hits.iter().map(|h| h.headers.get("webhook-id").unwrap().to_str().unwrap().to_string()).collect()
+    };
+    let hits = receiver.hits();
+    assert_eq!((hits.len(), ids(&hits).len()), (10, 10), "each event once");
+    assert!(receiver.max_open() <= 4, "{} at once", receiver.max_open());
+    assert_eq!(worker.drain_once(t).await.unwrap().claimed, 0, "the failed event waits for its retry");
+    assert_eq!(worker.drain_all(t + 3_600_000).await.unwrap().delivered, 1);
+    let hits = receiver.hits();
+    assert_eq!((hits.len(), ids(&hits).len()), (11, 10));
+}
+
 #[tokio::test]
 async fn a_huge_response_is_read_no_further_than_64_kib() {
     let (app, receiver, worker, _) = setup().await;
