@@ -97,8 +97,13 @@ pub struct Worker {
     owner: String,
     settings: WorkerSettings,
     wake: Arc<Notify>,
+    /// Woken when a delivery leaves a `delivered` stage owed.
+    stages: Arc<Notify>,
     shared: reqwest::Client,
 }
+
+/// The most owed stages recorded in one write transaction.
+const STAGE_BATCH: i64 = 64;
 
 /// What was recorded for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +160,8 @@ enum Outcome {
 impl Worker {
     pub fn new(pool: Pool, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
         let shared = Self::builder(&settings).build().unwrap_or_default();
-        Self { pool, owner: format!("worker-{}", uuid::Uuid::new_v4().simple()), settings, wake, shared }
+        let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+        Self { pool, owner, settings, wake, stages: Default::default(), shared }
     }
 
     fn builder(settings: &WorkerSettings) -> reqwest::ClientBuilder {
@@ -186,6 +192,7 @@ impl Worker {
                 }
             }
         }
+        self.record_stages().await?;
         report.alerts_pushed = self.push_alerts(now_ms).await?;
         Ok(report)
     }
@@ -268,15 +275,13 @@ impl Worker {
         let (recorded, follow) = blocking(move || {
             let mut conn = pool.get()?;
             let (ok, kind) = match outcome {
-                // The delivery, the Task's `delivered` stage and the next claim in one write
-                // transaction.
+                // The delivery, the Task's `delivered` stage owed, and the next claim in one
+                // write transaction.
                 Outcome::Delivered => (
                     crate::store::write_txn(&mut conn, |conn| {
                         let done = outbox::complete(conn, &row, now_ms)?;
-                        if done && row.event_type == "referral.created" {
-                            mark_delivered(conn, &row);
-                        }
                         if done {
+                            outbox::owe_stage(conn, &row)?;
                             follow = outbox::claim_next_of(conn, &row.endpoint_id, &owner, now_ms, lease)?;
                         }
                         Ok::<_, StoreError>(done)
@@ -295,7 +300,35 @@ impl Worker {
         })
         .await?;
         metrics::count(recorded);
+        if recorded == Recorded::Delivered {
+            self.stages.notify_one();
+        }
         Ok((recorded, follow))
+    }
+
+    /// Record the owed `delivered` stages, [`STAGE_BATCH`] to a write transaction, until none
+    /// are left; how many. Each stage is recorded or rolled back alone (a savepoint), and taken
+    /// away either way: a stage that cannot be recorded is logged, not retried for ever.
+    pub async fn record_stages(&self) -> Result<usize, StoreError> {
+        let mut recorded = 0;
+        loop {
+            let pool = self.pool.clone();
+            let n = blocking(move || {
+                let mut conn = pool.get()?;
+                crate::store::write_txn(&mut conn, |conn| {
+                    let owed = outbox::take_owed_stages(conn, STAGE_BATCH)?;
+                    for stage in &owed {
+                        mark_delivered(conn, stage);
+                    }
+                    Ok::<_, StoreError>(owed.len())
+                })
+            })
+            .await?;
+            recorded += n;
+            if (n as i64) < STAGE_BATCH {
+                return Ok(recorded);
+            }
+        }
     }
 
     /// Drain until nothing is due at `now_ms` (tests); the rounds' reports added up.
@@ -325,6 +358,7 @@ impl Worker {
     /// task goes on with the Endpoint's next due events while they are delivered; the loop claims
     /// again whenever a write commits, a task ends, or every poll interval.
     pub async fn run(self) {
+        tokio::spawn(self.clone().run_stages());
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
         let mut last_alerts = std::time::Instant::now();
         loop {
@@ -358,6 +392,20 @@ impl Worker {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    /// Record owed stages whenever a delivery leaves one, and every poll interval (those a
+    /// crash left owed).
+    async fn run_stages(self) {
+        loop {
+            if let Err(e) = self.record_stages().await {
+                tracing::warn!(error = %e, "recording delivered stages failed");
+            }
+            tokio::select! {
+                _ = self.stages.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll) => {}
             }
         }
@@ -457,14 +505,11 @@ impl Worker {
 }
 
 /// The charity's own Endpoint got a new referral: its Task's stage becomes `delivered`. A
-/// failure here is logged and rolled back alone (a savepoint); the delivery itself stands.
-fn mark_delivered(conn: &mut crate::store::DbConn, row: &OutboxRow) {
-    let task = serde_json::from_str::<Value>(&row.body)
-        .ok()
-        .and_then(|b| b.pointer("/data/task").and_then(Value::as_str).map(str::to_string));
-    let Some(task) = task.as_deref().and_then(|t| t.strip_prefix("Task/")) else { return };
+/// failure here is logged and rolled back alone (a savepoint); the others in the batch stand.
+fn mark_delivered(conn: &mut crate::store::DbConn, stage: &outbox::OwedStage) {
+    let task = stage.task_id.as_str();
     if let Err(e) =
-        crate::store::savepoint(conn, |conn| crate::gateway::flow::mark_delivered(conn, &row.endpoint_id, task))
+        crate::store::savepoint(conn, |conn| crate::gateway::flow::mark_delivered(conn, &stage.endpoint_id, task))
     {
         tracing::warn!(error = %e, task, "recording the delivered stage failed");
     }

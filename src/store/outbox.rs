@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::alerts::{self, AlertKind};
 use super::resources::{self, StoredResource};
-use super::schema::{endpoint_state, outbox, search_index};
+use super::schema::{endpoint_state, outbox, pending_stages, search_index};
 use super::{DbConn, StoreError};
 
 /// One outbox row.
@@ -538,6 +538,44 @@ pub fn complete(conn: &mut DbConn, row: &OutboxRow, now: i64) -> Result<bool, St
             .execute(conn)?;
     }
     Ok(done)
+}
+
+/// A `delivered` stage owed to a Task: its Endpoint received the Task's `referral.created`.
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = pending_stages)]
+pub struct OwedStage {
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub task_id: String,
+}
+
+/// After a delivery of a new referral (in its transaction): the Task's `delivered` stage is owed.
+pub fn owe_stage(conn: &mut DbConn, row: &OutboxRow) -> Result<(), StoreError> {
+    if row.event_type != "referral.created" {
+        return Ok(());
+    }
+    let body: Value = serde_json::from_str(&row.body).unwrap_or_default();
+    let Some(task) = body.pointer("/data/task").and_then(Value::as_str).and_then(|t| t.strip_prefix("Task/")) else {
+        return Ok(());
+    };
+    diesel::insert_into(pending_stages::table)
+        .values(OwedStage { event_id: row.id.clone(), endpoint_id: row.endpoint_id.clone(), task_id: task.into() })
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Up to `limit` owed stages, taken away as they are read (in the transaction that records
+/// them; on PostgreSQL rows another worker is taking are passed over).
+pub fn take_owed_stages(conn: &mut DbConn, limit: i64) -> Result<Vec<OwedStage>, StoreError> {
+    let owed = pending_stages::table.order(pending_stages::event_id.asc()).limit(limit);
+    let owed: Vec<OwedStage> = match conn {
+        DbConn::Pg(pg) => owed.for_update().skip_locked().load(pg)?,
+        DbConn::Sqlite(_) => owed.load(conn)?,
+    };
+    for stage in &owed {
+        diesel::delete(pending_stages::table.find(&stage.event_id)).execute(conn)?;
+    }
+    Ok(owed)
 }
 
 /// Record a failed attempt: retry at `next` or, with `None`, dead-letter (`failed`) and raise an

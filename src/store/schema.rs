@@ -135,6 +135,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    pending_stages (event_id) {
+        event_id -> Text,
+        endpoint_id -> Text,
+        task_id -> Text,
+    }
+}
+
+diesel::table! {
     alerts (id) {
         id -> Text,
         kind -> Text,

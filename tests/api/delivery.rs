@@ -818,6 +818,10 @@ async fn nothing_accepted_is_lost_when_the_gateway_is_killed() {
         }
     }
     assert!(accepted.len() > 20, "only {} referrals accepted", accepted.len());
+    let tasks_of = |port: u16, sr: &str| {
+        let search = send(port, gp, reqwest::Method::GET, format!("/Task?based-on=ServiceRequest/{sr}"), Value::Null);
+        async move { search.await.unwrap().json::<Value>().await.unwrap() }
+    };
     // Quiescence: every accepted referral's Task has reached the charity.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let delivered = |r: &Receiver| -> std::collections::HashSet<String> {
@@ -839,13 +843,7 @@ async fn nothing_accepted_is_lost_when_the_gateway_is_killed() {
     for sr in &accepted {
         let r = send(port, gp, reqwest::Method::GET, format!("/ServiceRequest/{sr}"), Value::Null).await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "N1: ServiceRequest/{sr} lost");
-        let tasks: Value =
-            send(port, gp, reqwest::Method::GET, format!("/Task?based-on=ServiceRequest/{sr}"), Value::Null)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let tasks = tasks_of(port, sr).await;
         assert_eq!(tasks["total"], 1, "N2: ServiceRequest/{sr} not routed");
         if !delivered(&stroke).contains(&format!("ServiceRequest/{sr}")) {
             let events = send(
@@ -876,6 +874,19 @@ async fn nothing_accepted_is_lost_when_the_gateway_is_killed() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert!(metrics.contains("signpost_outbox_pending 0"), "N3: {metrics}");
+    // Every delivered Task shows its `delivered` stage, those whose stage a killed process owed
+    // but had not recorded too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for sr in &accepted {
+        loop {
+            let stage = tasks_of(port, sr).await["entry"][0]["resource"]["businessStatus"]["coding"][0]["code"].clone();
+            if stage == "delivered" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "ServiceRequest/{sr}'s Task has no delivered stage: {stage}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
     // N4: a duplicate is the same event (same webhook-id, same event number).
     let mut by_id: std::collections::HashMap<String, i64> = Default::default();
     for h in stroke.hits() {
