@@ -586,10 +586,12 @@ mod tests {
         assert!(names("sqlite").len() >= 2);
     }
 
-    /// `.cargo/config.toml` builds SQLite with the query planner stability guarantee; without
-    /// it every cached statement with `LIMIT ?` is compiled again each time it runs.
+    /// `.cargo/config.toml` builds SQLite with the query planner stability guarantee (without
+    /// it every cached statement with `LIMIT ?` is compiled again each time it runs), and
+    /// without the shared page cache and memory statistics, whose process-wide mutexes
+    /// concurrent readers queued on.
     #[test]
-    fn sqlite_is_built_with_stable_query_plans() {
+    fn sqlite_is_built_with_stable_query_plans_and_private_page_caches() {
         #[derive(diesel::QueryableByName)]
         struct Used {
             #[diesel(sql_type = diesel::sql_types::Integer)]
@@ -598,10 +600,15 @@ mod tests {
         use diesel::RunQueryDsl;
         let dir = tempfile::tempdir().unwrap();
         let pool = super::connect(&format!("sqlite://{}", dir.path().join("q.db").display()), 1).unwrap();
-        let used: Used = diesel::sql_query("SELECT sqlite_compileoption_used('ENABLE_QPSG') AS used")
-            .get_result(&mut *pool.get().unwrap())
-            .unwrap();
-        assert_eq!(used.used, 1, "SQLite was built without SQLITE_ENABLE_QPSG (see .cargo/config.toml)");
+        let used = |option: &str| -> i32 {
+            diesel::sql_query(format!("SELECT sqlite_compileoption_used('{option}') AS used"))
+                .get_result::<Used>(&mut *pool.get().unwrap())
+                .unwrap()
+                .used
+        };
+        assert_eq!(used("ENABLE_QPSG"), 1, "SQLite was built without SQLITE_ENABLE_QPSG (see .cargo/config.toml)");
+        assert_eq!(used("ENABLE_MEMORY_MANAGEMENT"), 0, "SQLite was built with one shared page cache");
+        assert_eq!(used("DEFAULT_MEMSTATUS=0"), 1, "SQLite was built with memory statistics");
     }
 
     /// A savepoint that fails takes back its rows and its change-log entries; the write around it
