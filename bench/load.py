@@ -18,7 +18,8 @@ ingest: POST the referral ServiceRequest with an explicit performer, one routed 
     Throughput, p50 / p99 / p99.9, errors (non-2xx or socket), peak RSS of the server.
 poll: seeds N Tasks over C charities into a SQLite database through Signpost's own store
     functions (bench/seed.rs, a thousand per transaction), then one charity polls
-    `GET /fhir/Task?owner=...&status=requested&_count=50` and the change feed.
+    `GET /fhir/Task?owner=...&status=requested&_count=50`, newest first, the change feed, and
+    the first again with `If-None-Match` of its last answer (nothing changed: 304s).
 burst: 256 connections against a server whose write limit is the default: how much is shed with
     503 + Retry-After, and the latency of what is accepted.
 multi: one, two and four `signpost serve` processes on one PostgreSQL schema, each with its
@@ -76,6 +77,8 @@ LUA += DONE_LUA
 GET_LUA = r"""
 function init(args)
   wrk.headers["Authorization"] = os.getenv("BENCH_AUTH") or ""
+  local tag = os.getenv("BENCH_IF_NONE_MATCH")
+  if tag and tag ~= "" then wrk.headers["If-None-Match"] = tag end
 end
 """ + DONE_LUA
 
@@ -301,6 +304,14 @@ key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
                             ("change feed from the start, _count=100", "/fhir/$changes?cursor=0&_count=100")]:
             r = wrk(f"http://127.0.0.1:{server.port}{path}", args.seconds, 16, None, auth=f"Bearer {key}", script=GET_LUA)
             print(f"| {label} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['non2xx'] + r['socket']} |", flush=True)
+        # A poller that sends the ETag of its last answer, nothing having changed: 304s.
+        path = f"/fhir/Task?owner=Organization/{orgs[0]}&status=requested&_count=50"
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            os.environ["BENCH_IF_NONE_MATCH"] = answer.headers["ETag"]
+        r = wrk(f"http://127.0.0.1:{server.port}{path}", args.seconds, 16, None, auth=f"Bearer {key}", script=GET_LUA)
+        del os.environ["BENCH_IF_NONE_MATCH"]
+        print(f"| new Tasks again, If-None-Match of the last answer (304) | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['non2xx'] + r['socket']} |", flush=True)
         print(f"peak RSS {server.rss():.0f} MB", flush=True)
         server.stop()
 

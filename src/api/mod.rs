@@ -308,6 +308,7 @@ async fn handle_inner(
         strict: request::prefer_strict(req),
         correlation_id: request::correlation_of(req),
         max_issues: state.gateway.limits.max_issues,
+        if_none_match: req.headers().get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string),
     };
     let ty = req.match_info().get("type").unwrap_or_default().to_string();
     let id = req.match_info().get("id").unwrap_or_default().to_string();

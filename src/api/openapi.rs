@@ -73,6 +73,14 @@ pub fn document(base: &str) -> Value {
         if *code == "create" {
             parameters.push(header("If-None-Exist", "identifier=system|value: return the existing resource", false));
         }
+        let polled = matches!(*code, "search-type" | "$changes");
+        if polled {
+            parameters.push(header(
+                "If-None-Match",
+                "The ETag of the last answer: 304 Not Modified, without a body, while nothing has changed",
+                false,
+            ));
+        }
         let mut operation = json!({
             "operationId": format!("{action:?}{}", if path.starts_with("/{type}") { "ByType" } else { "" }),
             "summary": code,
@@ -82,6 +90,10 @@ pub fn document(base: &str) -> Value {
                 "default": { "description": "Refused: an OperationOutcome with at least one error", "content": { FHIR_JSON: { "schema": { "$ref": "#/components/schemas/OperationOutcome" } } } }
             }
         });
+        if polled {
+            operation["responses"]["304"] =
+                json!({ "description": "Not Modified: the answer is the one whose ETag was sent" });
+        }
         if writes {
             operation["responses"]["201"] = json!({ "description": "Created", "content": { FHIR_JSON: { "schema": { "$ref": "#/components/schemas/Resource" } } } });
             operation["requestBody"] = if *method == "PATCH" {

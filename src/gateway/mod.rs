@@ -53,6 +53,8 @@ pub struct Ctx {
     pub correlation_id: String,
     /// `limits.max_issues`: the most issues one OperationOutcome lists.
     pub max_issues: usize,
+    /// `If-None-Match`: the ETags of answers the client already holds (searches, the change feed).
+    pub if_none_match: Option<String>,
 }
 
 /// Request facts that make a write conditional or idempotent.

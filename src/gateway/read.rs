@@ -113,6 +113,10 @@ impl Gateway {
             criteria.visible_to = Some(ctx.principal.org_id.clone());
         }
         let mut conn = self.conn()?;
+        let tag = answer_tag(ctx, crate::store::changes::last(&mut conn)?, spec.name, pairs);
+        if holds(ctx, &tag) {
+            return Ok(not_modified(tag));
+        }
         let (total, rows) = resources::search(&mut conn, &criteria)?;
 
         let link = |offset: i64| {
@@ -168,7 +172,7 @@ impl Gateway {
         }
         let text = bundle("searchset", Some(total), links, entries).to_string();
         let raws: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
-        Ok(Reply::json_text(200, splice_raw(&text, &raws)))
+        Ok(tagged(Reply::json_text(200, splice_raw(&text, &raws)), tag))
     }
 }
 
@@ -247,6 +251,10 @@ impl Gateway {
         let directory: Vec<&str> =
             crate::fhir::TYPES.iter().filter(|t| t.class == TypeClass::Directory).map(|t| t.name).collect();
         let mut conn = self.conn()?;
+        let tag = answer_tag(ctx, crate::store::changes::last(&mut conn)?, "$changes", pairs);
+        if holds(ctx, &tag) {
+            return Ok(not_modified(tag));
+        }
         let rows = crate::store::changes::since(&mut conn, cursor, count, visible_to, &directory)?;
         let mut entries = Vec::new();
         let mut bodies: Vec<String> = Vec::with_capacity(rows.len());
@@ -273,8 +281,43 @@ impl Gateway {
         let links = vec![("self", link(cursor)), ("next", link(next))];
         let text = bundle("history", None, links, entries).to_string();
         let raws: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        Ok(Reply::json_text(200, splice_raw(&text, &raws)))
+        Ok(tagged(Reply::json_text(200, splice_raw(&text, &raws)), tag))
     }
+}
+
+/// The validator of a search's or the change feed's answer: the change counter read before the
+/// answer, and what the answer depends on besides the stored data (who asks, what, through which
+/// base URL, from which Signpost). Every write takes the next number of that counter, so the
+/// same tag means the same answer. Because the counter is read first, a change committed while
+/// the answer is read can only make the next request miss, never hide that change.
+fn answer_tag(ctx: &Ctx, counter: i64, what: &str, pairs: &[(String, String)]) -> String {
+    use sha2::Digest;
+    let p = &ctx.principal;
+    let mut h = sha2::Sha256::new();
+    let role = format!("{:?}", p.role);
+    let strict = if ctx.strict { "strict" } else { "lenient" };
+    let parts = [env!("CARGO_PKG_VERSION"), &ctx.base, &p.client_id, &p.org_id, &role, strict, what];
+    for part in parts.into_iter().chain(pairs.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()])) {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("W/\"{counter}-{}\"", hex::encode(&h.finalize()[..8]))
+}
+
+/// Whether the client's `If-None-Match` lists `tag` (weak comparison).
+fn holds(ctx: &Ctx, tag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    ctx.if_none_match.as_deref().is_some_and(|list| list.split(',').any(|t| bare(t) == bare(tag)))
+}
+
+/// 304 Not Modified: the client's copy of the answer is current.
+fn not_modified(tag: String) -> Reply {
+    Reply { status: 304, headers: vec![("ETag".into(), tag)], body: None }
+}
+
+fn tagged(mut reply: Reply, tag: String) -> Reply {
+    reply.headers.push(("ETag".into(), tag));
+    reply
 }
 
 /// The extension on each `$changes` entry that carries its cursor.

@@ -124,3 +124,40 @@ async fn one_value_lookups_answer_as_the_general_plan_does() {
     }
     assert!(seen > 0, "the lookups found nothing at all");
 }
+
+/// A poll that finds nothing new answers 304 Not Modified, without a body, to the ETag of its
+/// last answer; the tag is the caller's own (another organisation holding it gets its own
+/// answer), and any write after it (a new referral) makes a new answer with a new tag.
+#[tokio::test]
+async fn an_unchanged_poll_answers_304_to_the_etag_of_its_last_answer() {
+    let app = spawn().await;
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    // The feed from just before that referral's changes.
+    let cursor = signpost::store::changes::last(&mut app.pool.get().unwrap()).unwrap() - 10;
+    let feed = format!("/fhir/$changes?cursor={cursor}&_count=100");
+    let polls = ["/fhir/Task?owner=Organization/stroke-association&status=requested&_count=50", feed.as_str()];
+    let mut held = Vec::new();
+    for path in polls {
+        let first = app.get(STROKE, path).await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let tag = first.header("etag").expect("an ETag").to_string();
+        let again = app.send("GET", Some(STROKE), path, None, &[("If-None-Match", &tag)]).await;
+        assert_eq!((again.status, &again.body), (304, &serde_json::Value::Null), "{path}");
+        assert_eq!(again.header("etag"), Some(tag.as_str()));
+        let listed = format!("W/\"0-0\", {tag}");
+        assert_eq!(app.send("GET", Some(STROKE), path, None, &[("If-None-Match", &listed)]).await.status, 304);
+        let other = app.send("GET", Some(BEFRIENDING), path, None, &[("If-None-Match", &tag)]).await;
+        assert_eq!(other.status, 200, "another organisation's answer is not the stroke charity's");
+        let wider = format!("{path}&_format=json");
+        assert_eq!(app.send("GET", Some(STROKE), &wider, None, &[("If-None-Match", &tag)]).await.status, 200);
+        held.push((path, tag, first.body));
+    }
+    app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    for (path, tag, before) in held {
+        let after = app.send("GET", Some(STROKE), path, None, &[("If-None-Match", &tag)]).await;
+        assert_eq!(after.status, 200, "{path}: a new referral since");
+        assert_ne!(after.header("etag"), Some(tag.as_str()));
+        let entries = |b: &serde_json::Value| b["entry"].as_array().map_or(0, Vec::len);
+        assert!(entries(&after.body) > entries(&before), "{path}: the new referral is in the answer");
+    }
+}
