@@ -105,6 +105,10 @@ pub struct Worker {
 /// The most owed stages recorded in one write transaction.
 const STAGE_BATCH: i64 = 64;
 
+/// The most events one lane sends before its slot goes back to the claim loop, so that a long
+/// backlog of a few Endpoints does not keep the others waiting.
+const LANE_LENGTH: usize = 16;
+
 /// What was recorded for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -238,8 +242,13 @@ impl Worker {
     }
 
     async fn claim(&self, now_ms: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        self.claim_up_to(now_ms, self.settings.batch).await
+    }
+
+    /// [`Self::claim`], at most `limit` events.
+    async fn claim_up_to(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let pool = self.pool.clone();
-        let (owner, lease, batch) = (self.owner.clone(), self.settings.lease.as_millis() as i64, self.settings.batch);
+        let (owner, lease, batch) = (self.owner.clone(), self.settings.lease.as_millis() as i64, limit);
         blocking(move || {
             let mut conn = pool.get()?;
             outbox::claim(&mut conn, &owner, now_ms, lease, batch)
@@ -248,13 +257,16 @@ impl Worker {
     }
 
     /// Send a claimed event, and after each delivery the Endpoint's next due event, claimed as
-    /// the delivery is recorded, until the Endpoint has none due or an attempt fails; what was
-    /// recorded for each. `now` is read before each attempt.
+    /// the delivery is recorded, until the Endpoint has none due, an attempt fails, or the lane
+    /// has sent [`LANE_LENGTH`] events (then the next is claimed in turn with every other
+    /// Endpoint's); what was recorded for each. `now` is read before each attempt and again
+    /// for each next claim, whose lease starts then.
     async fn lane(&self, row: OutboxRow, now: impl Fn() -> i64) -> Result<Vec<Recorded>, StoreError> {
         let mut recorded = Vec::new();
         let mut next = Some(row);
         while let Some(row) = next.take() {
-            let (kind, follow) = self.process(row, now()).await?;
+            let more = recorded.len() + 1 < LANE_LENGTH;
+            let (kind, follow) = self.process(row, &now, more).await?;
             recorded.push(kind);
             next = follow;
         }
@@ -263,8 +275,15 @@ impl Worker {
 
     /// Send one claimed event and record what happened (only while the lease is ours); after a
     /// delivery, the Endpoint's next due event, claimed in the same transaction.
-    async fn process(&self, row: OutboxRow, now_ms: i64) -> Result<(Recorded, Option<OutboxRow>), StoreError> {
+    async fn process(
+        &self,
+        row: OutboxRow,
+        now: &impl Fn() -> i64,
+        follow_on: bool,
+    ) -> Result<(Recorded, Option<OutboxRow>), StoreError> {
+        let now_ms = now();
         let outcome = self.send(&row, now_ms).await?;
+        let claim_at = now();
         if matches!(outcome, Outcome::Delivered) {
             crate::failpoint::hit("outbox::after_send");
         }
@@ -282,7 +301,16 @@ impl Worker {
                         let done = outbox::complete(conn, &row, now_ms)?;
                         if done {
                             outbox::owe_stage(conn, &row)?;
-                            follow = outbox::claim_next_of(conn, &row.endpoint_id, &owner, now_ms, lease)?;
+                        }
+                        // A failed claim only ends the lane: the delivery stands.
+                        if done && follow_on {
+                            follow = crate::store::savepoint(conn, |conn| {
+                                outbox::claim_next_of(conn, &row.endpoint_id, &owner, claim_at, lease)
+                            })
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(error = %e, "claiming the next webhook of a lane failed");
+                                None
+                            });
                         }
                         Ok::<_, StoreError>(done)
                     })?,
@@ -355,20 +383,25 @@ impl Worker {
 
     /// Run until the process ends. Each claimed event is sent by a task of its own, so a slow
     /// or dead Endpoint never holds up the others (its own events wait for its 4 slots), and that
-    /// task goes on with the Endpoint's next due events while they are delivered; the loop claims
-    /// again whenever a write commits, a task ends, or every poll interval.
+    /// task goes on with the Endpoint's next due events while they are delivered (a lane, at
+    /// most [`LANE_LENGTH`] long); the loop claims, never more than there are free slots,
+    /// whenever a write commits, a task ends, or every poll interval.
     pub async fn run(self) {
         tokio::spawn(self.clone().run_stages());
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
         let mut last_alerts = std::time::Instant::now();
         loop {
-            let claimed = match self.claim(crate::fhir::now_ms()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming webhooks failed");
-                    Vec::new()
-                }
+            // Only as many as there are free slots: a claimed event never waits for one while
+            // its lease runs.
+            let free = (slots.available_permits() as i64).min(self.settings.batch);
+            let claimed = match free {
+                0 => Ok(Vec::new()),
+                n => self.claim_up_to(crate::fhir::now_ms(), n).await,
             };
+            let claimed = claimed.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "claiming webhooks failed");
+                Vec::new()
+            });
             let any = !claimed.is_empty();
             for row in claimed {
                 let Ok(permit) = slots.clone().acquire_owned().await else { return };

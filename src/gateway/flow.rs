@@ -205,7 +205,7 @@ pub fn mark_stage(conn: &mut DbConn, task_id: &str, stage: &str) -> Result<Optio
 
 /// A `referral.created` event reached an Endpoint: when the Endpoint is the owning charity's,
 /// the Task's stage becomes `delivered`. Runs inside the caller's write transaction (the one
-/// that records the delivery).
+/// that records the stages the deliveries owe).
 pub fn mark_delivered(conn: &mut DbConn, endpoint_id: &str, task_id: &str) -> Result<(), ApiError> {
     let Some(endpoint) = resources::get(conn, "Endpoint", endpoint_id)? else { return Ok(()) };
     let Some(task) = resources::get(conn, "Task", task_id)? else { return Ok(()) };

@@ -298,8 +298,8 @@ fn answer_tag(ctx: &Ctx, counter: i64, what: &str, pairs: &[(String, String)]) -
     let strict = if ctx.strict { "strict" } else { "lenient" };
     let parts = [env!("CARGO_PKG_VERSION"), &ctx.base, &p.client_id, &p.org_id, &role, strict, what];
     for part in parts.into_iter().chain(pairs.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()])) {
+        h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
-        h.update([0]);
     }
     format!("W/\"{counter}-{}\"", hex::encode(&h.finalize()[..8]))
 }

@@ -134,7 +134,22 @@ fn rewrite_index(
     for (p, v) in old.iter().filter(|e| new.binary_search(e).is_err()) {
         diesel::delete(search_index::table.find((ty, p.as_str(), v.as_str(), rid))).execute(conn)?;
     }
-    insert_index_rows(conn, ty, rid, new.into_iter().filter(|e| old.binary_search(e).is_err()).collect())
+    // A row may already be there although the old values do not name it (written by a release
+    // that extracted values differently): kept, not a conflict.
+    let added = index_rows(ty, rid, new.into_iter().filter(|e| old.binary_search(e).is_err()).collect());
+    match conn {
+        DbConn::Sqlite(c) => {
+            for row in &added {
+                diesel::insert_or_ignore_into(search_index::table).values(row).execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            if !added.is_empty() {
+                diesel::insert_into(search_index::table).values(&added).on_conflict_do_nothing().execute(c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The entries sorted, each once.
@@ -146,7 +161,21 @@ fn unique(index: &[IndexEntry]) -> Vec<&IndexEntry> {
 }
 
 fn insert_index_rows(conn: &mut DbConn, ty: &str, rid: &str, entries: Vec<&IndexEntry>) -> Result<(), StoreError> {
-    let rows: Vec<_> = entries
+    super::insert_rows!(conn, search_index::table, &index_rows(ty, rid, entries));
+    Ok(())
+}
+
+/// A search row, as inserted.
+type IndexRow<'a> = (
+    diesel::dsl::Eq<search_index::resource_type, &'a str>,
+    diesel::dsl::Eq<search_index::resource_id, &'a str>,
+    diesel::dsl::Eq<search_index::param, &'a str>,
+    diesel::dsl::Eq<search_index::value, &'a str>,
+);
+
+/// One resource's search rows.
+fn index_rows<'a>(ty: &'a str, rid: &'a str, entries: Vec<&'a IndexEntry>) -> Vec<IndexRow<'a>> {
+    entries
         .into_iter()
         .map(|(p, v)| {
             (
@@ -156,9 +185,7 @@ fn insert_index_rows(conn: &mut DbConn, ty: &str, rid: &str, entries: Vec<&Index
                 search_index::value.eq(v.as_str()),
             )
         })
-        .collect();
-    super::insert_rows!(conn, search_index::table, &rows);
-    Ok(())
+        .collect()
 }
 
 /// Store a new resource (version 1 or a create-on-update) with its search values; `body` is

@@ -684,10 +684,10 @@ async fn a_backlog_drains_through_four_slots_each_event_once() {
 
 /// After each delivery the worker goes on with the Endpoint's next due event, claimed as the
 /// delivery is recorded: one round drains a whole backlog through the 4 slots, each event
-/// once. A slot whose attempt fails stops there, and its event, due again later, is not taken
-/// by the others meanwhile.
+/// once. An event whose attempt fails, due again later, is not taken by the other slots
+/// meanwhile.
 #[tokio::test]
-async fn one_round_drains_a_backlog_slot_by_slot_and_a_failed_slot_stops() {
+async fn one_round_drains_a_backlog_slot_by_slot_and_a_failed_event_waits_for_its_retry() {
     let (app, receiver, worker, _) = setup().await;
     receiver.answer(500, vec![]);
     receiver.by_default(Answer { status: 200, delay_ms: 10, ..Default::default() });
