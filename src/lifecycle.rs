@@ -249,9 +249,9 @@ pub fn concept(system: &str, code: &str) -> Value {
 
 /// The display of a Signpost lifecycle code.
 pub fn display_of(system: &str, code: &str) -> Option<String> {
-    /// Each lifecycle code system's `(code, display)` pairs, read from its definition once.
     /// A code system's `(code, display)` pairs.
     type Displays = Vec<(String, String)>;
+    /// Each lifecycle code system's pairs, read from its definition once.
     static DISPLAYS: std::sync::LazyLock<Vec<(&str, Displays)>> = std::sync::LazyLock::new(|| {
         [
             (STAGE_SYSTEM, include_str!("../fhir-profiles/signpost/CodeSystem-referral-outcome.json")),

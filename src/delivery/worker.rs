@@ -290,9 +290,9 @@ impl Worker {
         let pool = self.pool.clone();
         let jitter: f64 = rand::thread_rng().gen_range(-1.0..=1.0);
         let (owner, lease) = (self.owner.clone(), self.settings.lease.as_millis() as i64);
-        let mut follow = None;
         let (recorded, follow) = blocking(move || {
             let mut conn = pool.get()?;
+            let mut follow = None;
             let (ok, kind) = match outcome {
                 // The delivery, the Task's `delivered` stage owed, and the next claim in one
                 // write transaction.

@@ -306,7 +306,9 @@ fn answer_tag(ctx: &Ctx, counter: i64, what: &str, pairs: &[(String, String)]) -
 
 /// Whether the client's `If-None-Match` lists `tag` (weak comparison).
 fn holds(ctx: &Ctx, tag: &str) -> bool {
-    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    fn bare(t: &str) -> &str {
+        t.trim().trim_start_matches("W/")
+    }
     ctx.if_none_match.as_deref().is_some_and(|list| list.split(',').any(|t| bare(t) == bare(tag)))
 }
 

@@ -49,18 +49,27 @@ pub enum DbConn {
 /// statement (one round trip); on SQLite one single-row statement per row, which diesel
 /// prepares once and caches (a multi-row statement is compiled again for every call, and
 /// SQLite has no round trips to save).
+///
+/// `insert_rows!(keep_existing: ...)` leaves a row whose key is already there as it is instead
+/// of failing.
 macro_rules! insert_rows {
-    ($conn:expr, $table:expr, $rows:expr) => {{
+    ($conn:expr, $table:expr, $rows:expr) => {
+        $crate::store::insert_rows!(@insert_into [] $conn, $table, $rows)
+    };
+    (keep_existing: $conn:expr, $table:expr, $rows:expr) => {
+        $crate::store::insert_rows!(@insert_or_ignore_into [.on_conflict_do_nothing()] $conn, $table, $rows)
+    };
+    (@$sqlite:ident [$($pg:tt)*] $conn:expr, $table:expr, $rows:expr) => {{
         let rows = $rows;
         match $conn {
             $crate::store::DbConn::Sqlite(c) => {
                 for row in rows {
-                    diesel::insert_into($table).values(row).execute(c)?;
+                    diesel::$sqlite($table).values(row).execute(c)?;
                 }
             }
             $crate::store::DbConn::Pg(c) => {
                 if !rows.is_empty() {
-                    diesel::insert_into($table).values(rows).execute(c)?;
+                    diesel::insert_into($table).values(rows)$($pg)*.execute(c)?;
                 }
             }
         }
@@ -564,6 +573,13 @@ impl GroupWriter {
 
 #[cfg(test)]
 mod tests {
+    /// A pool on a new SQLite database in `dir`, migrated.
+    fn migrated_pool(dir: &tempfile::TempDir) -> super::Pool {
+        let pool = super::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).unwrap();
+        super::migrate(&pool).unwrap();
+        pool
+    }
+
     #[test]
     fn new_ids_are_uuids_in_the_order_they_were_made() {
         let ids: Vec<String> = (0..2000).map(|_| super::new_id()).collect();
@@ -623,8 +639,7 @@ mod tests {
             n: i64,
         }
         let dir = tempfile::tempdir().unwrap();
-        let pool = super::connect(&format!("sqlite://{}", dir.path().join("s.db").display()), 2).unwrap();
-        super::migrate(&pool).unwrap();
+        let pool = migrated_pool(&dir);
         let mut conn = pool.get().unwrap();
         conn.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
         let before = super::changes::last(&mut conn).unwrap();
@@ -652,8 +667,7 @@ mod tests {
     #[test]
     fn changes_of_other_types_since_a_position_are_found() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = super::connect(&format!("sqlite://{}", dir.path().join("o.db").display()), 2).unwrap();
-        super::migrate(&pool).unwrap();
+        let pool = migrated_pool(&dir);
         let mut conn = pool.get().unwrap();
         let seen = super::changes::last(&mut conn).unwrap();
         let except = ["ServiceRequest", "Task"];
@@ -682,8 +696,7 @@ mod tests {
         use super::schema::search_index;
         use diesel::prelude::*;
         let dir = tempfile::tempdir().unwrap();
-        let pool = super::connect(&format!("sqlite://{}", dir.path().join("i.db").display()), 2).unwrap();
-        super::migrate(&pool).unwrap();
+        let pool = migrated_pool(&dir);
         let mut conn = pool.get().unwrap();
         let entries = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect()

@@ -385,14 +385,9 @@ fn claim_in_txn(
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    let ready = endpoint_state::table
-        .filter(endpoint_state::disabled.eq(false))
-        .filter(endpoint_state::secret.is_not_null())
-        .select(endpoint_state::endpoint_id);
+    let ready = endpoint_state::table.filter(ready()).select(endpoint_state::endpoint_id);
     let due = outbox::table
-        .filter(outbox::state.eq(PENDING))
-        .filter(outbox::next_attempt_at.le(now))
-        .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
+        .filter(due_at(now))
         .filter(outbox::endpoint_id.eq_any(ready))
         .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
         .select((outbox::id, outbox::endpoint_id, outbox::fencing))
@@ -442,11 +437,7 @@ pub fn claim_next_of(
     now: i64,
     lease_ms: i64,
 ) -> Result<Option<OutboxRow>, StoreError> {
-    let ready = endpoint_state::table
-        .find(endpoint)
-        .filter(endpoint_state::disabled.eq(false))
-        .filter(endpoint_state::secret.is_not_null())
-        .select(endpoint_state::endpoint_id);
+    let ready = endpoint_state::table.find(endpoint).filter(ready()).select(endpoint_state::endpoint_id);
     let ready = match conn {
         DbConn::Pg(pg) => ready.for_update().skip_locked().first::<String>(pg).optional()?,
         DbConn::Sqlite(_) => ready.first::<String>(conn).optional()?,
@@ -456,9 +447,7 @@ pub fn claim_next_of(
     }
     let due = outbox::table
         .filter(outbox::endpoint_id.eq(endpoint))
-        .filter(outbox::state.eq(PENDING))
-        .filter(outbox::next_attempt_at.le(now))
-        .filter(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
+        .filter(due_at(now))
         .order((outbox::next_attempt_at.asc(), outbox::id.asc()))
         .select((outbox::id, outbox::fencing));
     let due: Option<(String, i64)> = match conn {
@@ -469,6 +458,22 @@ pub fn claim_next_of(
         Some((id, fencing)) => take(conn, &id, fencing, owner, now, lease_ms),
         None => Ok(None),
     }
+}
+
+/// An Endpoint whose events may be sent: enabled, with a secret.
+#[diesel::dsl::auto_type]
+fn ready() -> _ {
+    endpoint_state::disabled.eq(false).and(endpoint_state::secret.is_not_null())
+}
+
+/// An event due at `now`: pending, its time come, and no live lease on it.
+#[diesel::dsl::auto_type]
+fn due_at(now: i64) -> _ {
+    let pending: &'static str = PENDING;
+    outbox::state
+        .eq(pending)
+        .and(outbox::next_attempt_at.le(now))
+        .and(outbox::lease_expires.is_null().or(outbox::lease_expires.lt(now)))
 }
 
 /// How many of an Endpoint's events are leased now.

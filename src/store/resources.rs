@@ -108,7 +108,8 @@ fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreErro
 
 /// Write a new resource's search rows.
 fn write_index(conn: &mut DbConn, ty: &str, rid: &str, index: &[IndexEntry]) -> Result<(), StoreError> {
-    insert_index_rows(conn, ty, rid, unique(index))
+    super::insert_rows!(conn, search_index::table, &index_rows(ty, rid, unique(index)));
+    Ok(())
 }
 
 /// A new version's search rows in place of the old ones: with the old values known (`previous`),
@@ -137,18 +138,7 @@ fn rewrite_index(
     // A row may already be there although the old values do not name it (written by a release
     // that extracted values differently): kept, not a conflict.
     let added = index_rows(ty, rid, new.into_iter().filter(|e| old.binary_search(e).is_err()).collect());
-    match conn {
-        DbConn::Sqlite(c) => {
-            for row in &added {
-                diesel::insert_or_ignore_into(search_index::table).values(row).execute(c)?;
-            }
-        }
-        DbConn::Pg(c) => {
-            if !added.is_empty() {
-                diesel::insert_into(search_index::table).values(&added).on_conflict_do_nothing().execute(c)?;
-            }
-        }
-    }
+    super::insert_rows!(keep_existing: conn, search_index::table, &added);
     Ok(())
 }
 
@@ -158,11 +148,6 @@ fn unique(index: &[IndexEntry]) -> Vec<&IndexEntry> {
     entries.sort();
     entries.dedup();
     entries
-}
-
-fn insert_index_rows(conn: &mut DbConn, ty: &str, rid: &str, entries: Vec<&IndexEntry>) -> Result<(), StoreError> {
-    super::insert_rows!(conn, search_index::table, &index_rows(ty, rid, entries));
-    Ok(())
 }
 
 /// A search row, as inserted.
