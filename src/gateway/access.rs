@@ -94,13 +94,19 @@ pub(super) fn is_charity(conn: &mut DbConn, org_id: &str) -> Result<bool, StoreE
     Ok(!resources::find(conn, &criteria)?.is_empty())
 }
 
-/// The charity Organization that owns a Task (from `Task.owner`).
+/// The Organization that owns a Task: the one `Task.owner` names, or the one that provides the
+/// HealthcareService it names.
+///
+/// An Organization named as owner owns the Task whether or not the directory holds it (only an
+/// operator can write such a Task): every Task whose `task_queue` row names an owner therefore
+/// carries that owner's grant, which lets charity polling read the owner's rows without probing
+/// a grant for each ([`crate::store::resources::search`]).
 pub(super) fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
-    let Some((ty, id)) = task.get("owner").and_then(reference_of) else { return Ok(None) };
-    if !routing::DIRECTORY_TARGETS.contains(&ty) {
-        return Ok(None);
+    match task.get("owner").and_then(reference_of) {
+        Some(("Organization", id)) => Ok(Some(id.to_string())),
+        Some(("HealthcareService", id)) => Ok(directory_entry(conn, "HealthcareService", id)?.and_then(|e| e.org_id)),
+        _ => Ok(None),
     }
-    Ok(directory_entry(conn, ty, id)?.and_then(|e| e.org_id))
 }
 
 /// Check a Task that a referrer (or operator) sends as its own route. `bundle_srs` holds the

@@ -40,6 +40,20 @@ async fn the_polling_plan_answers_as_the_general_plan_does() {
         }
     }
     let mut conn = app.pool.get().unwrap();
+    // Every owner's row carries the owner's grant on its Task (the polling plan counts the rows
+    // without probing grants).
+    {
+        use diesel::dsl::{exists, not};
+        use diesel::prelude::*;
+        use signpost::store::schema::{access_grants, task_queue};
+        let granted = access_grants::table
+            .filter(access_grants::resource_type.eq("Task"))
+            .filter(access_grants::org_id.eq(task_queue::owner_org))
+            .filter(access_grants::resource_id.eq(task_queue::task_id));
+        let rows: i64 = task_queue::table.count().get_result(&mut *conn).unwrap();
+        let ungranted: i64 = task_queue::table.filter(not(exists(granted))).count().get_result(&mut *conn).unwrap();
+        assert_eq!((rows, ungranted), (tasks.len() as i64, 0));
+    }
     let now = signpost::fhir::now_ms();
     let owner = ("owner".to_string(), vec!["Organization/stroke-association".to_string()]);
     let mut queries = Vec::new();
