@@ -94,7 +94,7 @@ pub fn capability_statement(base: &str) -> Value {
                 {
                     "name": "changes",
                     "definition": "https://signpost.example/fhir/OperationDefinition/changes",
-                    "documentation": "The change feed: every change you may see after a cursor, in commit order, with the cursor to ask from next (gap-free)"
+                    "documentation": "The change feed: every change you may see after a cursor, in commit order, with the cursor to ask from next (gap-free; a page reads at most 500 changes, so follow next until it stays the same)"
                 }
             ],
             "searchParam": [

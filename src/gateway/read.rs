@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, IssueCode, operation_outcome};
 use crate::fhir::search;
 use crate::fhir::{TypeClass, instant};
+use crate::store::changes;
 use crate::store::resources::{self, StoredResource};
 
 impl Gateway {
@@ -113,7 +114,7 @@ impl Gateway {
             criteria.visible_to = Some(ctx.principal.org_id.clone());
         }
         let mut conn = self.conn()?;
-        let tag = answer_tag(ctx, crate::store::changes::last(&mut conn)?, spec.name, pairs);
+        let tag = answer_tag(ctx, changes::last(&mut conn)?, spec.name, pairs);
         if holds(ctx, &tag) {
             return Ok(not_modified(tag));
         }
@@ -221,8 +222,9 @@ fn enc(s: &str) -> String {
 impl Gateway {
     /// `GET /fhir/$changes?cursor=N&_count=M`: the changes after `cursor` that the caller may
     /// see, in commit order (a `history` Bundle; each entry's `change-sequence` extension is its
-    /// cursor), and a `next` link with the cursor to ask from next time. Gap-free: see
-    /// [`crate::store::changes`].
+    /// cursor), and a `next` link with the cursor to ask from next time. A page reads at most
+    /// [`changes::PAGE_READS`] changes, so it may be short, even empty, while `next` moves on.
+    /// Gap-free: see [`crate::store::changes`].
     pub fn changes(&self, ctx: &Ctx, pairs: &[(String, String)]) -> Result<Reply, ApiError> {
         let bad = |d: &str| ApiError::new(400, Issue::error(IssueCode::BadSearchValue, d.to_string()));
         let mut cursor = 0i64;
@@ -251,11 +253,12 @@ impl Gateway {
         let directory: Vec<&str> =
             crate::fhir::TYPES.iter().filter(|t| t.class == TypeClass::Directory).map(|t| t.name).collect();
         let mut conn = self.conn()?;
-        let tag = answer_tag(ctx, crate::store::changes::last(&mut conn)?, "$changes", pairs);
+        let tag = answer_tag(ctx, changes::last(&mut conn)?, "$changes", pairs);
         if holds(ctx, &tag) {
             return Ok(not_modified(tag));
         }
-        let rows = crate::store::changes::since(&mut conn, cursor, count, visible_to, &directory)?;
+        let page = changes::page(&mut conn, cursor, count, visible_to, &directory, changes::PAGE_READS)?;
+        let rows = page.changes;
         let mut entries = Vec::new();
         let mut bodies: Vec<String> = Vec::with_capacity(rows.len());
         for (i, c) in rows.iter().enumerate() {
@@ -276,7 +279,7 @@ impl Gateway {
             }));
             bodies.push(v.body);
         }
-        let next = rows.last().map(|c| c.seq).unwrap_or(cursor);
+        let next = page.next;
         let link = |n: i64| format!("{}/$changes?cursor={n}&_count={count}", ctx.base);
         let links = vec![("self", link(cursor)), ("next", link(next))];
         let text = bundle("history", None, links, entries).to_string();

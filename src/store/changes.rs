@@ -161,16 +161,42 @@ fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Re
     Ok(last)
 }
 
-/// Up to `limit` changes after `cursor`, in order. With `visible_to`, only changes to directory
-/// resources (`public_types`) and to resources that Organization may see now.
-pub fn since(
+/// The most changes one page of the feed reads, whatever it shows of them: a client that may
+/// see few of the changes after its cursor (a quiet charity among busy ones) gets a short page,
+/// or an empty one, and a cursor past the rest, instead of a read of every change since.
+pub const PAGE_READS: i64 = 500;
+
+/// One page of the change feed: the changes shown, and the cursor to ask from next.
+#[derive(Debug)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    pub next: i64,
+}
+
+/// Up to `limit` changes after `cursor`, in order, from at most `reads` changes. With
+/// `visible_to`, only changes to directory resources (`public_types`) and to resources that
+/// Organization may see now. `next` is past every change read that was not shown, and equals
+/// `cursor` only when nothing was written after it.
+pub fn page(
     conn: &mut DbConn,
     cursor: i64,
     limit: i64,
     visible_to: Option<&str>,
     public_types: &[&str],
-) -> Result<Vec<Change>, StoreError> {
-    let mut q = change_log::table.filter(change_log::seq.gt(cursor)).into_boxed::<super::Backend>();
+    reads: i64,
+) -> Result<Page, StoreError> {
+    // The last change this page reads: the `reads`-th after the cursor, or else the newest. It
+    // is read first and it has committed, so every change up to it has too (numbers become
+    // visible in order): the page may move the cursor up to it.
+    let after = || change_log::table.filter(change_log::seq.gt(cursor)).select(change_log::seq);
+    let end = match after().order(change_log::seq.asc()).offset(reads - 1).first::<i64>(conn).optional()? {
+        Some(end) => end,
+        None => after().select(diesel::dsl::max(change_log::seq)).first::<Option<i64>>(conn)?.unwrap_or(cursor),
+    };
+    let mut q = change_log::table
+        .filter(change_log::seq.gt(cursor))
+        .filter(change_log::seq.le(end))
+        .into_boxed::<super::Backend>();
     if let Some(org) = visible_to {
         let granted = exists(
             access_grants::table
@@ -184,7 +210,13 @@ pub fn since(
                 .or(granted),
         );
     }
-    Ok(q.order(change_log::seq.asc()).limit(limit).load(conn)?)
+    let changes: Vec<Change> = q.order(change_log::seq.asc()).limit(limit).load(conn)?;
+    // A full page may leave visible changes unshown before `end`.
+    let next = match changes.last() {
+        Some(last) if changes.len() as i64 == limit => last.seq,
+        _ => end,
+    };
+    Ok(Page { changes, next })
 }
 
 /// Whether a resource of a type other than `except` changed after `seq`: committed since, or

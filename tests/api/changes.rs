@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// Follow `next` from `cursor` until a page is empty: (sequence, `Type/id`, version) of each entry,
+/// Follow `next` from `cursor` until it stays put: (sequence, `Type/id`, version) of each entry,
 /// and the final cursor.
 async fn read_feed(app: &TestApp, key: &str, mut cursor: i64) -> (Vec<(i64, String, String)>, i64) {
     let mut out = Vec::new();
@@ -30,8 +30,9 @@ async fn read_feed(app: &TestApp, key: &str, mut cursor: i64) -> (Vec<(i64, Stri
             .unwrap()
             .to_string();
         let next_cursor: i64 = next.split("cursor=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
-        if entries.is_empty() {
-            assert_eq!(next_cursor, cursor, "an empty page keeps the cursor");
+        assert!(next_cursor >= cursor, "the cursor never goes back");
+        if next_cursor == cursor {
+            assert!(entries.is_empty(), "a page that shows changes moves the cursor");
             return (out, cursor);
         }
         cursor = next_cursor;
@@ -118,4 +119,54 @@ async fn a_change_that_commits_late_is_never_skipped() {
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0].1, format!("Patient/{}", created["id"].as_str().unwrap()));
     assert_eq!(late[0].0, cursor + 1, "numbers have no gaps");
+}
+
+/// A page reads a bounded number of changes: a charity that may see few of those after its
+/// cursor gets short or empty pages whose cursor moves past the rest (it does not read them all
+/// again at every poll), and following `next` shows the same changes, once each, as one read of
+/// everything would.
+#[tokio::test]
+async fn a_quiet_charitys_cursor_moves_past_the_changes_it_may_not_see() {
+    let app = spawn().await;
+    let (_, start) = read_feed(&app, BEFRIENDING, 0).await;
+    for _ in 0..3 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let last = signpost::store::changes::last(&mut app.pool.get().unwrap()).unwrap();
+    assert!(last > start);
+    let page = app.get(BEFRIENDING, &format!("/fhir/$changes?cursor={start}&_count=100")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body["entry"].as_array().is_none_or(Vec::is_empty), "{}", page.body);
+    let next = page.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].clone();
+    assert!(next.as_str().unwrap().contains(&format!("cursor={last}&")), "{next}");
+
+    // One of its own among others' referrals, read a few changes at a time.
+    let (own, _) = app.referral(REFERRER_2, "HealthcareService/befriending-network-leeds-support").await;
+    for _ in 0..2 {
+        app.referral(REFERRER, "HealthcareService/stroke-association-support").await;
+    }
+    let public = ["Organization", "HealthcareService", "Endpoint"];
+    let mut conn = app.pool.get().unwrap();
+    for visible in [Some("befriending-network-leeds"), Some("stroke-association"), None] {
+        let everything = signpost::store::changes::page(&mut conn, 0, 100_000, visible, &public, 100_000).unwrap();
+        let mut walked = Vec::new();
+        let (mut cursor, mut empty_but_moved) = (0, 0);
+        loop {
+            let page = signpost::store::changes::page(&mut conn, cursor, 2, visible, &public, 3).unwrap();
+            assert!(page.changes.len() <= 2 && page.next >= cursor);
+            if page.next == cursor {
+                assert!(page.changes.is_empty());
+                break;
+            }
+            empty_but_moved += usize::from(page.changes.is_empty());
+            walked.extend(page.changes.iter().map(|c| c.seq));
+            cursor = page.next;
+        }
+        assert_eq!(walked, everything.changes.iter().map(|c| c.seq).collect::<Vec<_>>(), "{visible:?}");
+        assert_eq!(everything.next, signpost::store::changes::last(&mut conn).unwrap());
+        if visible == Some("befriending-network-leeds") {
+            assert!(empty_but_moved > 0, "others' changes made no empty page");
+            assert!(everything.changes.iter().any(|c| c.resource_id == own), "its own referral is in its feed");
+        }
+    }
 }
