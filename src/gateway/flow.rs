@@ -346,6 +346,7 @@ impl Gateway {
             if !facts.needs.is_empty() {
                 let remaining = Snapshot {
                     services: snapshot.services.iter().filter(|s| !tried.contains(&s.org_id)).cloned().collect(),
+                    entries: Default::default(),
                 };
                 let decision = rules::decide(&facts, &remaining, hierarchy);
                 let plan = super::route::Plan::ByCondition(decision);

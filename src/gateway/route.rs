@@ -422,7 +422,7 @@ impl Gateway {
             let plan = if routing::performer_targets(sr).is_empty() {
                 self.route_by_condition(&mut conn, p, sr, &bundled, path)?
             } else {
-                let facts = super::write::performer_facts(&mut conn, sr)?;
+                let facts = self.performer_facts(&mut conn, sr)?;
                 Plan::Explicit(routing::route(sr, &facts, &[]).map_err(|i| ApiError::issues(422, i))?)
             };
             out.push(plan.explanation(None, &[]));

@@ -14,8 +14,7 @@ use super::access;
 use super::referral::enforce_referral_rules;
 use super::route::{BundleResources, Plan};
 use super::write::{
-    conditional_identifier, create_routed_tasks, insert_resource, performer_facts, rewrite_references,
-    validate_structure,
+    conditional_identifier, create_routed_tasks, insert_resource, rewrite_references, validate_structure,
 };
 use super::{Ctx, Gateway, Reply, WriteOpts, bundle, etag};
 use crate::auth::Role;
@@ -257,7 +256,7 @@ impl Gateway {
                     routes.insert(e.id.clone(), chosen);
                     continue;
                 }
-                let facts = performer_facts(conn, &e.resource)?;
+                let facts = self.performer_facts(conn, &e.resource)?;
                 match routing::route(&e.resource, &facts, &already) {
                     Ok(r) => {
                         routes.insert(e.id.clone(), Plan::Explicit(r));

@@ -99,15 +99,18 @@ pub(super) fn expect_type(resource: &Value, ty: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Load the directory facts a ServiceRequest's performers name.
-pub(super) fn performer_facts(conn: &mut DbConn, sr: &Value) -> Result<DirectoryFacts, StoreError> {
-    let mut facts = DirectoryFacts::new();
-    for (_, ty, id) in routing::performer_targets(sr) {
-        if let Some(entry) = access::directory_entry(conn, &ty, &id)? {
-            facts.insert((ty, id), entry);
+impl Gateway {
+    /// The directory facts a ServiceRequest's performers name, from the directory snapshot.
+    pub(super) fn performer_facts(&self, conn: &mut DbConn, sr: &Value) -> Result<DirectoryFacts, StoreError> {
+        let snapshot = self.directory.snapshot(conn)?;
+        let mut facts = DirectoryFacts::new();
+        for (_, ty, id) in routing::performer_targets(sr) {
+            if let Some(entry) = snapshot.entries.get(&(ty.clone(), id.clone())) {
+                facts.insert((ty, id), entry.clone());
+            }
         }
+        Ok(facts)
     }
-    Ok(facts)
 }
 
 /// A new resource (version 1) ready to store: its id and `meta` set, its body serialised and its
@@ -242,7 +245,7 @@ impl Gateway {
         let plan = if routing::performer_targets(body).is_empty() {
             self.route_by_condition(conn, p, body, &Default::default(), "ServiceRequest")?
         } else {
-            let facts = performer_facts(conn, body)?;
+            let facts = self.performer_facts(conn, body)?;
             Plan::Explicit(routing::route(body, &facts, &[]).map_err(|i| ApiError::issues(422, i))?)
         };
         warnings.extend(plan.warnings("ServiceRequest"));

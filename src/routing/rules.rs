@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
+use super::DirectoryEntry;
 use super::snomed::{Hierarchy, SYSTEM};
 use crate::fhir::{items, reference_of};
 
@@ -54,6 +55,9 @@ pub struct Service {
 pub struct Snapshot {
     /// By id.
     pub services: Vec<Service>,
+    /// What the directory says about each HealthcareService and Organization (an explicit
+    /// performer's facts).
+    pub entries: super::DirectoryFacts,
 }
 
 impl Snapshot {
@@ -131,7 +135,21 @@ impl Snapshot {
             })
             .collect();
         services.sort_by(|a, b| a.id.cmp(&b.id));
-        Snapshot { services }
+        let mut entries = super::DirectoryFacts::new();
+        for (org_id, active) in &orgs {
+            let entry = DirectoryEntry { active: *active, org_id: Some(org_id.clone()), org_active: *active };
+            entries.insert(("Organization".into(), org_id.clone()), entry);
+        }
+        for s in of(resources, "HealthcareService") {
+            let org_id = s.get("providedBy").and_then(reference_of).filter(|(t, _)| *t == "Organization").map(|r| r.1);
+            let entry = DirectoryEntry {
+                active: active(s),
+                org_id: org_id.map(str::to_string),
+                org_active: org_id.and_then(|o| orgs.get(o)).copied().unwrap_or(false),
+            };
+            entries.insert(("HealthcareService".into(), id(s)), entry);
+        }
+        Snapshot { services, entries }
     }
 }
 
@@ -566,6 +584,7 @@ mod tests {
         inactive.active = false;
         let snapshot = Snapshot {
             services: vec![national, local, bradford, district, young, closed, email_only, welsh, inactive],
+            ..Default::default()
         };
         let mut f = facts(&[INFARCT]);
         f.contact = Some("phone".into());
@@ -591,6 +610,45 @@ mod tests {
         assert_eq!(excluded(&d, 0, "stroke-leeds"), Some(Exclusion::Coverage));
     }
 
+    /// An explicit performer's facts come from the snapshot: each service's and Organization's
+    /// own status, and whether the Organization it belongs to is there and active.
+    #[test]
+    fn the_snapshot_says_what_the_directory_says_of_each_entry() {
+        let org = |id: &str, active: bool| json!({ "resourceType": "Organization", "id": id, "active": active });
+        let service = |id: &str, by: Option<&str>, active: Option<bool>| {
+            let mut s = json!({ "resourceType": "HealthcareService", "id": id });
+            if let Some(by) = by {
+                s["providedBy"] = json!({ "reference": format!("Organization/{by}") });
+            }
+            if let Some(a) = active {
+                s["active"] = json!(a);
+            }
+            s
+        };
+        let snapshot = Snapshot::from_resources(&[
+            org("open", true),
+            org("closed", false),
+            service("runs", Some("open"), None),
+            service("paused", Some("open"), Some(false)),
+            service("of-closed", Some("closed"), Some(true)),
+            service("of-nobody", Some("missing"), None),
+            service("unowned", None, None),
+        ]);
+        let entry = |ty: &str, id: &str| snapshot.entries.get(&(ty.to_string(), id.to_string())).cloned();
+        let e = |active, org: Option<&str>, org_active| {
+            Some(DirectoryEntry { active, org_id: org.map(str::to_string), org_active })
+        };
+        assert_eq!(entry("Organization", "open"), e(true, Some("open"), true));
+        assert_eq!(entry("Organization", "closed"), e(false, Some("closed"), false));
+        assert_eq!(entry("HealthcareService", "runs"), e(true, Some("open"), true));
+        assert_eq!(entry("HealthcareService", "paused"), e(false, Some("open"), true));
+        assert_eq!(entry("HealthcareService", "of-closed"), e(true, Some("closed"), false));
+        assert_eq!(entry("HealthcareService", "of-nobody"), e(true, Some("missing"), false));
+        assert_eq!(entry("HealthcareService", "unowned"), e(true, None, false));
+        assert_eq!(entry("HealthcareService", "missing"), None);
+        assert_eq!(snapshot.entries.len(), 7);
+    }
+
     #[test]
     fn several_needs_fan_out_with_one_task_per_charity() {
         let snapshot = Snapshot {
@@ -599,6 +657,7 @@ mod tests {
                 svc("diabetes", "diabetes-org", &[DIABETES]),
                 svc("both", "general-org", &[STROKE, DIABETES]),
             ],
+            ..Default::default()
         };
         let mut f = facts(&[STROKE, T2]);
         // The general charity is busier: each need goes to its specialist.
@@ -617,7 +676,10 @@ mod tests {
 
     #[test]
     fn ties_break_on_fewest_open_referrals_then_service_id() {
-        let snapshot = Snapshot { services: vec![svc("b-service", "b", &[STROKE]), svc("a-service", "a", &[STROKE])] };
+        let snapshot = Snapshot {
+            services: vec![svc("b-service", "b", &[STROKE]), svc("a-service", "a", &[STROKE])],
+            ..Default::default()
+        };
         let mut f = facts(&[STROKE]);
         assert_eq!(chosen(&decide(&f, &snapshot, h()), 0), Some("a-service"));
         f.open_referrals.insert("a".into(), 1);
@@ -626,7 +688,7 @@ mod tests {
 
     #[test]
     fn no_match_is_explained_not_dropped() {
-        let snapshot = Snapshot { services: vec![svc("stroke", "stroke-org", &[STROKE])] };
+        let snapshot = Snapshot { services: vec![svc("stroke", "stroke-org", &[STROKE])], ..Default::default() };
         let mut f = facts(&[DIABETES, "999999999"]);
         f.needs.push(Need {
             source: "x".into(),
@@ -641,7 +703,7 @@ mod tests {
         assert!(d.needs[1].outcome.as_ref().unwrap_err().contains("subset"));
         assert!(d.needs[2].outcome.as_ref().unwrap_err().contains("only SNOMED CT"));
         // A parent does not reach a more specific service.
-        let snapshot = Snapshot { services: vec![svc("t2", "t2-org", &[T2])] };
+        let snapshot = Snapshot { services: vec![svc("t2", "t2-org", &[T2])], ..Default::default() };
         assert!(decide(&facts(&[DIABETES]), &snapshot, h()).tasks.is_empty());
     }
 
@@ -649,7 +711,7 @@ mod tests {
     fn waitlists_are_allowed_and_flagged() {
         let mut s = svc("wait", "wait-org", &[STROKE]);
         s.capacity = Capacity::Waitlist;
-        let d = decide(&facts(&[STROKE]), &Snapshot { services: vec![s] }, h());
+        let d = decide(&facts(&[STROKE]), &Snapshot { services: vec![s], ..Default::default() }, h());
         assert!(d.tasks[0].waitlist);
         assert!(d.tasks[0].summary.contains("waiting list"));
     }
@@ -681,7 +743,7 @@ mod tests {
                 let snapshot = Snapshot { services: vec![
                     svc("a", "o1", &[STROKE]), svc("b", "o2", &[DIABETES]), svc("c", "o3", &[STROKE, DIABETES]),
                     svc("d", "o4", &["24700007"]),
-                ]};
+                ], ..Default::default() };
                 let mut f = facts(&picks.iter().map(|i| codes[*i]).collect::<Vec<_>>());
                 f.age = Some(age);
                 for (i, n) in load.iter().enumerate() {
