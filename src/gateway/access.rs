@@ -48,14 +48,14 @@ pub(super) fn can_see(conn: &mut DbConn, p: &Principal, spec: &TypeSpec, id: &st
     resources::is_visible(conn, spec.name, id, &p.org_id)
 }
 
-/// The grant that makes a new referral resource visible to the Organization that sent it.
-pub(super) fn grant_sender(conn: &mut DbConn, spec: &TypeSpec, id: &str, sender_org: &str) -> Result<(), StoreError> {
-    if spec.class != TypeClass::Referral {
-        return Ok(());
-    }
-    let sender = Grant { resource_type: spec.name.into(), resource_id: id.into(), org_id: sender_org.into() };
-    // Only for a resource just created: its source has no grants yet.
-    resources::add_grants(conn, &format!("sender:{}/{id}", spec.name), &[sender])
+/// The grant that makes a new referral resource visible to the Organization that sent it, with
+/// its source (none for other resources). Written only for a resource just created: its source
+/// has no grants yet.
+pub(super) fn sender_grant(spec: &TypeSpec, id: &str, sender_org: &str) -> Option<(String, [Grant; 1])> {
+    (spec.class == TypeClass::Referral).then(|| {
+        let sender = Grant { resource_type: spec.name.into(), resource_id: id.into(), org_id: sender_org.into() };
+        (format!("sender:{}/{id}", spec.name), [sender])
+    })
 }
 
 /// What the directory says about `ty/id` (a HealthcareService or an Organization).
@@ -97,10 +97,11 @@ pub(super) fn is_charity(conn: &mut DbConn, org_id: &str) -> Result<bool, StoreE
 /// The Organization that owns a Task: the one `Task.owner` names, or the one that provides the
 /// HealthcareService it names.
 ///
-/// An Organization named as owner owns the Task whether or not the directory holds it (only an
-/// operator can write such a Task): every Task whose `task_queue` row names an owner therefore
-/// carries that owner's grant, which lets charity polling read the owner's rows without probing
-/// a grant for each ([`crate::store::resources::search`]).
+/// An Organization named as owner owns the Task whatever the directory holds at the time (a
+/// Task is only ever routed or sent to a charity in the directory, but the directory changes):
+/// every Task whose `task_queue` row names an owner therefore carries that owner's grant, which
+/// lets charity polling read the owner's rows without probing a grant for each
+/// ([`crate::store::resources::search`]).
 pub(super) fn owner_org(conn: &mut DbConn, task: &Value) -> Result<Option<String>, StoreError> {
     match task.get("owner").and_then(reference_of) {
         Some(("Organization", id)) => Ok(Some(id.to_string())),

@@ -14,25 +14,34 @@ pub const CORRELATION_EXTENSION: &str = "https://signpost.example/fhir/Structure
 
 /// Record who wrote `stored` (referral resources only; the directory has its own history).
 pub fn record(conn: &mut DbConn, stored: &StoredResource, author: &Author, activity: &str) -> Result<(), StoreError> {
-    if type_spec(&stored.resource_type).map(|s| s.class) != Some(TypeClass::Referral) {
-        return Ok(());
-    }
-    provenance::insert(
-        conn,
-        &ProvenanceRow {
+    record_all(conn, &[stored], author, activity)
+}
+
+/// [`record`] for versions written together, in one insert.
+pub fn record_all(
+    conn: &mut DbConn,
+    stored: &[&StoredResource],
+    author: &Author,
+    activity: &str,
+) -> Result<(), StoreError> {
+    let rows: Vec<ProvenanceRow> = stored
+        .iter()
+        .filter(|s| type_spec(&s.resource_type).map(|s| s.class) == Some(TypeClass::Referral))
+        .map(|s| ProvenanceRow {
             id: crate::store::new_id(),
-            target_type: stored.resource_type.clone(),
-            target_id: stored.id.clone(),
-            target_version: stored.version_id,
-            recorded: stored.last_updated,
+            target_type: s.resource_type.clone(),
+            target_id: s.id.clone(),
+            target_version: s.version_id,
+            recorded: s.last_updated,
             client: author.client.clone(),
             org: author.org.clone(),
             role: author.role.to_string(),
             activity: activity.to_string(),
             correlation_id: author.correlation_id.clone(),
             reason: author.reason.clone(),
-        },
-    )
+        })
+        .collect();
+    provenance::insert(conn, &rows)
 }
 
 /// A row as a FHIR Provenance.

@@ -146,11 +146,36 @@ pub(super) fn store_new(
     new: &NewResource,
     sender_org: &str,
 ) -> Result<(), ApiError> {
-    let stored = &new.stored;
-    resources::insert_new(conn, stored, &new.index, &new.body)?;
-    access::grant_sender(conn, new.spec, &stored.id, sender_org)?;
-    provenance::record(conn, stored, author, "CREATE")?;
-    tracing::info!(resource_type = new.spec.name, id = %stored.id, version = 1, client = %author.client, "created");
+    store_new_all(conn, author, &[new], &[], sender_org)
+}
+
+/// [`store_new`] for resources written together (a referral and its Tasks), with more grants
+/// (`grants`, by source): one insert per table.
+fn store_new_all(
+    conn: &mut DbConn,
+    author: &Author,
+    new: &[&NewResource],
+    grants: &[(String, &[Grant])],
+    sender_org: &str,
+) -> Result<(), ApiError> {
+    // The grants first: storing a Task enqueues its events for the Endpoints of those who may
+    // see it.
+    let senders: Vec<(String, [Grant; 1])> =
+        new.iter().filter_map(|n| access::sender_grant(n.spec, &n.stored.id, sender_org)).collect();
+    let sources: Vec<(&str, &[Grant])> = senders
+        .iter()
+        .map(|(source, g)| (source.as_str(), g.as_slice()))
+        .chain(grants.iter().map(|(source, g)| (source.as_str(), *g)))
+        .collect();
+    resources::add_grants_all(conn, &sources)?;
+    let rows: Vec<resources::New> =
+        new.iter().map(|n| resources::New { stored: &n.stored, index: &n.index, body: &n.body }).collect();
+    resources::insert_new_all(conn, &rows)?;
+    provenance::record_all(conn, &new.iter().map(|n| &n.stored).collect::<Vec<_>>(), author, "CREATE")?;
+    for n in new {
+        let id = &n.stored.id;
+        tracing::info!(resource_type = n.spec.name, id = %id, version = 1, client = %author.client, "created");
+    }
     Ok(())
 }
 
@@ -274,10 +299,11 @@ impl Gateway {
 
 /// Write a prepared ServiceRequest, its Tasks, their grants and the routing decision.
 fn store_referral(conn: &mut DbConn, author: &Author, sender_org: &str, r: &PreparedReferral) -> Result<(), ApiError> {
-    store_new(conn, author, &r.sr, sender_org)?;
-    for ((task, grants), via) in r.tasks.iter().zip(&r.vias) {
-        store_new(conn, author, task, sender_org)?;
-        resources::add_grants(conn, &format!("task:{}", task.stored.id), grants)?;
+    let new: Vec<&NewResource> = std::iter::once(&r.sr).chain(r.tasks.iter().map(|(t, _)| t)).collect();
+    let owners: Vec<(String, &[Grant])> =
+        r.tasks.iter().map(|(t, grants)| (format!("task:{}", t.stored.id), grants.as_slice())).collect();
+    store_new_all(conn, author, &new, &owners, sender_org)?;
+    for ((task, _), via) in r.tasks.iter().zip(&r.vias) {
         tracing::info!(task = %task.stored.id, via = %via, "routed");
     }
     store_decision(conn, &r.decision)

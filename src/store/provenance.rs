@@ -23,8 +23,9 @@ pub struct ProvenanceRow {
     pub reason: Option<String>,
 }
 
-pub fn insert(conn: &mut DbConn, row: &ProvenanceRow) -> Result<(), StoreError> {
-    diesel::insert_into(provenance::table).values(row).execute(conn)?;
+/// Write rows (one insert).
+pub fn insert(conn: &mut DbConn, rows: &[ProvenanceRow]) -> Result<(), StoreError> {
+    super::insert_rows!(conn, provenance::table, rows);
     Ok(())
 }
 

@@ -20,6 +20,16 @@ pub struct StoredResource {
 }
 
 #[derive(Insertable)]
+#[diesel(table_name = resources)]
+struct CurrentRow<'a> {
+    resource_type: &'a str,
+    id: &'a str,
+    version_id: i64,
+    last_updated: i64,
+    body: &'a str,
+}
+
+#[derive(Insertable)]
 #[diesel(table_name = resource_versions)]
 struct VersionRow<'a> {
     resource_type: &'a str,
@@ -28,6 +38,24 @@ struct VersionRow<'a> {
     last_updated: i64,
     body: &'a str,
 }
+
+/// A stored version as a row of `resources` (the current one) or of `resource_versions`.
+macro_rules! row_of {
+    ($($row:ident),*) => {$(
+        impl<'a> $row<'a> {
+            fn of(r: &'a StoredResource) -> Self {
+                $row {
+                    resource_type: &r.resource_type,
+                    id: &r.id,
+                    version_id: r.version_id,
+                    last_updated: r.last_updated,
+                    body: &r.body,
+                }
+            }
+        }
+    )*};
+}
+row_of!(CurrentRow, VersionRow);
 
 /// The columns of `resource_versions` in [`StoredResource`] order.
 const VERSION_COLUMNS: (
@@ -94,15 +122,7 @@ pub fn history(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Vec<StoredResou
 }
 
 fn insert_version(conn: &mut DbConn, r: &StoredResource) -> Result<(), StoreError> {
-    diesel::insert_into(resource_versions::table)
-        .values(VersionRow {
-            resource_type: &r.resource_type,
-            id: &r.id,
-            version_id: r.version_id,
-            last_updated: r.last_updated,
-            body: &r.body,
-        })
-        .execute(conn)?;
+    diesel::insert_into(resource_versions::table).values(VersionRow::of(r)).execute(conn)?;
     Ok(())
 }
 
@@ -173,6 +193,15 @@ fn index_rows<'a>(ty: &'a str, rid: &'a str, entries: Vec<&'a IndexEntry>) -> Ve
         .collect()
 }
 
+/// A new resource for [`insert_new_all`]: its first version, its search values, and its body
+/// as JSON.
+#[derive(Clone, Copy)]
+pub struct New<'a> {
+    pub stored: &'a StoredResource,
+    pub index: &'a [IndexEntry],
+    pub body: &'a serde_json::Value,
+}
+
 /// Store a new resource (version 1 or a create-on-update) with its search values; `body` is
 /// `r.body` as JSON. Fails with [`StoreError::Unique`] if the id is taken.
 pub fn insert_new(
@@ -181,10 +210,23 @@ pub fn insert_new(
     index: &[IndexEntry],
     body: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    diesel::insert_into(resources::table).values(r).execute(conn)?;
-    insert_version(conn, r)?;
-    write_index(conn, &r.resource_type, &r.id, index)?;
-    record_change(conn, r, body, None)
+    insert_new_all(conn, &[New { stored: r, index, body }])
+}
+
+/// Store new resources together (a referral and its Tasks): each table's rows for all of them
+/// in one insert (one statement each on PostgreSQL, where every statement is a round trip).
+pub fn insert_new_all(conn: &mut DbConn, new: &[New<'_>]) -> Result<(), StoreError> {
+    let current: Vec<CurrentRow> = new.iter().map(|n| CurrentRow::of(n.stored)).collect();
+    super::insert_rows!(&mut *conn, resources::table, &current);
+    let versions: Vec<VersionRow> = new.iter().map(|n| VersionRow::of(n.stored)).collect();
+    super::insert_rows!(&mut *conn, resource_versions::table, &versions);
+    let index: Vec<IndexRow> =
+        new.iter().flat_map(|n| index_rows(&n.stored.resource_type, &n.stored.id, unique(n.index))).collect();
+    super::insert_rows!(&mut *conn, search_index::table, &index);
+    for n in new {
+        record_change(conn, n.stored, n.body, None)?;
+    }
+    Ok(())
 }
 
 /// The change log and, for Tasks, the outbox: written with every stored version (`new` is
@@ -268,22 +310,27 @@ pub fn replace_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Resu
 
 /// Write the grants of a `source` that has none yet (a resource just created).
 pub fn add_grants(conn: &mut DbConn, source: &str, grants: &[Grant]) -> Result<(), StoreError> {
-    let mut unique: Vec<&Grant> = grants.iter().collect();
-    unique.sort_by(|a, b| {
-        (&a.resource_type, &a.resource_id, &a.org_id).cmp(&(&b.resource_type, &b.resource_id, &b.org_id))
-    });
-    unique.dedup();
-    let rows: Vec<_> = unique
-        .into_iter()
-        .map(|g| {
+    add_grants_all(conn, &[(source, grants)])
+}
+
+/// [`add_grants`] for several sources, in one insert.
+pub fn add_grants_all(conn: &mut DbConn, sources: &[(&str, &[Grant])]) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for (source, grants) in sources {
+        let mut unique: Vec<&Grant> = grants.iter().collect();
+        unique.sort_by(|a, b| {
+            (&a.resource_type, &a.resource_id, &a.org_id).cmp(&(&b.resource_type, &b.resource_id, &b.org_id))
+        });
+        unique.dedup();
+        rows.extend(unique.into_iter().map(|g| {
             (
                 access_grants::resource_type.eq(g.resource_type.as_str()),
                 access_grants::resource_id.eq(g.resource_id.as_str()),
                 access_grants::org_id.eq(g.org_id.as_str()),
-                access_grants::source.eq(source),
+                access_grants::source.eq(*source),
             )
-        })
-        .collect();
+        }));
+    }
     super::insert_rows!(conn, access_grants::table, &rows);
     Ok(())
 }
