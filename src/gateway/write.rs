@@ -409,7 +409,11 @@ impl Gateway {
             None => false,
         };
         let prepared = match (spec.name, &conditional) {
-            ("ServiceRequest", None) if !replay => Some(self.prepare_referral_before(p, &resource, now_ms())?),
+            // On PostgreSQL writers overlap: deciding inside the write transaction spares a
+            // transaction of its own and the check that its snapshot is still current.
+            ("ServiceRequest", None) if !replay && self.pool.has_one_writer() => {
+                Some(self.prepare_referral_before(p, &resource, now_ms())?)
+            }
             _ => None,
         };
         self.run_write(ctx, opts, |conn| {

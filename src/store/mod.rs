@@ -203,6 +203,12 @@ impl Pool {
     pub fn get(&self) -> Result<PooledConn, r2d2::PoolError> {
         Ok(PooledConn { conn: self.inner.get()?, writer: self.writer.clone() })
     }
+
+    /// Whether writes go through one writer (SQLite), so that reads worth making before a write
+    /// transaction are better made there ([`read_snapshot`]) than while holding the writer.
+    pub fn has_one_writer(&self) -> bool {
+        self.writer.is_some()
+    }
 }
 
 /// A connection borrowed from the [`Pool`]; [`write_txn`] on it goes to the pool's writer.
