@@ -137,11 +137,16 @@ pub fn append(conn: &mut DbConn, ty: &str, id: &str, version: i64, at: i64) -> R
 /// counter moves once by their number and they are written together. Returns the last number.
 fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Result<i64, StoreError> {
     let n = changes.len() as i64;
-    diesel::update(change_counter::table.filter(change_counter::id.eq(1)))
-        .set(change_counter::last_seq.eq(change_counter::last_seq + n))
-        .execute(conn)?;
-    let last: i64 =
-        change_counter::table.filter(change_counter::id.eq(1)).select(change_counter::last_seq).first(conn)?;
+    let counter = change_counter::table.filter(change_counter::id.eq(1));
+    let take = diesel::update(counter).set(change_counter::last_seq.eq(change_counter::last_seq + n));
+    let last: i64 = match conn {
+        // One round trip while the counter row is locked.
+        DbConn::Pg(c) => take.returning(change_counter::last_seq).get_result(c)?,
+        DbConn::Sqlite(c) => {
+            take.execute(c)?;
+            counter.select(change_counter::last_seq).first(c)?
+        }
+    };
     let rows: Vec<Change> = changes
         .into_iter()
         .zip(last - n + 1..)
