@@ -392,33 +392,56 @@ macro_rules! last_updated_bounds {
     }};
 }
 
+/// The search rows of type `ty` whose `param` has one of `values`. One value is compared with
+/// `=`: PostgreSQL then bounds its index scan by the value whatever its statistics say, where
+/// with `= ANY` it may read every row of the parameter and filter them (a fast-growing table's
+/// statistics lag behind, and it did: each conditional create read all the referrals'
+/// identifiers). The same goes for one id among a type's resources or an Organization's grants.
+fn rows_matching<'a>(ty: &'a str, param: &'a str, values: &'a [String]) -> search_index::BoxedQuery<'a, Backend> {
+    let rows = search_index::table
+        .filter(search_index::resource_type.eq(ty))
+        .filter(search_index::param.eq(param))
+        .into_boxed::<Backend>();
+    match values {
+        [one] => rows.filter(search_index::value.eq(one)),
+        _ => rows.filter(search_index::value.eq_any(values)),
+    }
+}
+
 fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
     let mut query = resources::table.filter(resources::resource_type.eq(&q.resource_type)).into_boxed::<Backend>();
-    if let Some(ids) = &q.ids {
-        query = query.filter(resources::id.eq_any(ids));
-    }
+    // One id compared with `=` (see `rows_matching`).
+    query = match q.ids.as_deref() {
+        Some([one]) => query.filter(resources::id.eq(one)),
+        Some(ids) => query.filter(resources::id.eq_any(ids)),
+        None => query,
+    };
     for (param, values) in &q.params {
         if q.ids.is_some() {
             // A known, short list of ids: probe the index for each (its primary key) rather
             // than collect every resource with the value.
-            query = query.filter(diesel::dsl::exists(
-                search_index::table
-                    .filter(search_index::resource_type.eq(&q.resource_type))
-                    .filter(search_index::param.eq(param))
-                    .filter(search_index::value.eq_any(values))
-                    .filter(search_index::resource_id.eq(resources::id)),
-            ));
+            let probe = search_index::table
+                .filter(search_index::resource_type.eq(&q.resource_type))
+                .filter(search_index::param.eq(param))
+                .filter(search_index::resource_id.eq(resources::id));
+            query = match values.as_slice() {
+                [one] => query.filter(diesel::dsl::exists(probe.filter(search_index::value.eq(one)))),
+                _ => query.filter(diesel::dsl::exists(probe.filter(search_index::value.eq_any(values)))),
+            };
             continue;
         }
-        query = query.filter(
-            resources::id.eq_any(
-                search_index::table
-                    .filter(search_index::resource_type.eq(&q.resource_type))
-                    .filter(search_index::param.eq(param))
-                    .filter(search_index::value.eq_any(values))
-                    .select(search_index::resource_id),
+        // As in `rows_matching` (a subquery here cannot be boxed).
+        let rows = search_index::table
+            .filter(search_index::resource_type.eq(&q.resource_type))
+            .filter(search_index::param.eq(param));
+        query = match values.as_slice() {
+            [one] => query.filter(
+                resources::id.eq_any(rows.filter(search_index::value.eq(one)).select(search_index::resource_id)),
             ),
-        );
+            _ => query.filter(
+                resources::id.eq_any(rows.filter(search_index::value.eq_any(values)).select(search_index::resource_id)),
+            ),
+        };
     }
     query = last_updated_bounds!(query, resources::last_updated, &q.last_updated);
     if let Some(org) = &q.visible_to {
@@ -546,10 +569,7 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
     let mut start = None;
     for i in selective_params(q) {
         let (param, values) = &q.params[i];
-        let found: Vec<String> = search_index::table
-            .filter(search_index::resource_type.eq(&q.resource_type))
-            .filter(search_index::param.eq(param))
-            .filter(search_index::value.eq_any(values))
+        let found: Vec<String> = rows_matching(&q.resource_type, param, values)
             .select(search_index::resource_id)
             .limit(FEW as i64 + 1)
             .load(conn)?;
@@ -590,13 +610,16 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
     ids.sort();
     ids.dedup();
     if let Some(org) = &narrowed.visible_to {
-        ids = access_grants::table
+        let granted = access_grants::table
             .filter(access_grants::resource_type.eq(&q.resource_type))
             .filter(access_grants::org_id.eq(org))
-            .filter(access_grants::resource_id.eq_any(&ids))
-            .select(access_grants::resource_id)
-            .distinct()
-            .load(conn)?;
+            .into_boxed::<Backend>();
+        // One id compared with `=` (see `rows_matching`).
+        let granted = match ids.as_slice() {
+            [one] => granted.filter(access_grants::resource_id.eq(one)),
+            _ => granted.filter(access_grants::resource_id.eq_any(&ids)),
+        };
+        ids = granted.select(access_grants::resource_id).distinct().load(conn)?;
         narrowed.visible_to = None;
     }
     narrowed.ids = Some(ids);
