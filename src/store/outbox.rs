@@ -577,9 +577,8 @@ pub fn take_owed_stages(conn: &mut DbConn, limit: i64) -> Result<Vec<OwedStage>,
         DbConn::Pg(pg) => owed.for_update().skip_locked().load(pg)?,
         DbConn::Sqlite(_) => owed.load(conn)?,
     };
-    for stage in &owed {
-        diesel::delete(pending_stages::table.find(&stage.event_id)).execute(conn)?;
-    }
+    let ids: Vec<&str> = owed.iter().map(|s| s.event_id.as_str()).collect();
+    diesel::delete(pending_stages::table.filter(pending_stages::event_id.eq_any(ids))).execute(conn)?;
     Ok(owed)
 }
 

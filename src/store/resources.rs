@@ -9,8 +9,7 @@ use super::schema::{access_grants, conditional_creates, resource_versions, resou
 use super::{Backend, DbConn, StoreError};
 
 /// One version of a stored resource. `body` is the JSON served to clients, with `meta` set.
-#[derive(Debug, Clone, Queryable, Insertable)]
-#[diesel(table_name = resources)]
+#[derive(Debug, Clone, Queryable)]
 pub struct StoredResource {
     pub resource_type: String,
     pub id: String,
@@ -392,30 +391,32 @@ macro_rules! last_updated_bounds {
     }};
 }
 
-/// The search rows of type `ty` whose `param` has one of `values`. One value is compared with
-/// `=`: PostgreSQL then bounds its index scan by the value whatever its statistics say, where
-/// with `= ANY` it may read every row of the parameter and filter them (a fast-growing table's
-/// statistics lag behind, and it did: each conditional create read all the referrals'
-/// identifiers). The same goes for one id among a type's resources or an Organization's grants.
-fn rows_matching<'a>(ty: &'a str, param: &'a str, values: &'a [String]) -> search_index::BoxedQuery<'a, Backend> {
-    let rows = search_index::table
-        .filter(search_index::resource_type.eq(ty))
-        .filter(search_index::param.eq(param))
-        .into_boxed::<Backend>();
-    match values {
-        [one] => rows.filter(search_index::value.eq(one)),
-        _ => rows.filter(search_index::value.eq_any(values)),
-    }
+/// `$column` is one of `$values`, given as `$cond` to `$then`. One value is compared with `=`:
+/// PostgreSQL then bounds its index scan by the value whatever its statistics say, where with
+/// `= ANY` it may read every row of the column's prefix and filter them (a fast-growing table's
+/// statistics lag behind, and they did: each conditional create read all the referrals'
+/// identifiers, and all the grants of the sender). The two comparisons are different types,
+/// hence a macro.
+macro_rules! one_of {
+    ($column:expr, $values:expr, |$cond:ident| $then:expr) => {
+        match $values {
+            [one] => {
+                let $cond = $column.eq(one);
+                $then
+            }
+            values => {
+                let $cond = $column.eq_any(values);
+                $then
+            }
+        }
+    };
 }
 
 fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
     let mut query = resources::table.filter(resources::resource_type.eq(&q.resource_type)).into_boxed::<Backend>();
-    // One id compared with `=` (see `rows_matching`).
-    query = match q.ids.as_deref() {
-        Some([one]) => query.filter(resources::id.eq(one)),
-        Some(ids) => query.filter(resources::id.eq_any(ids)),
-        None => query,
-    };
+    if let Some(ids) = q.ids.as_deref() {
+        query = one_of!(resources::id, ids, |is_one| query.filter(is_one));
+    }
     for (param, values) in &q.params {
         if q.ids.is_some() {
             // A known, short list of ids: probe the index for each (its primary key) rather
@@ -424,24 +425,15 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
                 .filter(search_index::resource_type.eq(&q.resource_type))
                 .filter(search_index::param.eq(param))
                 .filter(search_index::resource_id.eq(resources::id));
-            query = match values.as_slice() {
-                [one] => query.filter(diesel::dsl::exists(probe.filter(search_index::value.eq(one)))),
-                _ => query.filter(diesel::dsl::exists(probe.filter(search_index::value.eq_any(values)))),
-            };
+            query = one_of!(search_index::value, values.as_slice(), |has| query
+                .filter(diesel::dsl::exists(probe.filter(has))));
             continue;
         }
-        // As in `rows_matching` (a subquery here cannot be boxed).
         let rows = search_index::table
             .filter(search_index::resource_type.eq(&q.resource_type))
             .filter(search_index::param.eq(param));
-        query = match values.as_slice() {
-            [one] => query.filter(
-                resources::id.eq_any(rows.filter(search_index::value.eq(one)).select(search_index::resource_id)),
-            ),
-            _ => query.filter(
-                resources::id.eq_any(rows.filter(search_index::value.eq_any(values)).select(search_index::resource_id)),
-            ),
-        };
+        query = one_of!(search_index::value, values.as_slice(), |has| query
+            .filter(resources::id.eq_any(rows.filter(has).select(search_index::resource_id))));
     }
     query = last_updated_bounds!(query, resources::last_updated, &q.last_updated);
     if let Some(org) = &q.visible_to {
@@ -569,10 +561,12 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
     let mut start = None;
     for i in selective_params(q) {
         let (param, values) = &q.params[i];
-        let found: Vec<String> = rows_matching(&q.resource_type, param, values)
+        let rows = search_index::table
+            .filter(search_index::resource_type.eq(&q.resource_type))
+            .filter(search_index::param.eq(param))
             .select(search_index::resource_id)
-            .limit(FEW as i64 + 1)
-            .load(conn)?;
+            .limit(FEW as i64 + 1);
+        let found: Vec<String> = one_of!(search_index::value, values.as_slice(), |has| rows.filter(has).load(conn)?);
         if found.len() <= FEW {
             // These ids are exactly the parameter's matches: it is answered.
             narrowed.params.remove(i);
@@ -613,13 +607,9 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
         let granted = access_grants::table
             .filter(access_grants::resource_type.eq(&q.resource_type))
             .filter(access_grants::org_id.eq(org))
-            .into_boxed::<Backend>();
-        // One id compared with `=` (see `rows_matching`).
-        let granted = match ids.as_slice() {
-            [one] => granted.filter(access_grants::resource_id.eq(one)),
-            _ => granted.filter(access_grants::resource_id.eq_any(&ids)),
-        };
-        ids = granted.select(access_grants::resource_id).distinct().load(conn)?;
+            .select(access_grants::resource_id)
+            .distinct();
+        ids = one_of!(access_grants::resource_id, ids.as_slice(), |is_one| granted.filter(is_one).load(conn)?);
         narrowed.visible_to = None;
     }
     narrowed.ids = Some(ids);
