@@ -25,6 +25,7 @@ pub mod schema;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::Connection;
@@ -172,10 +173,10 @@ impl ManageConnection for Manager {
             }
             BackendKind::Sqlite => {
                 let mut conn = SqliteConnection::establish(&self.url.target).map_err(r2d2::Error::ConnectionError)?;
-                conn.batch_execute(
-                    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
-                )
+                ))
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(conn))
             }
@@ -252,7 +253,7 @@ pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
                 // would wait for it): a checkpointer of its own does, beside it.
                 let writer = GroupWriter::new(conn);
                 let checkpointer = manager.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                if spawn_checkpointer(checkpointer, Arc::downgrade(&writer.alive)) {
+                if spawn_checkpointer(checkpointer, Arc::downgrade(&writer.restart)) {
                     writer.lock().conn.batch_execute("PRAGMA wal_autocheckpoint = 0;")?;
                 }
                 writer
@@ -407,19 +408,51 @@ where
     }
 }
 
+/// How long a SQLite connection waits for a lock another holds.
+const BUSY_TIMEOUT_MS: u32 = 5000;
+
 /// How often the checkpointer copies the WAL's committed pages into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Copy the WAL into the database file every [`CHECKPOINT_EVERY`] (`PASSIVE`: never waiting for
-/// the writer or readers; SQLite starts the WAL afresh at the next write once it is all copied),
-/// until the writer whose `alive` token this is has gone. `false` if it could not start (the
-/// writer then checkpoints as SQLite does by default).
-fn spawn_checkpointer(mut conn: DbConn, alive: std::sync::Weak<()>) -> bool {
+/// A WAL this many frames long (4 KiB pages: 16 MiB) is started afresh by the writer.
+const RESTART_WAL_AT: i32 = 4096;
+
+/// How long the writer waits for readers still reading an old WAL before starting it afresh;
+/// if they take longer, it tries again later.
+const RESTART_WAIT_MS: u32 = 20;
+
+/// What `PRAGMA wal_checkpoint` answers: frames in the WAL.
+#[derive(diesel::QueryableByName)]
+struct Checkpointed {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    log: i32,
+}
+
+/// Copy the WAL into the database file every [`CHECKPOINT_EVERY`], until the writer whose
+/// `restart` flag this is has gone. `false` if it could not start (the writer then checkpoints
+/// as SQLite does by default).
+///
+/// A `PASSIVE` checkpoint never waits for the writer or readers. SQLite starts the WAL afresh at
+/// a write only when all of it has been copied and no reader still reads from it, which a
+/// steady stream of writes and reads never allows: the WAL would grow without end (past a GiB
+/// in a minute of ingest), each write extending the file and each read searching a longer WAL
+/// index. So once the WAL is [`RESTART_WAL_AT`] frames long, the checkpointer raises the
+/// writer's `restart` flag, and the writer, between two groups, starts it afresh
+/// ([`GroupWriter::restart_wal`]).
+fn spawn_checkpointer(mut conn: DbConn, restart: std::sync::Weak<AtomicBool>) -> bool {
     let spawned = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
-        while alive.upgrade().is_some() {
+        use diesel::RunQueryDsl;
+        while let Some(flag) = restart.upgrade() {
+            drop(flag);
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
-                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+            match diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result::<Checkpointed>(&mut conn) {
+                Ok(c) if c.log >= RESTART_WAL_AT => {
+                    if let Some(flag) = restart.upgrade() {
+                        flag.store(true, Ordering::Release);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; retrying"),
             }
         }
     });
@@ -446,8 +479,9 @@ pub struct GroupWriter {
     committed: std::sync::Condvar,
     /// Writes waiting for the lock.
     queued: std::sync::atomic::AtomicUsize,
-    /// Held while the writer exists: its checkpointer stops when it is gone.
-    alive: Arc<()>,
+    /// Raised by the checkpointer when the WAL should start afresh; held while the writer
+    /// exists (its checkpointer stops when it is gone).
+    restart: Arc<AtomicBool>,
 }
 
 struct WriterState {
@@ -475,7 +509,7 @@ impl GroupWriter {
             }),
             committed: std::sync::Condvar::new(),
             queued: Default::default(),
-            alive: Arc::new(()),
+            restart: Default::default(),
         }
     }
 
@@ -487,7 +521,6 @@ impl GroupWriter {
     where
         E: From<StoreError>,
     {
-        use std::sync::atomic::Ordering;
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut st = self.lock();
         self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -545,7 +578,6 @@ impl GroupWriter {
     /// After a write: count it, and commit the group unless another write is queued to join it.
     /// If the savepoint could not be rolled back, the transaction is gone: the group failed.
     fn finish(&self, st: &mut WriterState, stored: bool) {
-        use std::sync::atomic::Ordering;
         if stored {
             st.size += 1;
         }
@@ -577,6 +609,21 @@ impl GroupWriter {
         st.open = false;
         st.ended = st.group;
         self.committed.notify_all();
+        if self.restart.swap(false, Ordering::AcqRel) {
+            Self::restart_wal(&mut st.conn);
+        }
+    }
+
+    /// Copy what is left of the WAL into the database and make the next write start it afresh:
+    /// waits (at most [`RESTART_WAIT_MS`]) for the readers still reading it, while writes queue.
+    fn restart_wal(conn: &mut DbConn) {
+        let ran = conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {RESTART_WAIT_MS}; PRAGMA wal_checkpoint(RESTART); PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"
+        ));
+        if let Err(e) = ran {
+            tracing::warn!(error = %e, "SQLite WAL restart failed; trying again later");
+            let _ = conn.batch_execute(&format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"));
+        }
     }
 }
 
@@ -757,7 +804,7 @@ mod tests {
     }
 
     /// The writer leaves checkpoints to the checkpointer: what it commits reaches the database
-    /// file without another write, and the WAL does not grow without end.
+    /// file without another write.
     #[test]
     fn the_checkpointer_copies_committed_writes_into_the_database_file() {
         use diesel::connection::SimpleConnection;
@@ -778,6 +825,57 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the database file never received the WAL's pages");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// Under writes and reads that never pause, the WAL does not grow without end: SQLite
+    /// alone would start it afresh only at a moment when no reader is in it, which never comes.
+    #[test]
+    fn the_wal_starts_afresh_while_writes_and_reads_never_pause() {
+        use diesel::RunQueryDsl;
+        use diesel::connection::SimpleConnection;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let pool = super::connect(&format!("sqlite://{}", path.display()), 4).unwrap();
+        pool.get().unwrap().batch_execute("CREATE TABLE t (x BLOB)").unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, stop) = (pool.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = super::read_snapshot::<N, super::StoreError>(&mut conn, |c| {
+                            Ok(diesel::sql_query("SELECT COALESCE(MAX(rowid), 0) AS n FROM t").get_result(c)?)
+                        });
+                        assert!(n.unwrap().n >= 0);
+                    }
+                })
+            })
+            .collect();
+        // 96 MiB written in 64 KiB rows, six times the WAL length that is started afresh, and
+        // over at least a second, so that the checkpointer has looked several times.
+        let mut conn = pool.get().unwrap();
+        let started = std::time::Instant::now();
+        let mut written = 0;
+        while written < 1536 || started.elapsed() < std::time::Duration::from_secs(1) {
+            super::write_txn::<(), super::StoreError>(&mut conn, |c| {
+                Ok(c.batch_execute("INSERT INTO t VALUES (randomblob(65536))")?)
+            })
+            .unwrap();
+            written += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len();
+        assert!(wal < 48 << 20, "the WAL grew to {} MiB for {} MiB written", wal >> 20, written >> 4);
     }
 
     #[test]
