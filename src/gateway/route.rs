@@ -21,10 +21,10 @@ use crate::routing::{self, Route};
 use crate::store::routing::{self as decisions, DecisionRow};
 use crate::store::{DbConn, StoreError, resources};
 
-type Stamp = (i64, Option<i64>);
+type Stamp = i64;
 
 /// The directory as routing reads it, rebuilt when a directory resource changes. Each routing
-/// asks the database for the directory's fingerprint (one aggregate query), so every instance
+/// reads the directory's version (one row, moved by every directory write), so every instance
 /// sharing a database sees a change at its next referral.
 #[derive(Default)]
 pub struct DirectoryCache {

@@ -237,6 +237,7 @@ fn record_change(
     old: Option<&serde_json::Value>,
 ) -> Result<(), StoreError> {
     super::changes::record(conn, &r.resource_type, &r.id, r.version_id, r.last_updated)?;
+    super::routing::note_directory_write(conn, &r.resource_type)?;
     if r.resource_type == "Task" {
         let read;
         let old = match (r.version_id, old) {

@@ -2,23 +2,31 @@
 
 use std::collections::HashMap;
 
-use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
 
-use super::schema::{open_tasks, resources, routing_decisions, task_queue};
+use super::schema::{directory_version, open_tasks, resources, routing_decisions, task_queue};
 use super::{DbConn, StoreError};
 use crate::store::resources::StoredResource;
 
 /// The directory resource types routing reads.
 pub const DIRECTORY_TYPES: &[&str] = &["Organization", "HealthcareService", "Location"];
 
-/// A cheap fingerprint of the directory: it changes whenever a directory resource is created
-/// (the count) or updated (the newest write time), on any instance sharing the database.
-pub fn directory_stamp(conn: &mut DbConn) -> Result<(i64, Option<i64>), StoreError> {
-    Ok(resources::table
-        .filter(resources::resource_type.eq_any(DIRECTORY_TYPES))
-        .select((count_star(), max(resources::last_updated)))
-        .first(conn)?)
+/// The directory's version: it moves whenever a directory resource is written, on any
+/// instance sharing the database ([`note_directory_write`]). One row, however large the
+/// directory.
+pub fn directory_stamp(conn: &mut DbConn) -> Result<i64, StoreError> {
+    Ok(directory_version::table.find(1).select(directory_version::version).first(conn)?)
+}
+
+/// Move the directory's version, in the transaction that writes a directory resource of type
+/// `ty` (a no-op for other types).
+pub fn note_directory_write(conn: &mut DbConn, ty: &str) -> Result<(), StoreError> {
+    if DIRECTORY_TYPES.contains(&ty) {
+        diesel::update(directory_version::table.find(1))
+            .set(directory_version::version.eq(directory_version::version + 1))
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 /// Every directory resource routing reads.

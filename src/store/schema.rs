@@ -84,6 +84,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Moved by every write of a directory resource (`store::routing::directory_stamp`).
+    directory_version (id) {
+        id -> Integer,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
     change_counter (id) {
         id -> Integer,
         last_seq -> BigInt,

@@ -45,6 +45,10 @@ fn heart_charity() -> Value {
 #[tokio::test]
 async fn an_import_with_problems_reports_them_all_and_writes_nothing() {
     let app = spawn().await;
+    // The running server routes a referral first, so that it holds the directory as it was.
+    let pid = app.patient(REFERRER).await;
+    let before = service_request(&pid, "HealthcareService/stroke-association-support");
+    assert_eq!(app.post(REFERRER, "/fhir/ServiceRequest", &before).await.status, 201);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a-good.json"), heart_charity().to_string()).unwrap();
     // A service whose capacity is not a known code, and one for a charity nobody has heard of.
@@ -83,7 +87,6 @@ async fn an_import_with_problems_reports_them_all_and_writes_nothing() {
     );
 
     // The running server routes to the new service at once.
-    let pid = app.patient(REFERRER).await;
     let mut sr = service_request(&pid, "unused");
     sr.as_object_mut().unwrap().remove("performer");
     sr["reasonCode"] = json!([{ "coding": [{ "system": "http://snomed.info/sct", "code": "84114007" }] }]);
