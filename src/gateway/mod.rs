@@ -149,12 +149,11 @@ impl Gateway {
         opts: &WriteOpts,
         f: impl Fn(&mut DbConn) -> Result<Reply, ApiError>,
     ) -> Result<Reply, ApiError> {
-        let mut conn = self.conn()?;
         let client = ctx.principal.client_id.as_str();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = store::write_txn(&mut conn, |conn| {
+            let result = self.pool.write_txn(|conn| {
                 if let Some(key) = &opts.idempotency_key {
                     match idempotency::claim(conn, client, key, &opts.request_hash, now_ms()) {
                         Err(StoreError::Unique) => return Err(ApiError::KeyUsed),
@@ -171,7 +170,7 @@ impl Gateway {
             match result {
                 Err(ApiError::KeyUsed) => {
                     let key = opts.idempotency_key.as_deref().unwrap_or_default();
-                    return match idempotency::find(&mut conn, client, key)? {
+                    return match idempotency::find(&mut *self.conn()?, client, key)? {
                         Some(stored) if stored.request_hash != opts.request_hash => Err(ApiError::new(
                             409,
                             Issue::error(

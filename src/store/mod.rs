@@ -205,6 +205,18 @@ impl Pool {
         Ok(PooledConn { conn: self.inner.get()?, writer: self.writer.clone() })
     }
 
+    /// [`write_txn`] on a connection of this pool: on SQLite straight to the writer, without
+    /// borrowing a connection it would not use.
+    pub fn write_txn<T, E>(&self, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        match &self.writer {
+            Some(writer) => writer.run(f),
+            None => single_txn(&mut *self.inner.get().map_err(|e| E::from(StoreError::from(e)))?, f),
+        }
+    }
+
     /// Whether writes go through one writer (SQLite), so that reads worth making before a write
     /// transaction are better made there ([`read_snapshot`]) than while holding the writer.
     pub fn has_one_writer(&self) -> bool {
