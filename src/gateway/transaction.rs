@@ -14,7 +14,7 @@ use super::access;
 use super::referral::enforce_referral_rules;
 use super::route::{BundleResources, Plan};
 use super::write::{
-    conditional_identifier, create_routed_tasks, insert_resource, rewrite_references, validate_structure,
+    NewResource, conditional_identifier, rewrite_references, routed_tasks, store_new_all, validate_structure,
 };
 use super::{Ctx, Gateway, Reply, WriteOpts, bundle, etag};
 use crate::auth::Role;
@@ -269,49 +269,61 @@ impl Gateway {
             }
 
             let now = now_ms();
+            let author = super::flow::Author::of(p, &ctx.correlation_id);
             let mut responses = vec![Value::Null; entries.len()];
-            let mut tasks: Vec<(String, Value)> = Vec::new();
-            // Tasks last: what they point to (their referral and its sender) is stored first,
-            // so their notifications reach the referrer's Endpoint too.
-            plan.sort_by_key(|e| e.ty == "Task");
+            // The new entries other than Tasks are written together, then every Task (the
+            // Bundle's own and those routing made) together: what a Task points to (its referral
+            // and its sender) is stored first, so that its notifications reach the referrer's
+            // Endpoint too.
+            let mut first: Vec<(usize, NewResource)> = Vec::new();
+            let mut bundle_tasks: Vec<(usize, NewResource)> = Vec::new();
             for e in plan.iter_mut() {
-                let spec = type_spec(e.ty).expect("planned types are served");
                 if e.existing {
                     let r = resources::get(conn, e.ty, &e.id)?
                         .ok_or_else(|| ApiError::Internal("matched resource vanished".into()))?;
                     responses[e.index] = entry_response(ctx, "200 OK", &r)?;
                     continue;
                 }
-                let author = super::flow::Author::of(p, &ctx.correlation_id);
-                let stored = insert_resource(conn, &author, spec, &e.id, &mut e.resource, &p.org_id, now)?;
-                // A message's origin is stored before the referral's Tasks, so that their events
-                // already answer that message.
-                if let Some((focus, origin)) = &opts.message
-                    && *focus == e.index
-                {
-                    let mut origin = origin.clone();
-                    origin.service_request_id = e.id.clone();
-                    crate::store::messages::insert(conn, &origin)?;
-                }
-                if e.ty == "Task" {
-                    tasks.push((e.id.clone(), e.resource.clone()));
-                }
-                if e.ty == "ServiceRequest"
-                    && let Some(chosen) = routes.get(&e.id)
-                {
-                    let mut task_ids = Vec::new();
-                    for t in create_routed_tasks(conn, &author, &p.org_id, &e.id, &e.resource, &chosen.routes(), now)? {
-                        task_ids.push(t.id.clone());
-                        tasks.push((t.id.clone(), t.json()?));
-                    }
-                    self.record_decision(conn, p, &e.id, chosen, &task_ids)?;
-                }
-                responses[e.index] = entry_response(ctx, "201 Created", &stored)?;
+                let spec = type_spec(e.ty).expect("planned types are served");
+                let new = NewResource::new(spec, &e.id, std::mem::take(&mut e.resource), now);
+                if e.ty == "Task" { bundle_tasks.push((e.index, new)) } else { first.push((e.index, new)) }
+            }
+            store_new_all(conn, &author, &first.iter().map(|(_, n)| n).collect::<Vec<_>>(), &[], &p.org_id)?;
+            // A message's origin is stored before the referral's Tasks, so that their events
+            // already answer that message.
+            if let Some((focus, origin)) = &opts.message
+                && let Some((_, sr)) = first.iter().find(|(index, _)| index == focus)
+            {
+                let mut origin = origin.clone();
+                origin.service_request_id = sr.stored.id.clone();
+                crate::store::messages::insert(conn, &origin)?;
+            }
+            let mut routed: Vec<(NewResource, String)> = Vec::new();
+            let mut decisions = Vec::new();
+            for (_, sr) in first.iter().filter(|(_, n)| n.spec.name == "ServiceRequest") {
+                let Some(chosen) = routes.get(&sr.stored.id) else { continue };
+                let chosen_routes = chosen.routes();
+                let tasks = routed_tasks(&sr.stored.id, &sr.body, &chosen_routes, &p.org_id, now)?;
+                let task_ids: Vec<String> = tasks.iter().map(|t| t.stored.id.clone()).collect();
+                decisions.push((sr.stored.id.clone(), chosen, task_ids));
+                routed.extend(tasks.into_iter().zip(chosen_routes.into_iter().map(|r| r.via)));
+            }
+            let tasks: Vec<&NewResource> =
+                bundle_tasks.iter().map(|(_, t)| t).chain(routed.iter().map(|(t, _)| t)).collect();
+            store_new_all(conn, &author, &tasks, &[], &p.org_id)?;
+            for (task, via) in &routed {
+                tracing::info!(task = %task.stored.id, via = %via, "routed");
+            }
+            for (sr_id, chosen, task_ids) in &decisions {
+                self.record_decision(conn, p, sr_id, chosen, task_ids)?;
+            }
+            for (index, new) in first.iter().chain(&bundle_tasks) {
+                responses[*index] = entry_response(ctx, "201 Created", &new.stored)?;
             }
             // Owners' grants last: everything the Tasks point to is stored by now (the Tasks are
             // all new).
-            for (id, task) in &tasks {
-                access::grant_new_task(conn, id, task)?;
+            for task in &tasks {
+                access::grant_new_task(conn, &task.stored.id, &task.body)?;
             }
             attach_outcomes(&mut responses, &warnings, ctx.max_issues);
             let body = bundle("transaction-response", None, Vec::new(), responses);

@@ -151,7 +151,7 @@ pub(super) fn store_new(
 
 /// [`store_new`] for resources written together (a referral and its Tasks), with more grants
 /// (`grants`, by source): one insert per table.
-fn store_new_all(
+pub(super) fn store_new_all(
     conn: &mut DbConn,
     author: &Author,
     new: &[&NewResource],
@@ -182,7 +182,7 @@ fn store_new_all(
 /// Store a new resource (version 1) with its index and its sender's grant. Sets `id` and
 /// `meta`. A Task's owner grants are written by [`access::grant_task`] once everything the
 /// Task points to is stored.
-pub(super) fn insert_resource(
+fn insert_resource(
     conn: &mut DbConn,
     author: &Author,
     spec: &'static TypeSpec,
@@ -199,7 +199,7 @@ pub(super) fn insert_resource(
 
 /// The Tasks routing decided for a ServiceRequest (`sr_id`, `sr` as it is stored), each checked
 /// against the Task profile like any other write, ready to store.
-fn routed_tasks(
+pub(super) fn routed_tasks(
     sr_id: &str,
     sr: &Value,
     routes: &[routing::Route],
