@@ -61,7 +61,7 @@ pub struct ParsedSearch {
 /// The values of every supported search parameter of `resource`, for the search index.
 pub fn index_values(spec: &TypeSpec, resource: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for p in spec.params {
+    for p in spec.params.iter().filter(|p| indexed_as(spec, p.name) == p.name) {
         for element in p.elements {
             let Some(v) = resource.get(*element) else { continue };
             let items: Vec<&Value> = match v {
@@ -77,6 +77,22 @@ pub fn index_values(spec: &TypeSpec, resource: &Value) -> Vec<(String, String)> 
         }
     }
     out
+}
+
+/// The parameter whose search rows answer `param` on `spec`: a reference parameter limited to
+/// one target type (`patient`, `subject` where it is a Patient) has no rows of its own when a
+/// general parameter reads the same elements (`subject`), whose rows hold the same values and
+/// more; its search values are always of its target type (`Patient/…`), so they match only those.
+/// Two search rows fewer per referral and per Task. Any other parameter is answered from its own.
+pub fn indexed_as<'a>(spec: &TypeSpec, param: &'a str) -> &'a str {
+    let Some(p) = spec.params.iter().find(|p| p.name == param) else { return param };
+    if p.kind != ParamKind::Reference || p.target.is_none() {
+        return param;
+    }
+    spec.params
+        .iter()
+        .find(|g| g.kind == ParamKind::Reference && g.target.is_none() && g.elements == p.elements)
+        .map_or(param, |g| g.name)
 }
 
 fn token_values(v: &Value, push: &mut dyn FnMut(String)) {
@@ -285,15 +301,18 @@ mod tests {
             ("identifier", "https://x|T1"),
             ("identifier", "T1"),
             ("owner", "Organization/charity-a"),
-            ("patient", "Patient/p1"),
+            ("subject", "Patient/p1"),
             ("based-on", "ServiceRequest/sr1"),
         ] {
             assert!(idx.contains(&(want.0.to_string(), want.1.to_string())), "missing {want:?} in {idx:?}");
         }
+        // `patient` is answered from `subject`'s rows, and has none of its own.
+        assert!(!idx.iter().any(|(p, _)| p == "patient"), "{idx:?}");
     }
 
     /// A reference is indexed once, as `Type/id`; a search by the bare id still finds it, for a
     /// parameter with a target type (`patient`) and one without (`owner`), and only that id.
+    /// `patient` finds only a Patient, though it is answered from `subject`'s rows.
     #[test]
     fn references_are_indexed_once_and_found_by_bare_id() {
         let spec = type_spec("Task").unwrap();
@@ -304,11 +323,19 @@ mod tests {
         });
         let idx = index_values(spec, &task);
         assert_eq!(idx.iter().filter(|(p, _)| p == "owner").count(), 1, "{idx:?}");
-        let matches = |param: &str, value: &str| {
+        let finds = |idx: &[(String, String)], param: &str, value: &str| {
             let c = parse(spec, &[(param.to_string(), value.to_string())], true).unwrap().criteria;
             let (name, values) = &c.params[0];
-            idx.iter().any(|(p, v)| p == name && values.contains(v))
+            idx.iter().any(|(p, v)| p == indexed_as(spec, name) && values.contains(v))
         };
+        let matches = |param: &str, value: &str| finds(&idx, param, value);
+        let for_a_group = index_values(spec, &json!({ "resourceType": "Task", "for": { "reference": "Group/p1" } }));
+        assert!(finds(&for_a_group, "subject", "p1"));
+        assert!(!finds(&for_a_group, "patient", "p1"), "patient=p1 finds a Task for Group/p1");
+        // Only a target-limited parameter shares another's rows, and only on the same elements.
+        assert_eq!(indexed_as(spec, "patient"), "subject");
+        assert_eq!(indexed_as(type_spec("Consent").unwrap(), "patient"), "patient");
+        assert_eq!(indexed_as(spec, "owner"), "owner");
         for (param, value) in
             [("owner", "charity-a"), ("owner", "Organization/charity-a"), ("patient", "p1"), ("subject", "p1")]
         {

@@ -413,6 +413,12 @@ macro_rules! one_of {
     };
 }
 
+/// The search rows that answer `param` on type `ty` (`patient` is answered from `subject`'s,
+/// see [`crate::fhir::search::indexed_as`]), whoever built the query.
+fn rows_of<'a>(ty: &str, param: &'a str) -> &'a str {
+    crate::fhir::type_spec(ty).map_or(param, |spec| crate::fhir::search::indexed_as(spec, param))
+}
+
 fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
     let mut query = resources::table.filter(resources::resource_type.eq(&q.resource_type)).into_boxed::<Backend>();
     if let Some(ids) = q.ids.as_deref() {
@@ -424,7 +430,7 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
             // than collect every resource with the value.
             let probe = search_index::table
                 .filter(search_index::resource_type.eq(&q.resource_type))
-                .filter(search_index::param.eq(param))
+                .filter(search_index::param.eq(rows_of(&q.resource_type, param)))
                 .filter(search_index::resource_id.eq(resources::id));
             query = one_of!(search_index::value, values.as_slice(), |has| query
                 .filter(diesel::dsl::exists(probe.filter(has))));
@@ -432,7 +438,7 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'_, Backend> {
         }
         let rows = search_index::table
             .filter(search_index::resource_type.eq(&q.resource_type))
-            .filter(search_index::param.eq(param));
+            .filter(search_index::param.eq(rows_of(&q.resource_type, param)));
         query = one_of!(search_index::value, values.as_slice(), |has| query
             .filter(resources::id.eq_any(rows.filter(has).select(search_index::resource_id))));
     }
@@ -564,7 +570,7 @@ fn narrow(conn: &mut DbConn, q: &SearchQuery) -> Result<Option<SearchQuery>, Sto
         let (param, values) = &q.params[i];
         let rows = search_index::table
             .filter(search_index::resource_type.eq(&q.resource_type))
-            .filter(search_index::param.eq(param))
+            .filter(search_index::param.eq(rows_of(&q.resource_type, param)))
             .select(search_index::resource_id)
             .limit(FEW as i64 + 1);
         let found: Vec<String> = one_of!(search_index::value, values.as_slice(), |has| rows.filter(has).load(conn)?);
@@ -668,7 +674,7 @@ fn find_by_one_value(conn: &mut DbConn, q: &SearchQuery) -> Option<Result<Vec<St
     }
     let matching = search_index::table
         .filter(search_index::resource_type.eq(&q.resource_type))
-        .filter(search_index::param.eq(param))
+        .filter(search_index::param.eq(rows_of(&q.resource_type, param)))
         .filter(search_index::value.eq(value))
         .select(search_index::resource_id);
     let found =
