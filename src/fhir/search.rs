@@ -180,7 +180,11 @@ pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Resul
             }
             other => match spec.params.iter().find(|p| p.name == other) {
                 Some(p) => {
-                    let vals: Vec<String> = values().into_iter().flat_map(|v| normalise(p, &v)).collect();
+                    let given = values();
+                    let vals: Vec<String> = given.iter().flat_map(|v| normalise(p, v)).collect();
+                    if let (Some(target), false, true) = (p.target, given.is_empty(), vals.is_empty()) {
+                        return Err(bad(format!("search parameter '{other}' refers to {target} resources only")));
+                    }
                     if vals.is_empty() {
                         return Err(bad(format!("search parameter '{other}' needs a value")));
                     }
@@ -210,6 +214,8 @@ fn normalise(p: &ParamSpec, value: &str) -> Vec<String> {
     match p.kind {
         ParamKind::Token => vec![value.strip_prefix('|').unwrap_or(value).to_string()],
         ParamKind::Reference => match parse_reference(value) {
+            // A parameter limited to one type (`patient`) matches no reference of another.
+            Some((ty, _)) if p.target.is_some_and(|t| t != ty) => Vec::new(),
             Some((ty, id)) => vec![format!("{ty}/{id}")],
             None => match p.target {
                 Some(t) => vec![format!("{t}/{value}")],
@@ -332,6 +338,11 @@ mod tests {
         let for_a_group = index_values(spec, &json!({ "resourceType": "Task", "for": { "reference": "Group/p1" } }));
         assert!(finds(&for_a_group, "subject", "p1"));
         assert!(!finds(&for_a_group, "patient", "p1"), "patient=p1 finds a Task for Group/p1");
+        // A reference of another type than `patient`'s is refused, not looked up among `subject`'s.
+        let refused = parse(spec, &[("patient".to_string(), "Group/p1".to_string())], false).unwrap_err();
+        assert!(refused.diagnostics.contains("Patient resources only"), "{refused:?}");
+        let mixed = parse(spec, &[("patient".to_string(), "Group/p1,Patient/p1".to_string())], false).unwrap();
+        assert_eq!(mixed.criteria.params, vec![("patient".to_string(), vec!["Patient/p1".to_string()])]);
         // Only a target-limited parameter shares another's rows, and only on the same elements.
         assert_eq!(indexed_as(spec, "patient"), "subject");
         assert_eq!(indexed_as(type_spec("Consent").unwrap(), "patient"), "patient");
