@@ -182,13 +182,15 @@ pub fn parse(spec: &TypeSpec, pairs: &[(String, String)], strict: bool) -> Resul
                 Some(p) => {
                     let given = values();
                     let vals: Vec<String> = given.iter().flat_map(|v| normalise(p, v)).collect();
-                    if let (Some(target), false, true) = (p.target, given.is_empty(), vals.is_empty()) {
-                        return Err(bad(format!("search parameter '{other}' refers to {target} resources only")));
-                    }
-                    if vals.is_empty() {
+                    if p.target.is_some() && !given.is_empty() && vals.is_empty() {
+                        // Only references of another type than the parameter's (`patient` of a
+                        // Group): nothing matches.
+                        c.ids = Some(Vec::new());
+                    } else if vals.is_empty() {
                         return Err(bad(format!("search parameter '{other}' needs a value")));
+                    } else {
+                        c.params.push((p.name.to_string(), vals));
                     }
-                    c.params.push((p.name.to_string(), vals));
                 }
                 None => {
                     if strict {
@@ -338,9 +340,10 @@ mod tests {
         let for_a_group = index_values(spec, &json!({ "resourceType": "Task", "for": { "reference": "Group/p1" } }));
         assert!(finds(&for_a_group, "subject", "p1"));
         assert!(!finds(&for_a_group, "patient", "p1"), "patient=p1 finds a Task for Group/p1");
-        // A reference of another type than `patient`'s is refused, not looked up among `subject`'s.
-        let refused = parse(spec, &[("patient".to_string(), "Group/p1".to_string())], false).unwrap_err();
-        assert!(refused.diagnostics.contains("Patient resources only"), "{refused:?}");
+        // A reference of another type than `patient`'s matches nothing, rather than being looked
+        // up among `subject`'s rows.
+        let other = parse(spec, &[("patient".to_string(), "Group/p1".to_string())], false).unwrap().criteria;
+        assert_eq!((other.ids, other.params.len()), (Some(Vec::new()), 0));
         let mixed = parse(spec, &[("patient".to_string(), "Group/p1,Patient/p1".to_string())], false).unwrap();
         assert_eq!(mixed.criteria.params, vec![("patient".to_string(), vec!["Patient/p1".to_string()])]);
         // Only a target-limited parameter shares another's rows, and only on the same elements.

@@ -163,8 +163,8 @@ async fn search_by_id_last_updated_identifier_status_and_references() {
     assert_eq!(app.get(REFERRER, "/fhir/Task?owner=Organization/stroke-association").await.total(), 1);
     assert_eq!(app.get(REFERRER, &format!("/fhir/Task?based-on=ServiceRequest/{sr}")).await.total(), 1);
     assert_eq!(app.get(REFERRER, &format!("/fhir/Task?patient=Patient/{pid}")).await.total(), 1);
-    // `patient` names Patients only: another type is refused rather than matched as `subject`.
-    app.get(REFERRER, &format!("/fhir/Task?patient=Group/{pid}")).await.assert_outcome(400, "bad-search-value");
+    // `patient` names Patients only: a reference of another type matches nothing (200, empty).
+    assert_eq!(app.get(REFERRER, &format!("/fhir/Task?patient=Group/{pid}")).await.total(), 0);
     assert_eq!(app.get(REFERRER, "/fhir/Task?status=requested").await.total(), 2);
     assert_eq!(app.get(REFERRER, "/fhir/Task?requester=PractitionerRole/gp-apatel").await.total(), 2);
     assert_eq!(task["owner"]["reference"], "Organization/stroke-association");
