@@ -2,7 +2,9 @@
 """Webhook delivery figures (BENCHMARKS.md): deliveries per second to a local receiver, and the
 time from a referral's 201 to its webhook arriving.
 
-    cargo build --release --bin signpost --example webhook_receiver && python3 bench/delivery.py [N]
+    python3 bench/delivery.py [N]
+
+It builds what it runs first (`cargo build --release --bin signpost --example webhook_receiver`).
 
 1. Backlog: `serve` with its worker off takes N referrals; then `signpost worker` starts and the
    time until the receiver has all N webhooks gives deliveries per second.
@@ -17,6 +19,7 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/signpost")
 RECEIVER = os.path.join(ROOT, "target/release/examples/webhook_receiver")
+subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "signpost", "--example", "webhook_receiver"], cwd=ROOT, check=True)
 GP = "Bearer sp_sandbox_referrer_riverside"
 OP = "Bearer sp_sandbox_operator"
 
