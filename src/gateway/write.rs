@@ -221,8 +221,8 @@ pub(super) fn routed_tasks(
     Ok(out)
 }
 
-/// Create the Tasks routing decided for a stored ServiceRequest (their owners' grants are the
-/// caller's to write, with [`access::grant_task`]).
+/// Create the Tasks routing decided for a stored ServiceRequest, together (their owners' grants
+/// are the caller's to write, with [`access::grant_task`]).
 pub(super) fn create_routed_tasks(
     conn: &mut DbConn,
     author: &Author,
@@ -232,13 +232,12 @@ pub(super) fn create_routed_tasks(
     routes: &[routing::Route],
     now: i64,
 ) -> Result<Vec<StoredResource>, ApiError> {
-    let mut out = Vec::new();
-    for (task, route) in routed_tasks(sr_id, sr, routes, sender_org, now)?.into_iter().zip(routes) {
-        store_new(conn, author, &task, sender_org)?;
+    let tasks = routed_tasks(sr_id, sr, routes, sender_org, now)?;
+    store_new_all(conn, author, &tasks.iter().collect::<Vec<_>>(), &[], sender_org)?;
+    for (task, route) in tasks.iter().zip(routes) {
         tracing::info!(task = %task.stored.id, via = %route.via, "routed");
-        out.push(task.stored);
     }
-    Ok(out)
+    Ok(tasks.into_iter().map(|t| t.stored).collect())
 }
 
 /// A ServiceRequest create decided before its write transaction: the referral rules' warnings,

@@ -454,15 +454,11 @@ struct Checkpointed {
 fn spawn_checkpointer(mut conn: DbConn, restart: std::sync::Weak<AtomicBool>) -> bool {
     let spawned = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
         use diesel::RunQueryDsl;
-        while let Some(flag) = restart.upgrade() {
-            drop(flag);
+        loop {
             std::thread::sleep(CHECKPOINT_EVERY);
+            let Some(flag) = restart.upgrade() else { break };
             match diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result::<Checkpointed>(&mut conn) {
-                Ok(c) if c.log >= RESTART_WAL_AT => {
-                    if let Some(flag) = restart.upgrade() {
-                        flag.store(true, Ordering::Release);
-                    }
-                }
+                Ok(c) if c.log >= RESTART_WAL_AT => flag.store(true, Ordering::Release),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; retrying"),
             }
