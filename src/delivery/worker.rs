@@ -296,15 +296,16 @@ impl Worker {
             let (ok, kind) = match outcome {
                 // The delivery, the Task's `delivered` stage owed, and the next claim in one
                 // write transaction.
-                Outcome::Delivered => (
-                    crate::store::write_txn(&mut conn, |conn| {
+                Outcome::Delivered => {
+                    let (done, next) = crate::store::write_txn(&mut conn, |conn| {
                         let done = outbox::complete(conn, &row, now_ms)?;
                         if done {
                             outbox::owe_stage(conn, &row)?;
                         }
                         // A failed claim only ends the lane: the delivery stands.
+                        let mut next = None;
                         if done && follow_on {
-                            follow = crate::store::savepoint(conn, |conn| {
+                            next = crate::store::savepoint(conn, |conn| {
                                 outbox::claim_next_of(conn, &row.endpoint_id, &owner, claim_at, lease)
                             })
                             .unwrap_or_else(|e| {
@@ -312,10 +313,11 @@ impl Worker {
                                 None
                             });
                         }
-                        Ok::<_, StoreError>(done)
-                    })?,
-                    Recorded::Delivered,
-                ),
+                        Ok::<_, StoreError>((done, next))
+                    })?;
+                    follow = next;
+                    (done, Recorded::Delivered)
+                }
                 Outcome::Held => (outbox::release(&mut conn, &row, now_ms + HELD_RECHECK_MS)?, Recorded::Held),
                 Outcome::Gone => (outbox::gone(&mut conn, &row, now_ms)?, Recorded::Held),
                 Outcome::Retry { error, retry_after_ms } => {
