@@ -19,11 +19,13 @@ pub fn directory_stamp(conn: &mut DbConn) -> Result<i64, StoreError> {
 }
 
 /// Move the directory's version, in the transaction that writes a directory resource of type
-/// `ty` (a no-op for other types).
+/// `ty` (a no-op for other types). The new version is drawn at random, not counted on: a
+/// version seen inside a transaction that was then rolled back (and cached by routing) never
+/// comes back with another directory behind it.
 pub fn note_directory_write(conn: &mut DbConn, ty: &str) -> Result<(), StoreError> {
     if DIRECTORY_TYPES.contains(&ty) {
         diesel::update(directory_version::table.find(1))
-            .set(directory_version::version.eq(directory_version::version + 1))
+            .set(directory_version::version.eq(rand::random::<i64>()))
             .execute(conn)?;
     }
     Ok(())
@@ -183,4 +185,37 @@ pub fn unmatched(conn: &mut DbConn, limit: i64) -> Result<Vec<DecisionRow>, Stor
         .order((routing_decisions::decided_at.desc(), routing_decisions::service_request_id.asc()))
         .limit(limit)
         .load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routing caches the directory by its version: a version seen inside a transaction that
+    /// rolled back must not come back for another directory.
+    #[test]
+    fn a_rolled_back_directory_version_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::store::connect(&format!("sqlite://{}", dir.path().join("d.db").display()), 2).unwrap();
+        crate::store::migrate(&pool).unwrap();
+        let mut conn = pool.get().unwrap();
+        let before = super::directory_stamp(&mut conn).unwrap();
+        let mut seen = 0;
+        let refused = crate::store::write_txn::<(), crate::store::StoreError>(&mut conn, |c| {
+            super::note_directory_write(c, "HealthcareService")?;
+            seen = super::directory_stamp(c)?;
+            Err(crate::store::StoreError::Unique)
+        });
+        assert!(refused.is_err());
+        assert_ne!(seen, before, "a directory write moves the version");
+        assert_eq!(super::directory_stamp(&mut conn).unwrap(), before, "the rolled-back move is gone");
+        crate::store::write_txn::<(), crate::store::StoreError>(&mut conn, |c| {
+            super::note_directory_write(c, "Organization")
+        })
+        .unwrap();
+        let after = super::directory_stamp(&mut conn).unwrap();
+        assert!(after != before && after != seen, "the next directory write took a version already seen");
+        // Other types leave it alone.
+        crate::store::write_txn::<(), crate::store::StoreError>(&mut conn, |c| super::note_directory_write(c, "Task"))
+            .unwrap();
+        assert_eq!(super::directory_stamp(&mut conn).unwrap(), after);
+    }
 }
