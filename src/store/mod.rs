@@ -260,11 +260,18 @@ pub fn connect(url: &str, max_size: u32) -> Result<Pool, StoreError> {
             let manager = Manager { url: url.clone() };
             let conn = manager.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let writer = if url.target == ":memory:" {
-                GroupWriter::new(conn)
+                GroupWriter::new(conn, None)
             } else {
+                // The writer's commits write the WAL without waiting for the disk: it syncs the
+                // WAL itself after each group, outside its lock (see `GroupWriter`).
+                let mut conn = conn;
+                let wal = database_file(&mut conn)?.map(|f| std::path::PathBuf::from(format!("{f}-wal")));
+                if wal.is_some() {
+                    conn.batch_execute("PRAGMA synchronous = NORMAL;")?;
+                }
+                let writer = GroupWriter::new(conn, wal);
                 // The writer never copies the WAL back into the database itself (its commits
                 // would wait for it): a checkpointer of its own does, beside it.
-                let writer = GroupWriter::new(conn);
                 let checkpointer = manager.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 if spawn_checkpointer(checkpointer, Arc::downgrade(&writer.restart)) {
                     writer.lock().conn.batch_execute("PRAGMA wal_autocheckpoint = 0;")?;
@@ -297,8 +304,13 @@ pub fn migrate(pool: &Pool) -> Result<Vec<String>, StoreError> {
     Ok(applied.into_iter().map(|v| v.to_string()).collect())
 }
 
-/// A cheap round trip, for `/readyz`.
+/// A cheap round trip, for `/readyz`; fails too once the SQLite writer takes no more writes.
 pub fn ping(pool: &Pool) -> Result<(), StoreError> {
+    if let Some(writer) = &pool.writer
+        && writer.unsynced.load(Ordering::Acquire)
+    {
+        return Err(StoreError::Unavailable("the database's WAL could not be synced".into()));
+    }
     let mut conn = pool.get()?;
     conn.ping().map_err(StoreError::from)
 }
@@ -448,6 +460,21 @@ struct Checkpointed {
 /// it thought open: how the writer learns that SQLite ended its transaction itself.
 const NO_SUCH_SAVEPOINT: &str = "ROLLBACK TO signpost_no_such_savepoint";
 
+/// The file of a SQLite connection's main database, as SQLite names it (none in memory).
+fn database_file(conn: &mut DbConn) -> Result<Option<String>, StoreError> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Database {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    let DbConn::Sqlite(c) = conn else { return Ok(None) };
+    let found: Vec<Database> = diesel::sql_query("PRAGMA database_list").load(c)?;
+    Ok(found.into_iter().find(|d| d.name == "main").map(|d| d.file).filter(|f| !f.is_empty()))
+}
+
 /// The rows the connection's statements have inserted, updated or deleted since it opened.
 fn total_changes(conn: &mut DbConn) -> Result<i64, StoreError> {
     use diesel::RunQueryDsl;
@@ -506,9 +533,18 @@ const CAREFUL_GROUPS: u64 = 32;
 ///
 /// A write takes the lock, opens the group's transaction if none is open (`BEGIN IMMEDIATE`),
 /// runs, and then commits the group unless more writes are queued for the lock and the group is
-/// not full: the last of them commits. A write is answered only once its group has committed (or
-/// with an error if that commit failed), so "201 means durably stored" holds, with one fsync per
-/// group.
+/// not full: the last of them commits. A write is answered only once its group has committed and the
+/// WAL is on disk (or with an error if that commit failed), so "201 means durably stored" holds,
+/// with one fsync per group.
+///
+/// The fsync is the writer's own, not SQLite's (its connection commits with `synchronous =
+/// NORMAL`): the write that committed a group releases the lock, syncs the WAL file, and then
+/// answers the group, while the next group already runs. A later group's sync covers every
+/// group committed before it. Readers may see a group a moment before it is on disk; only a
+/// power cut in that moment would take it back, and no write of it has been answered then. If
+/// a sync fails, what is on disk is unknown from that group on (a WAL is read back only up to
+/// its first missing frame): that group and every later one fail (503), and the writer takes
+/// no more writes; at the next start SQLite's recovery keeps exactly what reached the disk.
 ///
 /// A write that fails must leave nothing behind and not disturb the others. Writes run without
 /// a savepoint of their own, because a savepoint makes SQLite copy every page the write touches
@@ -520,7 +556,13 @@ const CAREFUL_GROUPS: u64 = 32;
 /// outside the transaction (logging aside) they do after it.
 pub struct GroupWriter {
     state: std::sync::Mutex<WriterState>,
+    /// How the groups ended, and when they are on disk.
+    ended: std::sync::Mutex<Ended>,
     committed: std::sync::Condvar,
+    /// The WAL file the writer syncs (none for an in-memory database).
+    wal: Option<std::path::PathBuf>,
+    /// Set once a sync of the WAL has failed: no more writes.
+    unsynced: AtomicBool,
     /// Writes waiting for the lock.
     queued: std::sync::atomic::AtomicUsize,
     /// Raised by the checkpointer when the WAL should start afresh; held while the writer
@@ -538,18 +580,28 @@ struct WriterState {
     careful: bool,
     /// The last group that is careful after a rolled-back one.
     careful_until: u64,
-    /// The last group whose transaction has ended.
-    ended: u64,
+}
+
+/// How the writer's groups ended.
+#[derive(Default)]
+struct Ended {
+    /// Every group up to this one that committed is on disk.
+    durable: u64,
     /// Groups whose commit failed, with the reason (the last few).
     failed: std::collections::VecDeque<(u64, String)>,
     /// Groups rolled back for their writes to run again (the last few).
     rolled_back: std::collections::VecDeque<u64>,
+    /// Groups rolled back that stored nothing: their writes were all refused (the last few).
+    empty: std::collections::VecDeque<u64>,
+    /// The first group whose WAL could not be synced, and why: it and every later one failed.
+    unsynced_from: Option<(u64, String)>,
 }
 
 /// How one run of a write in a group went.
 enum Ran<T, E> {
-    /// Its outcome, final once its group has committed.
-    Done(Result<T, E>),
+    /// Its outcome, final once its group has committed; and the group, if this write committed
+    /// it (its WAL is then this write's to sync).
+    Done(Result<T, E>, Option<u64>),
     /// Its group was rolled back: run it again.
     Again,
 }
@@ -563,7 +615,7 @@ fn remember<X>(list: &mut std::collections::VecDeque<X>, x: X) {
 }
 
 impl GroupWriter {
-    fn new(conn: DbConn) -> Self {
+    fn new(conn: DbConn, wal: Option<std::path::PathBuf>) -> Self {
         Self {
             state: std::sync::Mutex::new(WriterState {
                 conn,
@@ -572,11 +624,11 @@ impl GroupWriter {
                 size: 0,
                 careful: false,
                 careful_until: 0,
-                ended: 0,
-                failed: Default::default(),
-                rolled_back: Default::default(),
             }),
+            ended: Default::default(),
             committed: std::sync::Condvar::new(),
+            wal,
+            unsynced: AtomicBool::new(false),
             queued: Default::default(),
             restart: Default::default(),
         }
@@ -586,12 +638,19 @@ impl GroupWriter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_ended(&self) -> std::sync::MutexGuard<'_, Ended> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn run<T, E>(&self, mut f: impl FnMut(&mut DbConn) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let mut careful = false;
         loop {
+            if self.unsynced.load(Ordering::Acquire) {
+                return Err(E::from(StoreError::Unavailable("the database's WAL could not be synced".into())));
+            }
             self.queued.fetch_add(1, Ordering::SeqCst);
             let mut st = self.lock();
             self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -611,29 +670,64 @@ impl GroupWriter {
             st.careful |= careful;
             careful = st.careful;
             let group = st.group;
-            let outcome =
-                match if careful { self.run_careful(&mut st, &mut f) } else { self.run_plain(&mut st, &mut f) } {
-                    Ran::Done(outcome) => outcome,
-                    Ran::Again => {
-                        careful = true;
-                        continue;
+            let ran = if careful { self.run_careful(&mut st, &mut f) } else { self.run_plain(&mut st, &mut f) };
+            drop(st);
+            let outcome = match ran {
+                Ran::Done(outcome, committed) => {
+                    if let Some(committed) = committed {
+                        self.sync(committed);
                     }
-                };
+                    outcome
+                }
+                Ran::Again => {
+                    careful = true;
+                    continue;
+                }
+            };
             // A refused write waits too: what refused it (a key or id another write of the group
             // took) is then committed, and readers see it.
-            while st.ended < group {
-                st = self.committed.wait(st).unwrap_or_else(|e| e.into_inner());
+            let mut ended = self.lock_ended();
+            loop {
+                if ended.rolled_back.contains(&group) {
+                    break;
+                }
+                if let Some((_, why)) = ended.failed.iter().find(|(g, _)| *g == group) {
+                    return Err(E::from(StoreError::Unavailable(format!("commit failed: {why}"))));
+                }
+                if let Some((from, why)) = &ended.unsynced_from
+                    && group >= *from
+                {
+                    return Err(E::from(StoreError::Unavailable(format!("the WAL could not be synced: {why}"))));
+                }
+                if ended.durable >= group || ended.empty.contains(&group) {
+                    return outcome;
+                }
+                ended = self.committed.wait(ended).unwrap_or_else(|e| e.into_inner());
             }
-            if st.rolled_back.contains(&group) {
-                careful = true;
-                continue;
-            }
-            let value = outcome?;
-            return match st.failed.iter().find(|(g, _)| *g == group) {
-                Some((_, why)) => Err(E::from(StoreError::Unavailable(format!("commit failed: {why}")))),
-                None => Ok(value),
-            };
+            careful = true;
         }
+    }
+
+    /// The WAL on disk, up to the end of `group` at least: answer the writes of every group
+    /// committed so far.
+    fn sync(&self, group: u64) {
+        let synced = match &self.wal {
+            Some(wal) => std::fs::File::open(wal).and_then(|f| f.sync_data()),
+            None => Ok(()),
+        };
+        let mut ended = self.lock_ended();
+        match synced {
+            Ok(()) => ended.durable = ended.durable.max(group),
+            Err(e) => {
+                if !self.unsynced.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, group, "the SQLite WAL could not be synced: no more writes until a restart, whose recovery keeps what reached the disk");
+                }
+                if ended.unsynced_from.as_ref().is_none_or(|(from, _)| group < *from) {
+                    ended.unsynced_from = Some((group, e.to_string()));
+                }
+            }
+        }
+        self.committed.notify_all();
     }
 
     /// Run `f` in a savepoint of the group: when it fails, only what it wrote is rolled back.
@@ -642,14 +736,16 @@ impl GroupWriter {
         E: From<StoreError>,
     {
         if let Err(e) = <DbConn as Connection>::TransactionManager::begin_transaction(&mut st.conn) {
-            self.finish(st, false);
-            return Ran::Done(Err(E::from(StoreError::from(e))));
+            let committed = self.finish(st, false);
+            return Ran::Done(Err(E::from(StoreError::from(e))), committed);
         }
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_collecting(&mut st.conn, f))) {
             Ok(outcome) => outcome,
             Err(panic) => {
                 // The savepoint is rolled back (by `run_collecting`); the group still commits.
-                self.finish(st, false);
+                if let Some(committed) = self.finish(st, false) {
+                    self.sync(committed);
+                }
                 std::panic::resume_unwind(panic);
             }
         };
@@ -666,8 +762,8 @@ impl GroupWriter {
                 Err(e)
             }
         };
-        self.finish(st, outcome.is_ok());
-        Ran::Done(outcome)
+        let committed = self.finish(st, outcome.is_ok());
+        Ran::Done(outcome, committed)
     }
 
     /// Run `f` in the group's transaction itself. If it fails after changing rows, the group is
@@ -679,14 +775,14 @@ impl GroupWriter {
         let before = match total_changes(&mut st.conn) {
             Ok(n) => n,
             Err(e) => {
-                self.finish(st, false);
-                return Ran::Done(Err(E::from(e)));
+                let committed = self.finish(st, false);
+                return Ran::Done(Err(E::from(e)), committed);
             }
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_collecting(&mut st.conn, f))) {
             Ok(Ok(value)) => {
-                self.finish(st, true);
-                Ran::Done(Ok(value))
+                let committed = self.finish(st, true);
+                Ran::Done(Ok(value), committed)
             }
             Ok(Err(e)) => {
                 // SQLite ends the transaction itself on some failures (a full disk, an I/O
@@ -695,14 +791,17 @@ impl GroupWriter {
                     let _ = c.batch_execute(NO_SUCH_SAVEPOINT);
                 }
                 if total_changes(&mut st.conn).is_ok_and(|n| n == before) {
-                    self.finish(st, false);
-                    return Ran::Done(Err(e));
+                    let committed = self.finish(st, false);
+                    return Ran::Done(Err(e), committed);
                 }
                 if st.size == 0 {
-                    // The group holds no other write: rolling it back takes back only this one.
+                    // The group holds no other write: rolling it back takes back only this one,
+                    // and the group ends with nothing stored.
                     let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
                     self.end_group(st);
-                    return Ran::Done(Err(e));
+                    remember(&mut self.lock_ended().empty, st.group);
+                    self.committed.notify_all();
+                    return Ran::Done(Err(e), None);
                 }
                 self.roll_back(st);
                 Ran::Again
@@ -723,15 +822,16 @@ impl GroupWriter {
             writes = st.size,
             "SQLite group rolled back after a failed write; its writes run again"
         );
-        let group = st.group;
-        remember(&mut st.rolled_back, group);
-        st.careful_until = group + CAREFUL_GROUPS;
+        st.careful_until = st.group + CAREFUL_GROUPS;
         self.end_group(st);
+        remember(&mut self.lock_ended().rolled_back, st.group);
+        self.committed.notify_all();
     }
 
-    /// After a write: count it, and commit the group unless another write is queued to join it.
-    /// If the savepoint could not be rolled back, the transaction is gone: the group failed.
-    fn finish(&self, st: &mut WriterState, stored: bool) {
+    /// After a write: count it, and commit the group unless another write is queued to join it;
+    /// the group, if committed here (its WAL is the caller's to sync). If the savepoint could not
+    /// be rolled back, the transaction is gone: the group failed.
+    fn finish(&self, st: &mut WriterState, stored: bool) -> Option<u64> {
         if stored {
             st.size += 1;
         }
@@ -742,7 +842,7 @@ impl GroupWriter {
             .map_or(0, |d| d.get());
         let broken = depth != 1;
         if !broken && self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_GROUP {
-            return;
+            return None;
         }
         let result = if broken {
             let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(&mut st.conn);
@@ -753,20 +853,21 @@ impl GroupWriter {
                 e.to_string()
             })
         };
-        if let Err(why) = result {
-            tracing::error!(group = st.group, writes = st.size, "SQLite group commit failed");
-            let group = st.group;
-            remember(&mut st.failed, (group, why));
-        }
         self.end_group(st);
+        match result {
+            Ok(()) => Some(st.group),
+            Err(why) => {
+                tracing::error!(group = st.group, writes = st.size, "SQLite group commit failed");
+                remember(&mut self.lock_ended().failed, (st.group, why));
+                self.committed.notify_all();
+                None
+            }
+        }
     }
 
-    /// The open group's transaction has ended: wake its writes, and start the WAL afresh if the
-    /// checkpointer asked.
+    /// The open group's transaction has ended: start the WAL afresh if the checkpointer asked.
     fn end_group(&self, st: &mut WriterState) {
         st.open = false;
-        st.ended = st.group;
-        self.committed.notify_all();
         if self.restart.swap(false, Ordering::AcqRel) {
             Self::restart_wal(&mut st.conn);
         }
@@ -1116,6 +1217,56 @@ mod tests {
             .unwrap();
         let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t WHERE x < 0").get_result(&mut *conn).unwrap();
         assert_eq!(n.n, 1);
+    }
+
+    /// The writer commits without SQLite's fsync and syncs the WAL file itself, as SQLite names
+    /// it.
+    #[test]
+    fn the_writer_syncs_the_wal_file_sqlite_writes() {
+        use diesel::RunQueryDsl;
+        use diesel::connection::SimpleConnection;
+        #[derive(diesel::QueryableByName)]
+        struct Sync {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            synchronous: i32,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let pool = super::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        let mut conn = pool.get().unwrap();
+        conn.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
+        super::write_txn::<(), super::StoreError>(&mut conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (1)")?))
+            .unwrap();
+        let writer = pool.writer.clone().unwrap();
+        let wal = writer.wal.clone().expect("a file database has a WAL to sync");
+        assert_eq!(wal.canonicalize().unwrap(), dir.path().join("u.db-wal").canonicalize().unwrap());
+        let on_writer: Sync = diesel::sql_query("PRAGMA synchronous").get_result(&mut writer.lock().conn).unwrap();
+        assert_eq!(on_writer.synchronous, 1, "the writer's commits should leave the sync to it (NORMAL)");
+        let on_reader: Sync = diesel::sql_query("PRAGMA synchronous").get_result(&mut *conn).unwrap();
+        assert_eq!(on_reader.synchronous, 2, "other connections keep FULL");
+        assert_eq!(writer.lock_ended().durable, writer.lock().group, "the committed group is marked on disk");
+    }
+
+    /// When the WAL cannot be synced (here: its file is gone), the group that needed it fails
+    /// and the writer refuses every later write, instead of answering writes it cannot vouch for.
+    #[test]
+    fn a_wal_that_cannot_be_synced_fails_its_group_and_stops_writes() {
+        use diesel::connection::SimpleConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let pool = super::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        let mut conn = pool.get().unwrap();
+        conn.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
+        let insert = |conn: &mut super::PooledConn| {
+            super::write_txn::<(), super::StoreError>(conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (1)")?))
+        };
+        insert(&mut conn).unwrap();
+        std::fs::remove_file(dir.path().join("s.db-wal")).unwrap();
+        let failed = insert(&mut conn).unwrap_err();
+        assert!(matches!(failed, super::StoreError::Unavailable(ref why) if why.contains("synced")), "{failed:?}");
+        let refused = insert(&mut conn).unwrap_err();
+        assert!(matches!(refused, super::StoreError::Unavailable(_)), "{refused:?}");
+        assert!(super::ping(&pool).is_err(), "a writer that takes no writes is not ready");
     }
 
     /// Writes share a group without savepoints: one refused before it wrote anything leaves the
