@@ -430,7 +430,7 @@ impl Gateway {
                 // referrals and Tasks (other than this one, which is not stored yet) changed
                 // since. Otherwise (a Consent withdrawn, a Patient or the directory changed) it
                 // is decided again here, inside the transaction.
-                Some(r) if !crate::store::changes::others_since(conn, r.seen, &["ServiceRequest", "Task"])? => Some(r),
+                Some(r) if !crate::store::changes::others_since(conn, r.seen, ["ServiceRequest", "Task"])? => Some(r),
                 _ if spec.name == "ServiceRequest" => {
                     inside = self.prepare_referral(conn, p, &id, &resource, now)?;
                     Some(&inside)

@@ -226,17 +226,18 @@ pub fn page(
 
 /// Whether a resource of a type other than `except` changed after `seq`: committed since, or
 /// written earlier in the transaction running on `conn`.
-pub fn others_since(conn: &mut DbConn, seq: i64, except: &[&str]) -> Result<bool, StoreError> {
-    let found: Option<i64> = change_log::table
+pub fn others_since(conn: &mut DbConn, seq: i64, except: [&str; 2]) -> Result<bool, StoreError> {
+    let query = change_log::table
         .filter(change_log::seq.gt(seq))
-        .filter(diesel::dsl::not(change_log::resource_type.eq_any(except)))
-        .select(change_log::seq)
-        .first(conn)
-        .optional()?;
+        .filter(change_log::resource_type.ne(except[0]))
+        .filter(change_log::resource_type.ne(except[1]))
+        .select(change_log::seq);
+    let found: Option<i64> = super::on_backend!(conn, |c| query.first(c).optional())?;
     Ok(found.is_some())
 }
 
 /// The newest sequence number (0 when nothing was ever written).
 pub fn last(conn: &mut DbConn) -> Result<i64, StoreError> {
-    Ok(change_counter::table.filter(change_counter::id.eq(1)).select(change_counter::last_seq).first(conn)?)
+    let query = change_counter::table.filter(change_counter::id.eq(1)).select(change_counter::last_seq);
+    Ok(super::on_backend!(conn, |c| query.first(c))?)
 }

@@ -79,6 +79,20 @@ macro_rules! insert_rows {
 }
 pub(crate) use insert_rows;
 
+/// Run `$body` with `$c` bound to the backend's own connection. A query run there has a type
+/// diesel recognises: its prepared statement is found by that type, where a query run through
+/// [`DbConn`] has its SQL written out again on every call to find it. For the queries every
+/// referral makes.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Sqlite($c) => $body,
+            $crate::store::DbConn::Pg($c) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
 /// The backend type shared by every query built for [`DbConn`].
 pub type Backend = <DbConn as Connection>::Backend;
 
@@ -484,10 +498,7 @@ fn total_changes(conn: &mut DbConn) -> Result<i64, StoreError> {
         n: i64,
     }
     let query = diesel::sql_query("SELECT total_changes() AS n");
-    Ok(match conn {
-        DbConn::Sqlite(c) => query.get_result::<Changes>(c)?.n,
-        DbConn::Pg(c) => query.get_result::<Changes>(c)?.n,
-    })
+    Ok(on_backend!(conn, |c| query.get_result::<Changes>(c)?.n))
 }
 
 /// Copy the WAL into the database file every [`CHECKPOINT_EVERY`], until the writer whose
@@ -991,16 +1002,16 @@ mod tests {
             super::changes::record(c, "ServiceRequest", "s1", 1, 0)
         })
         .unwrap();
-        assert!(!super::changes::others_since(&mut conn, seen, &except).unwrap());
+        assert!(!super::changes::others_since(&mut conn, seen, except).unwrap());
         super::write_txn::<(), super::StoreError>(&mut conn, |c| {
             super::changes::append(c, "Consent", "c1", 2, 0)?;
-            assert!(super::changes::others_since(c, seen, &except)?, "a change earlier in the transaction");
+            assert!(super::changes::others_since(c, seen, except)?, "a change earlier in the transaction");
             Ok(())
         })
         .unwrap();
-        assert!(super::changes::others_since(&mut conn, seen, &except).unwrap());
+        assert!(super::changes::others_since(&mut conn, seen, except).unwrap());
         let now = super::changes::last(&mut conn).unwrap();
-        assert!(!super::changes::others_since(&mut conn, now, &except).unwrap());
+        assert!(!super::changes::others_since(&mut conn, now, except).unwrap());
     }
 
     /// An update told the values it replaces rewrites only the search rows that changed (a row

@@ -115,7 +115,7 @@ fn full_resources(conn: &mut DbConn, task: &Value, sr: Option<&str>) -> Result<V
 /// connection), since every Task write asks it once or twice.
 fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError> {
     let status = diesel::alias!(search_index as endpoint_status);
-    Ok(search_index::table
+    let query = search_index::table
         .filter(search_index::resource_type.eq("Endpoint"))
         .filter(search_index::param.eq("organization"))
         .filter(search_index::value.eq(format!("Organization/{org}")))
@@ -127,8 +127,8 @@ fn endpoints_of(conn: &mut DbConn, org: &str) -> Result<Vec<String>, StoreError>
                 .filter(status.field(search_index::resource_id).eq(search_index::resource_id)),
         ))
         .select(search_index::resource_id)
-        .order(search_index::resource_id)
-        .load(conn)?)
+        .order(search_index::resource_id);
+    Ok(super::on_backend!(conn, |c| query.load(c))?)
 }
 
 /// Write the outbox rows for a new or changed Task: one per active Endpoint of the charity that

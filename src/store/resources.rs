@@ -84,11 +84,8 @@ pub struct Grant {
 
 /// The current version, if the resource exists.
 pub fn get(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<StoredResource>, StoreError> {
-    Ok(resources::table
-        .filter(resources::resource_type.eq(ty))
-        .filter(resources::id.eq(rid))
-        .first::<StoredResource>(conn)
-        .optional()?)
+    let query = resources::table.filter(resources::resource_type.eq(ty)).filter(resources::id.eq(rid));
+    Ok(super::on_backend!(conn, |c| query.first::<StoredResource>(c).optional())?)
 }
 
 impl StoredResource {
@@ -337,12 +334,12 @@ pub fn add_grants_all(conn: &mut DbConn, sources: &[(&str, &[Grant])]) -> Result
 
 /// Whether `org_id` holds any grant on the resource.
 pub fn is_visible(conn: &mut DbConn, ty: &str, rid: &str, org_id: &str) -> Result<bool, StoreError> {
-    let n: i64 = access_grants::table
+    let query = access_grants::table
         .filter(access_grants::resource_type.eq(ty))
         .filter(access_grants::resource_id.eq(rid))
         .filter(access_grants::org_id.eq(org_id))
-        .count()
-        .get_result(conn)?;
+        .count();
+    let n: i64 = super::on_backend!(conn, |c| query.get_result(c))?;
     Ok(n > 0)
 }
 
@@ -352,10 +349,12 @@ pub fn is_visible(conn: &mut DbConn, ty: &str, rid: &str, org_id: &str) -> Resul
 /// in the query too, SQLite's planner preferred the primary key's `resource_type` prefix and
 /// read every grant of the type. A `sender:` source holds only the grant on its own resource.
 pub fn sender_of(conn: &mut DbConn, ty: &str, rid: &str) -> Result<Option<String>, StoreError> {
-    let grants: Vec<(String, String, String)> = access_grants::table
-        .filter(access_grants::source.eq(format!("sender:{ty}/{rid}")))
-        .select((access_grants::resource_type, access_grants::resource_id, access_grants::org_id))
-        .load(conn)?;
+    let query = access_grants::table.filter(access_grants::source.eq(format!("sender:{ty}/{rid}"))).select((
+        access_grants::resource_type,
+        access_grants::resource_id,
+        access_grants::org_id,
+    ));
+    let grants: Vec<(String, String, String)> = super::on_backend!(conn, |c| query.load(c))?;
     Ok(grants.into_iter().find(|(t, id, _)| t == ty && id == rid).map(|(_, _, org)| org))
 }
 

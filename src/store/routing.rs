@@ -15,7 +15,8 @@ pub const DIRECTORY_TYPES: &[&str] = &["Organization", "HealthcareService", "Loc
 /// instance sharing the database ([`note_directory_write`]). One row, however large the
 /// directory.
 pub fn directory_stamp(conn: &mut DbConn) -> Result<i64, StoreError> {
-    Ok(directory_version::table.find(1).select(directory_version::version).first(conn)?)
+    let query = directory_version::table.find(1).select(directory_version::version);
+    Ok(super::on_backend!(conn, |c| query.first(c))?)
 }
 
 /// Move the directory's version, in the transaction that writes a directory resource of type
@@ -166,7 +167,8 @@ pub struct DecisionRow {
 
 /// Store the decision for a referral.
 pub fn insert(conn: &mut DbConn, row: &DecisionRow) -> Result<(), StoreError> {
-    diesel::insert_into(routing_decisions::table).values(row).execute(conn)?;
+    let insert = diesel::insert_into(routing_decisions::table).values(row);
+    super::on_backend!(conn, |c| insert.execute(c))?;
     Ok(())
 }
 
