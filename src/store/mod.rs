@@ -489,16 +489,19 @@ fn database_file(conn: &mut DbConn) -> Result<Option<String>, StoreError> {
     Ok(found.into_iter().find(|d| d.name == "main").map(|d| d.file).filter(|f| !f.is_empty()))
 }
 
-/// The rows the connection's statements have inserted, updated or deleted since it opened.
+/// The rows the connection's statements have inserted, updated or deleted since it opened
+/// (SQLite).
 fn total_changes(conn: &mut DbConn) -> Result<i64, StoreError> {
     use diesel::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Changes {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
+    diesel::define_sql_function! {
+        /// SQLite's `total_changes()`.
+        fn total_changes() -> diesel::sql_types::BigInt;
     }
-    let query = diesel::sql_query("SELECT total_changes() AS n");
-    Ok(on_backend!(conn, |c| query.get_result::<Changes>(c)?.n))
+    // A select diesel keeps prepared (it prepares `sql_query` text again for every call).
+    match conn {
+        DbConn::Sqlite(c) => Ok(diesel::select(total_changes()).get_result(c)?),
+        DbConn::Pg(_) => Err(StoreError::Unavailable("total_changes is SQLite's".into())),
+    }
 }
 
 /// Copy the WAL into the database file every [`CHECKPOINT_EVERY`], until the writer whose

@@ -246,7 +246,7 @@ fn record_change(
             }
         };
         super::routing::note_task_change(conn, old, new)?;
-        super::routing::note_task_queue(conn, &r.id, new, r.last_updated)?;
+        super::routing::note_task_queue(conn, &r.id, new, r.last_updated, r.version_id == 1)?;
         crate::failpoint::hit("store::before_outbox");
         super::outbox::enqueue_for_task(conn, r, new, old)?;
     }

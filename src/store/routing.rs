@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::{directory_version, open_tasks, resources, routing_decisions, task_queue};
 use super::{DbConn, StoreError};
@@ -75,12 +76,14 @@ pub fn note_task_change(
 }
 
 /// Keep `task_queue` right for a stored Task version: its owner Organization, status and
-/// lastUpdated (no row when it has no Organization owner).
+/// lastUpdated (no row when it has no Organization owner). `first`: the Task's first version,
+/// which has no row yet.
 pub fn note_task_queue(
     conn: &mut DbConn,
     id: &str,
     task: &serde_json::Value,
     last_updated: i64,
+    first: bool,
 ) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     let owner = match task.get("owner").and_then(crate::fhir::reference_of) {
@@ -98,9 +101,19 @@ pub fn note_task_queue(
         task_queue::last_updated.eq(last_updated),
     );
     match conn {
-        // The one writer: an update, else an insert (two cached statements; diesel compiles an
-        // upsert again each time).
+        // The one writer. A first version's row is new: one insert, which diesel keeps prepared
+        // (it prepares an update or an upsert again for every call). Otherwise (or if a row was
+        // left by an earlier release) an update, else an insert.
         DbConn::Sqlite(c) => {
+            if first {
+                match diesel::insert_into(task_queue::table).values(row).execute(c) {
+                    Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
+                    done => {
+                        done?;
+                        return Ok(());
+                    }
+                }
+            }
             let changed = diesel::update(task_queue::table.find(id))
                 .set((
                     task_queue::owner_org.eq(&owner),
