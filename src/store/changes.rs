@@ -143,7 +143,8 @@ fn append_all(conn: &mut DbConn, changes: Vec<(String, String, i64, i64)>) -> Re
         // One round trip while the counter row is locked.
         DbConn::Pg(c) => take.returning(change_counter::last_seq).get_result(c)?,
         DbConn::Sqlite(c) => {
-            take.execute(c)?;
+            super::increment!(TakeNumbers: "change_counter", "last_seq", "id": i32 as diesel::sql_types::Integer);
+            TakeNumbers { key: &1, delta: n }.execute(c)?;
             counter.select(change_counter::last_seq).first(c)?
         }
     };

@@ -93,6 +93,40 @@ macro_rules! on_backend {
 }
 pub(crate) use on_backend;
 
+/// `UPDATE {table} SET {column} = {column} + ? WHERE {key} = ?` for one table, as a statement
+/// of its own type, which diesel keeps prepared: it prepares its own UPDATE statements again on
+/// every call. For the counters every write moves, on the SQLite writer.
+macro_rules! increment {
+    ($name:ident: $table:literal, $column:literal, $key:literal: $key_ty:ty as $key_sql:ty) => {
+        struct $name<'a> {
+            key: &'a $key_ty,
+            delta: i64,
+        }
+
+        impl diesel::query_builder::QueryId for $name<'_> {
+            type QueryId = $name<'static>;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+
+        impl<DB: diesel::backend::Backend> diesel::query_builder::QueryFragment<DB> for $name<'_>
+        where
+            i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
+            $key_ty: diesel::serialize::ToSql<$key_sql, DB>,
+        {
+            fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> diesel::QueryResult<()> {
+                out.push_sql(concat!("UPDATE ", $table, " SET ", $column, " = ", $column, " + "));
+                out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.delta)?;
+                out.push_sql(concat!(" WHERE ", $key, " = "));
+                out.push_bind_param::<$key_sql, _>(self.key)?;
+                Ok(())
+            }
+        }
+
+        impl<Conn> diesel::RunQueryDsl<Conn> for $name<'_> {}
+    };
+}
+pub(crate) use increment;
+
 /// The backend type shared by every query built for [`DbConn`].
 pub type Backend = <DbConn as Connection>::Backend;
 

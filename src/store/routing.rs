@@ -148,9 +148,8 @@ pub(super) fn add_open(conn: &mut DbConn, org: &str, delta: i64) -> Result<(), S
     match conn {
         // As in `note_task_queue`: the one writer updates, else inserts.
         DbConn::Sqlite(c) => {
-            let changed = diesel::update(open_tasks::table.find(org))
-                .set(open_tasks::open.eq(open_tasks::open + delta))
-                .execute(c)?;
+            super::increment!(AddOpen: "open_tasks", "open", "org_id": str as diesel::sql_types::Text);
+            let changed = AddOpen { key: org, delta }.execute(c)?;
             if changed == 0 {
                 diesel::insert_into(open_tasks::table).values(row).execute(c)?;
             }
