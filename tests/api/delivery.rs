@@ -966,7 +966,8 @@ async fn an_endpoint_may_opt_into_full_resource_payloads() {
 }
 
 /// C8: SQLite runs in WAL mode with synchronous=FULL, and concurrent writers queue instead of
-/// failing.
+/// failing. (The one writer connection commits with NORMAL and fsyncs the WAL itself before it
+/// answers a group: `store::tests::the_writer_syncs_the_wal_file_sqlite_writes`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_is_durable_and_concurrent_writers_queue() {
     let app = spawn().await;
