@@ -7,11 +7,11 @@
 //!
 //! SQLite runs in WAL mode with `synchronous=FULL`, foreign keys on and a busy timeout. Reads use
 //! the pool; every write of the process goes through one writer connection with group commit
-//! ([`write_txn`]): the writes waiting at the moment share one transaction and one fsync, a
-//! failed one takes back only its own rows, and none is answered before that transaction has
-//! committed. The
-//! writer's page cache and prepared statements stay warm, because no other connection of the
-//! process writes. PostgreSQL writers each use their own pooled connection and transaction.
+//! ([`write_txn`]): the writes waiting at the moment share one transaction and one fsync (the
+//! writer's own, see [`GroupWriter`]), a failed one takes back only its own rows, and none is
+//! answered before that transaction is on disk. The writer's page cache and prepared statements
+//! stay warm, because no other connection of the process writes. PostgreSQL writers each use
+//! their own pooled connection and transaction.
 
 pub mod alerts;
 pub mod changes;
@@ -581,9 +581,9 @@ const CAREFUL_GROUPS: u64 = 32;
 ///
 /// A write takes the lock, opens the group's transaction if none is open (`BEGIN IMMEDIATE`),
 /// runs, and then commits the group unless more writes are queued for the lock and the group is
-/// not full: the last of them commits. A write is answered only once its group has committed and the
-/// WAL is on disk (or with an error if that commit failed), so "201 means durably stored" holds,
-/// with one fsync per group.
+/// not full: the last of them commits. A write is answered only once its group has committed
+/// and the WAL is on disk (or with an error if that commit failed), so "201 means durably
+/// stored" holds, with one fsync per group.
 ///
 /// The fsync is the writer's own, not SQLite's (its connection commits with `synchronous =
 /// NORMAL`): the write that committed a group releases the lock, syncs the WAL file, and then
