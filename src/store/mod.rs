@@ -590,9 +590,10 @@ const CAREFUL_GROUPS: u64 = 32;
 /// answers the group, while the next group already runs. A later group's sync covers every
 /// group committed before it. Readers may see a group a moment before it is on disk; only a
 /// power cut in that moment would take it back, and no write of it has been answered then. If
-/// a sync fails, what is on disk is unknown from that group on (a WAL is read back only up to
-/// its first missing frame): that group and every later one fail (503), and the writer takes
-/// no more writes; at the next start SQLite's recovery keeps exactly what reached the disk.
+/// a sync fails, what is on disk is unknown from the first group not yet known to be there (a
+/// WAL is read back only up to its first missing frame): that group and every later one fail
+/// (503), and the writer takes no more writes; at the next start SQLite's recovery keeps
+/// exactly what reached the disk.
 ///
 /// A write that fails must leave nothing behind and not disturb the others. Writes run without
 /// a savepoint of their own, because a savepoint makes SQLite copy every page the write touches
@@ -770,8 +771,12 @@ impl GroupWriter {
                 if !self.unsynced.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, group, "the SQLite WAL could not be synced: no more writes until a restart, whose recovery keeps what reached the disk");
                 }
-                if ended.unsynced_from.as_ref().is_none_or(|(from, _)| group < *from) {
-                    ended.unsynced_from = Some((group, e.to_string()));
+                // Every group not yet known to be on disk is in doubt, earlier ones too: a
+                // failed write-back may be reported to one sync only, and another sync, still
+                // running for an earlier group, could then succeed without its pages.
+                let from = (ended.durable + 1).min(group);
+                if ended.unsynced_from.as_ref().is_none_or(|(first, _)| from < *first) {
+                    ended.unsynced_from = Some((from, e.to_string()));
                 }
             }
         }
