@@ -663,8 +663,8 @@ pub fn find(conn: &mut DbConn, q: &SearchQuery) -> Result<Vec<StoredResource>, S
 
 /// [`find`] for the lookups Signpost makes on every referral (a patient's Consents, a
 /// referral's Tasks): one parameter with one value, optionally what one Organization may see,
-/// first page by id. Typed statements, so each connection prepares them once; `None` for any
-/// other search.
+/// first page by id. Typed statements on the backend's own connection, so each connection
+/// prepares them once and finds them by type; `None` for any other search.
 fn find_by_one_value(conn: &mut DbConn, q: &SearchQuery) -> Option<Result<Vec<StoredResource>, StoreError>> {
     let [(param, values)] = q.params.as_slice() else { return None };
     let [value] = values.as_slice() else { return None };
@@ -680,17 +680,22 @@ fn find_by_one_value(conn: &mut DbConn, q: &SearchQuery) -> Option<Result<Vec<St
         resources::table.filter(resources::resource_type.eq(&q.resource_type)).filter(resources::id.eq_any(matching));
     Some(
         match &q.visible_to {
-            Some(org) => found
-                .filter(diesel::dsl::exists(
-                    access_grants::table
-                        .filter(access_grants::resource_type.eq(&q.resource_type))
-                        .filter(access_grants::org_id.eq(org))
-                        .filter(access_grants::resource_id.eq(resources::id)),
-                ))
-                .order(resources::id.asc())
-                .limit(q.count)
-                .load::<StoredResource>(conn),
-            None => found.order(resources::id.asc()).limit(q.count).load::<StoredResource>(conn),
+            Some(org) => {
+                let query = found
+                    .filter(diesel::dsl::exists(
+                        access_grants::table
+                            .filter(access_grants::resource_type.eq(&q.resource_type))
+                            .filter(access_grants::org_id.eq(org))
+                            .filter(access_grants::resource_id.eq(resources::id)),
+                    ))
+                    .order(resources::id.asc())
+                    .limit(q.count);
+                super::on_backend!(conn, |c| query.load::<StoredResource>(c))
+            }
+            None => {
+                let query = found.order(resources::id.asc()).limit(q.count);
+                super::on_backend!(conn, |c| query.load::<StoredResource>(c))
+            }
         }
         .map_err(StoreError::from),
     )
