@@ -941,6 +941,16 @@ impl GroupWriter {
 
 #[cfg(test)]
 mod tests {
+    /// The one number `sql` (`SELECT … AS n`) answers.
+    fn number(conn: &mut super::DbConn, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::RunQueryDsl::get_result::<N>(diesel::sql_query(sql), conn).unwrap().n
+    }
+
     /// A pool on a new SQLite database in `dir`, migrated.
     fn migrated_pool(dir: &tempfile::TempDir) -> super::Pool {
         let pool = super::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).unwrap();
@@ -999,13 +1009,7 @@ mod tests {
     /// commits what it wrote itself.
     #[test]
     fn a_failed_savepoint_takes_back_only_its_own_writes_and_changes() {
-        use diesel::RunQueryDsl;
         use diesel::connection::SimpleConnection;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
         let dir = tempfile::tempdir().unwrap();
         let pool = migrated_pool(&dir);
         let mut conn = pool.get().unwrap();
@@ -1023,8 +1027,7 @@ mod tests {
             super::savepoint::<(), super::StoreError>(c, |c| Ok(c.batch_execute("INSERT INTO t VALUES (3)")?))
         })
         .unwrap();
-        let rows: N = diesel::sql_query("SELECT SUM(x) AS n FROM t").get_result(&mut *conn).unwrap();
-        assert_eq!(rows.n, 4, "rows 1 and 3 stay, 2 is rolled back");
+        assert_eq!(number(&mut conn, "SELECT SUM(x) AS n FROM t"), 4, "rows 1 and 3 stay, 2 is rolled back");
         let page = super::changes::page(&mut conn, before, 10, None, &[], 10).unwrap();
         let ids: Vec<&str> = page.changes.iter().map(|c| c.resource_id.as_str()).collect();
         assert_eq!(ids, ["kept"]);
@@ -1143,14 +1146,8 @@ mod tests {
     /// alone would start it afresh only at a moment when no reader is in it, which never comes.
     #[test]
     fn the_wal_starts_afresh_while_writes_and_reads_never_pause() {
-        use diesel::RunQueryDsl;
         use diesel::connection::SimpleConnection;
         use std::sync::atomic::{AtomicBool, Ordering};
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let pool = super::connect(&format!("sqlite://{}", path.display()), 4).unwrap();
@@ -1162,10 +1159,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut conn = pool.get().unwrap();
                     while !stop.load(Ordering::Relaxed) {
-                        let n = super::read_snapshot::<N, super::StoreError>(&mut conn, |c| {
-                            Ok(diesel::sql_query("SELECT COALESCE(MAX(rowid), 0) AS n FROM t").get_result(c)?)
+                        let n = super::read_snapshot::<_, super::StoreError>(&mut conn, |c| {
+                            Ok(number(c, "SELECT COALESCE(MAX(rowid), 0) AS n FROM t"))
                         });
-                        assert!(n.unwrap().n >= 0);
+                        assert!(n.unwrap() >= 0);
                     }
                 })
             })
@@ -1208,25 +1205,12 @@ mod tests {
         // and the panicking one's row is gone.
         super::write_txn::<(), super::StoreError>(&mut conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (2)")?))
             .unwrap();
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        use diesel::RunQueryDsl;
-        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *conn).unwrap();
-        assert_eq!(n.n, 1);
+        assert_eq!(number(&mut conn, "SELECT COUNT(*) AS n FROM t"), 1);
     }
 
     #[test]
     fn group_commit_answers_each_write_only_once_it_is_visible_and_keeps_refused_ones_out() {
-        use diesel::RunQueryDsl;
         use diesel::connection::SimpleConnection;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
         let dir = tempfile::tempdir().unwrap();
         let pool = super::connect(&format!("sqlite://{}", dir.path().join("g.db").display()), 8).unwrap();
         pool.get().unwrap().batch_execute("CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
@@ -1244,10 +1228,8 @@ mod tests {
                         });
                         assert_eq!(r.is_err(), refused);
                         // Answered means committed: another connection of the pool sees it.
-                        let seen: N = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM t WHERE x = {x}"))
-                            .get_result(&mut *conn)
-                            .unwrap();
-                        assert_eq!(seen.n, i64::from(!refused), "write {x}");
+                        let seen = number(&mut conn, &format!("SELECT COUNT(*) AS n FROM t WHERE x = {x}"));
+                        assert_eq!(seen, i64::from(!refused), "write {x}");
                     }
                 })
             })
@@ -1255,8 +1237,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *pool.get().unwrap()).unwrap();
-        assert_eq!(n.n, 8 * (40 - 6));
+        assert_eq!(number(&mut pool.get().unwrap(), "SELECT COUNT(*) AS n FROM t"), 8 * (40 - 6));
         // A write that panics inside a group loses only its own rows; the writer goes on.
         let mut conn = pool.get().unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1268,8 +1249,7 @@ mod tests {
         assert!(panicked.is_err());
         super::write_txn::<(), super::StoreError>(&mut conn, |c| Ok(c.batch_execute("INSERT INTO t VALUES (-2)")?))
             .unwrap();
-        let n: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t WHERE x < 0").get_result(&mut *conn).unwrap();
-        assert_eq!(n.n, 1);
+        assert_eq!(number(&mut conn, "SELECT COUNT(*) AS n FROM t WHERE x < 0"), 1);
     }
 
     /// The writer commits without SQLite's fsync and syncs the WAL file itself, as SQLite names
@@ -1327,14 +1307,8 @@ mod tests {
     /// again, and each of the others is still stored exactly once.
     #[test]
     fn a_write_refused_after_writing_makes_its_group_run_again_and_one_refused_before_does_not() {
-        use diesel::RunQueryDsl;
         use diesel::connection::SimpleConnection;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
         let dir = tempfile::tempdir().unwrap();
         let pool = super::connect(&format!("sqlite://{}", dir.path().join("r.db").display()), 8).unwrap();
         pool.get().unwrap().batch_execute("CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
@@ -1374,7 +1348,7 @@ mod tests {
         // Every fifth refused after writing: some writes ran again, none is stored twice or lost.
         let (runs, writes) = run(100_000, |x| (x % 5 == 3).then_some(true));
         assert!(runs > writes, "no group ran again although writes were refused after writing");
-        let stored: N = diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result(&mut *pool.get().unwrap()).unwrap();
-        assert_eq!(stored.n, 2 * (6 * 30 - 6 * 6), "the accepted writes of both runs, once each");
+        let stored = number(&mut pool.get().unwrap(), "SELECT COUNT(*) AS n FROM t");
+        assert_eq!(stored, 2 * (6 * 30 - 6 * 6), "the accepted writes of both runs, once each");
     }
 }
